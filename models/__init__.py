@@ -1,0 +1,1 @@
+"""Models: ``build_model(args) -> (model, criterion, postprocessors)``."""

@@ -1,0 +1,1 @@
+"""Shared utilities: configuration, tensors, boxes, distributed helpers, logging."""
