@@ -1,0 +1,69 @@
+"""Per-dataset keypoint metadata, as data: names, left/right flip pairs, OKS sigmas, skeleton.
+
+One ``KeypointMetadata`` per keypoint layout; datasets, transforms, the matcher, the criterion and the evaluators
+read from here so that nothing hard-codes 17 keypoints.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class KeypointMetadata:
+    name: str
+    keypoint_names: tuple[str, ...]
+    flip_pairs: tuple[tuple[int, int], ...]  # 0-based (left, right) index pairs swapped by a horizontal flip
+    sigmas: tuple[float, ...]  # OKS per-keypoint falloff (already divided by 10)
+    skeleton: tuple[tuple[int, int], ...] = field(default=())  # 0-based limb pairs, for drawing
+
+    @property
+    def num_keypoints(self) -> int:
+        return len(self.keypoint_names)
+
+    def flip_permutation(self) -> list[int]:
+        """Index map new_k -> old_k that swaps every left/right pair."""
+        perm = list(range(self.num_keypoints))
+        for left, right in self.flip_pairs:
+            perm[left], perm[right] = right, left
+        return perm
+
+
+COCO_KEYPOINTS = KeypointMetadata(
+    name="coco",
+    keypoint_names=("nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+                    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+                    "right_knee", "left_ankle", "right_ankle"),
+    flip_pairs=((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)),
+    sigmas=tuple(s / 10.0 for s in (.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87,
+                                    .89, .89)),
+    skeleton=((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7), (6, 8), (7, 9),
+              (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6)),
+)
+
+CROWDPOSE_KEYPOINTS = KeypointMetadata(
+    name="crowdpose",
+    keypoint_names=("left_shoulder", "right_shoulder", "left_elbow", "right_elbow", "left_wrist", "right_wrist",
+                    "left_hip", "right_hip", "left_knee", "right_knee", "left_ankle", "right_ankle", "head", "neck"),
+    flip_pairs=((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)),
+    sigmas=tuple(s / 10.0 for s in (.79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89, .79, .79)),
+    skeleton=((12, 13), (13, 0), (13, 1), (0, 2), (2, 4), (1, 3), (3, 5), (13, 6), (13, 7), (6, 8), (8, 10), (7, 9),
+              (9, 11)),
+)
+
+# COCO-17 layouts share one metadata object; crowdpose has its own 14-keypoint layout.
+KEYPOINT_METADATA: dict[str, KeypointMetadata] = {
+    "coco": COCO_KEYPOINTS,
+    "humanart": COCO_KEYPOINTS,
+    "ochuman": COCO_KEYPOINTS,
+    "synthetic": COCO_KEYPOINTS,
+    "crowdpose": CROWDPOSE_KEYPOINTS,
+}
+
+
+def default_metadata_for_num_keypoints(num_keypoints: int) -> KeypointMetadata:
+    """The standard layout with this many keypoints (17: COCO, 14: CrowdPose)."""
+    for meta in (COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS):
+        if meta.num_keypoints == num_keypoints:
+            return meta
+    raise ValueError(f"no built-in keypoint layout has {num_keypoints} keypoints (17: COCO, 14: CrowdPose); "
+                     "use --dataset_file custom and give keypoint names, flip pairs and sigmas in the config")
