@@ -79,3 +79,9 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-3) -> Tensor:
     """Logit of ``x`` clamped to [0, 1]; both sides are floored at ``eps`` (1e-3, as the reference)."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+# Re-exports: the reference imported these from util.misc.
+from .distributed import (all_gather, barrier, get_rank, get_world_size, init_distributed_mode,  # noqa: E402,F401
+                          is_dist_avail_and_initialized, is_main_process, reduce_dict, save_on_master)
+from .metric_logger import MetricLogger, SmoothedValue  # noqa: E402,F401
