@@ -1,0 +1,128 @@
+"""Checkpoint files: atomic writes, safe loading, weight loading with clear reports, RNG state.
+
+A checkpoint holds ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args`` (as the reference) and optionally
+``ema_model`` and ``rng_state`` (ours: a resumed run continues the same random stream).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import pickle
+import random
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from .distributed import save_on_master
+
+log = logging.getLogger("clickpose")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or does not fit the model; the message says which and why."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU. Files holding only a state dict are wrapped as ``{'model': ...}``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        # Our checkpoints and the reference's hold an argparse.Namespace besides tensors.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as safe_exc:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated or not a torch file at all
+            raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from safe_exc
+        log.warning(f"{path} holds Python objects beyond tensors and args; it was loaded with full unpickling "
+                    "(only do this for files you trust)")
+    except Exception as exc:  # truncated or not a torch file
+        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+    if isinstance(ckpt, Mapping) and "model" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        ckpt = {"model": dict(ckpt)}
+    if not isinstance(ckpt, Mapping) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a Click-Pose checkpoint: expected a dict with a 'model' state dict")
+    return dict(ckpt)
+
+
+def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
+    """Remove a DDP ``module.`` prefix when every key has it."""
+    if state_dict and all(k.startswith(prefix) for k in state_dict):
+        return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return dict(state_dict)
+
+
+def load_model_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True,
+                       ignore_keywords: Optional[Iterable[str]] = None, source: str = "checkpoint"):
+    """Load weights, dropping keys that contain any of ``ignore_keywords``; shape mismatches are named.
+
+    Returns torch's ``(missing_keys, unexpected_keys)`` result.
+    """
+    state_dict = strip_prefix(state_dict)
+    ignore = [k for k in (ignore_keywords or []) if k]
+    if ignore:
+        dropped = [k for k in state_dict if any(word in k for word in ignore)]
+        state_dict = {k: v for k, v in state_dict.items() if k not in dropped}
+        log.info(f"ignored {len(dropped)} keys of {source} matching {ignore}")
+    own = model.state_dict()
+    mismatched = [f"{k}: {tuple(v.shape)} in {source} vs {tuple(own[k].shape)} in the model"
+                  for k, v in state_dict.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        hint = ("(a different num_body_points, hidden_dim, num_group, backbone or dn_labelbook_size in the config "
+                "than the checkpoint was trained with; or drop those keys with --finetune_ignore)")
+        shown = "\n  ".join(mismatched[:10]) + (f"\n  ... and {len(mismatched) - 10} more" if len(mismatched) > 10
+                                                 else "")
+        raise CheckpointError(f"{source} does not fit the model: {len(mismatched)} tensors have other shapes {hint}:"
+                              f"\n  {shown}")
+    result = model.load_state_dict(state_dict, strict=strict)
+    if result.missing_keys:
+        log.info(f"missing keys when loading {source} ({len(result.missing_keys)}): {result.missing_keys[:20]}")
+    if result.unexpected_keys:
+        log.info(f"unexpected keys in {source} ({len(result.unexpected_keys)}): {result.unexpected_keys[:20]}")
+    return result
+
+
+def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    # numpy's state as tensors/ints, so the checkpoint loads with torch.load(weights_only=True)
+    numpy_state = [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)]
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_python_state(state["python"]))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(state: Any) -> tuple:
+    # random.getstate() is a nested tuple; serialisation may turn the inner tuple into a list.
+    version, internal, gauss = state
+    return version, tuple(internal), gauss
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_scheduler=None, epoch: int = -1,
+                    args: Optional[argparse.Namespace] = None, ema_model: Optional[nn.Module] = None,
+                    with_rng: bool = True) -> None:
+    """Write a checkpoint atomically on rank 0 (a crash leaves the previous file intact)."""
+    ckpt: dict[str, Any] = {"model": model.state_dict(), "epoch": epoch, "args": args}
+    if optimizer is not None:
+        ckpt["optimizer"] = optimizer.state_dict()
+    if lr_scheduler is not None:
+        ckpt["lr_scheduler"] = lr_scheduler.state_dict()
+    if ema_model is not None:
+        ckpt["ema_model"] = ema_model.state_dict()
+    if with_rng:
+        ckpt["rng_state"] = rng_state()
+    save_on_master(ckpt, path)
