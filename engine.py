@@ -1,0 +1,120 @@
+"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` (model-only AP), ``evaluate_interactive``."""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Iterable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from util.distributed import reduce_dict
+from util.metric_logger import MetricLogger, SmoothedValue
+
+log = logging.getLogger("clickpose")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; training stops and the last good checkpoint stays as it is."""
+
+
+def targets_to(targets: Iterable[Mapping[str, Any]], device: torch.device) -> list[dict[str, Any]]:
+    return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def weighted_total(loss_dict: Mapping[str, torch.Tensor], weight_dict: Mapping[str, float]) -> torch.Tensor:
+    """Sum of ``loss * weight`` over the keys present in both (the reference's total loss)."""
+    terms = [loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict]
+    if not terms:
+        raise RuntimeError("the criterion produced no weighted loss terms; check weight_dict against the loss keys")
+    return torch.stack([t.float() for t in terms]).sum()
+
+
+def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
+                    device: torch.device, epoch: int, max_norm: float = 0.0, *, amp: bool = False,
+                    amp_dtype: torch.dtype = torch.float16, scaler: Optional[torch.amp.GradScaler] = None,
+                    lr_scheduler: Any = None, step_scheduler_per_iter: bool = False, ema: Any = None,
+                    max_iters: Optional[int] = None, print_freq: int = 10,
+                    log_fn: Callable[[str], None] = print) -> dict[str, float]:
+    """One pass over ``data_loader``. Returns the epoch's averaged metrics (loss, weighted and unscaled terms, lr).
+
+    Raises ``NonFiniteLossError`` naming the non-finite loss terms.
+    """
+    model.train()
+    criterion.train()
+    meters = MetricLogger()
+    meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
+    meters.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
+    weight_dict = criterion.weight_dict
+    header = f"Epoch: [{epoch}]"
+    for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, header, log=log_fn)):
+        samples = samples.to(device)
+        targets = targets_to(targets, device)
+        with _autocast(device, amp, amp_dtype):
+            outputs = model(samples, targets)
+            loss_dict = criterion(outputs, targets)
+        losses = weighted_total(loss_dict, weight_dict)
+
+        reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
+        scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
+        unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
+        loss_value = float(sum(scaled.values()))
+        if not math.isfinite(loss_value):
+            bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
+            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, iteration {step}; non-finite terms: "
+                                     f"{bad or 'none individually (overflow in the sum)'}. Training stopped; the last "
+                                     "checkpoint is unchanged. Lower lr, enable clip_max_norm, or check the data.")
+
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None and scaler.is_enabled():
+            scaler.scale(losses).backward()
+            if max_norm > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            losses.backward()
+            if max_norm > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+            optimizer.step()
+        if step_scheduler_per_iter and lr_scheduler is not None:
+            lr_scheduler.step()
+        if ema is not None:
+            ema.update(model)
+
+        meters.update(loss=loss_value, **scaled, **unscaled)
+        if "class_error" in reduced:
+            meters.update(class_error=reduced["class_error"])
+        meters.update(lr=optimizer.param_groups[0]["lr"])
+        if max_iters is not None and step + 1 >= max_iters:
+            break
+    meters.synchronize_between_processes()
+    log_fn(f"Averaged stats: {meters}")
+    return {name: meter.global_avg for name, meter in meters.meters.items() if meter.count > 0}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, postprocessors: Mapping[str, Callable], data_loader: Iterable, evaluator: Any,
+             device: torch.device, *, amp: bool = False, amp_dtype: torch.dtype = torch.float16,
+             max_iters: Optional[int] = None, print_freq: int = 10,
+             log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Model-only evaluation: predictions of every image go to ``evaluator``; returns its summary stats."""
+    model.eval()
+    meters = MetricLogger()
+    for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, "Test:", log=log_fn)):
+        samples = samples.to(device)
+        with _autocast(device, amp, amp_dtype):
+            outputs = model(samples)
+        orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
+        results = postprocessors["bbox"](outputs, orig_sizes)
+        evaluator.update({int(t["image_id"]): r for t, r in zip(targets, results)})
+        if max_iters is not None and step + 1 >= max_iters:
+            break
+    evaluator.synchronize_between_processes()
+    evaluator.accumulate()
+    return evaluator.summarize()

@@ -152,6 +152,198 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(requested: str, logger):
+    import torch
+
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning(f"--device {requested} requested but no CUDA device is visible; running on the CPU")
+        return torch.device("cpu")
+    return torch.device(requested)
+
+
+def build_loaders(args, dataset_train, dataset_val):
+    """Data loaders; the training order is a function of (seed, epoch) so a resumed run sees the same order."""
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
+
+    from util.misc import collate_fn
+
+    loader_kw = dict(collate_fn=collate_fn, num_workers=args.num_workers, persistent_workers=False)
+    train_loader = None
+    if dataset_train is not None:
+        if args.distributed:
+            sampler = DistributedSampler(dataset_train, shuffle=True, seed=args.seed)
+        else:
+            sampler = EpochSeededSampler(len(dataset_train), args.seed)
+        batch_sampler = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=True)
+        train_loader = DataLoader(dataset_train, batch_sampler=batch_sampler, **loader_kw)
+    val_sampler = (DistributedSampler(dataset_val, shuffle=False) if args.distributed
+                   else SequentialSampler(dataset_val))
+    val_loader = DataLoader(dataset_val, args.batch_size, sampler=val_sampler, drop_last=False, **loader_kw)
+    return train_loader, val_loader
+
+
+class EpochSeededSampler:
+    """Random permutation drawn from ``seed + epoch`` (the single-process twin of DistributedSampler)."""
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        import torch
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def run(args, logger) -> int:
+    """Build everything from ``args`` and train, or evaluate with ``--eval``."""
+    import datetime
+    import time
+
+    import torch
+
+    import engine
+    from datasets import build_dataset, build_evaluator
+    from models import build_model
+    from util.checkpoint import load_model_weights, read_checkpoint, save_checkpoint, set_rng_state
+    from util.distributed import is_main_process
+    from util.ema import ModelEma
+    from util.training import BestMetricHolder, build_lr_scheduler, build_optimizer
+
+    device = resolve_device(args.device, logger)
+    seed_everything(args.seed + args.rank)
+    model, criterion, postprocessors = build_model(args)
+    model.to(device)
+    criterion.to(device)
+    ema = ModelEma(model, args.ema_decay, unique_params=args.ema_unique_params) if args.use_ema else None
+    model_without_ddp = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[args.gpu] if device.type == "cuda" else None,
+            find_unused_parameters=args.find_unused_params)
+        model_without_ddp = model.module
+    n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
+    logger.info(f"number of trainable params: {n_parameters}")
+
+    dataset_val = build_dataset("val", args)
+    dataset_train = None if args.eval else build_dataset("train", args)
+    train_loader, val_loader = build_loaders(args, dataset_train, dataset_val)
+    optimizer = build_optimizer(args, model_without_ddp)
+    lr_scheduler, per_iter = build_lr_scheduler(args, optimizer, len(train_loader) if train_loader else 1)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    best = BestMetricHolder(use_ema=args.use_ema)
+
+    # Resume (automatic from output_dir/checkpoint.pth) or start from pretrained weights.
+    if output_dir is not None and (output_dir / "checkpoint.pth").exists() and not args.resume:
+        args.resume = str(output_dir / "checkpoint.pth")
+    if args.resume:
+        ckpt = read_checkpoint(args.resume)
+        load_model_weights(model_without_ddp, ckpt["model"], strict=True, source=args.resume)
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema_model"] if "ema_model" in ckpt else model_without_ddp.state_dict())
+        if not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            args.start_epoch = ckpt["epoch"] + 1
+            best_file = Path(args.resume).parent / "best_metric.json"
+            if best_file.is_file():
+                best.load_state_dict(json.loads(best_file.read_text()))
+            if "rng_state" in ckpt and not args.distributed:
+                set_rng_state(ckpt["rng_state"])
+        logger.info(f"resumed from {args.resume} (next epoch {args.start_epoch})")
+    elif args.pretrain_model_path:
+        ckpt = read_checkpoint(args.pretrain_model_path)
+        load_model_weights(model_without_ddp, ckpt["model"], strict=False, ignore_keywords=args.finetune_ignore,
+                           source=args.pretrain_model_path)
+        if ema is not None:
+            ema.load_state_dict(model_without_ddp.state_dict())
+
+    amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
+    log_fn = logger.info if args.save_log else print
+    max_iters = 15 if args.debug else None
+
+    def evaluate_model(net):
+        evaluator = build_evaluator(dataset_val, args, output_dir)
+        if args.feedback_loop_NOC_test or args.feedback_inference:
+            return engine.evaluate_interactive(net, postprocessors, val_loader, dataset_val, args, device,
+                                               output_dir=output_dir, evaluator_factory=lambda: build_evaluator(
+                                                   dataset_val, args, output_dir), log_fn=log_fn)
+        return engine.evaluate(net, postprocessors, val_loader, evaluator, device, amp=args.amp, amp_dtype=amp_dtype,
+                               max_iters=max_iters, log_fn=log_fn)
+
+    if args.eval:
+        stats = evaluate_model(model_without_ddp if ema is None else ema.module)
+        if output_dir is not None and is_main_process():
+            with open(output_dir / "log.txt", "a") as handle:
+                handle.write(json.dumps({f"test_{k}": v for k, v in stats.items()}, default=float) + "\n")
+        return 0
+
+    writer = None
+    if output_dir is not None and is_main_process():
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(output_dir / "tensorboard"))
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and amp_dtype == torch.float16)
+    logger.info("Start training")
+    start = time.time()
+    for epoch in range(args.start_epoch, args.epochs):
+        epoch_start = time.time()
+        train_loader.batch_sampler.sampler.set_epoch(epoch)
+        try:
+            train_stats = engine.train_one_epoch(
+                model, criterion, train_loader, optimizer, device, epoch, args.clip_max_norm, amp=args.amp,
+                amp_dtype=amp_dtype, scaler=scaler, lr_scheduler=lr_scheduler, step_scheduler_per_iter=per_iter,
+                ema=ema, max_iters=max_iters, log_fn=log_fn)
+        except engine.NonFiniteLossError as exc:
+            logger.error(str(exc))
+            return 1
+        if not per_iter:
+            lr_scheduler.step()
+        if output_dir is not None:
+            paths = [output_dir / "checkpoint.pth"]
+            if (epoch + 1) % args.lr_drop == 0 or (epoch + 1) % args.save_checkpoint_interval == 0:
+                paths.append(output_dir / f"checkpoint{epoch:04}.pth")
+            for path in paths:
+                save_checkpoint(path, model_without_ddp, optimizer, lr_scheduler, epoch, args,
+                                ema_model=ema.module if ema is not None else None)
+        test_stats = evaluate_model(model_without_ddp)
+        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
+                     **{f"test_{k}": v for k, v in test_stats.items()}}
+        kinds = [("regular", model_without_ddp, test_stats)]
+        if ema is not None:
+            ema_stats = evaluate_model(ema.module)
+            log_stats.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
+            kinds.append(("ema", ema.module, ema_stats))
+        for kind, net, stats in kinds:
+            if best.update(float(stats["coco_eval_keypoints_detr"][0]), epoch, is_ema=kind == "ema") and output_dir:
+                save_checkpoint(output_dir / f"checkpoint_best_{kind}.pth", net, optimizer, lr_scheduler, epoch, args,
+                                with_rng=False)
+        if output_dir is not None and is_main_process():
+            # a small side file, so a resumed run keeps its best so far without rewriting checkpoint.pth
+            (output_dir / "best_metric.json").write_text(json.dumps(best.state_dict()))
+        log_stats.update(best.summary())
+        log_stats.update(epoch=epoch, n_parameters=n_parameters, now_time=str(datetime.datetime.now()),
+                         epoch_time=str(datetime.timedelta(seconds=int(time.time() - epoch_start))))
+        if output_dir is not None and is_main_process():
+            with open(output_dir / "log.txt", "a") as handle:
+                handle.write(json.dumps(log_stats, default=float) + "\n")
+            for key, value in log_stats.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    writer.add_scalar(key, value, epoch)
+            writer.flush()
+    if writer is not None:
+        writer.close()
+    logger.info(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args, _cfg, logger = prepare(argv)

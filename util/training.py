@@ -1,0 +1,80 @@
+"""Optimiser parameter groups, learning-rate schedules and best-metric tracking (the reference's recipes)."""
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _matches(name: str, keywords) -> bool:
+    return any(word in name for word in keywords)
+
+
+def param_groups(args: Namespace, model: nn.Module) -> list[dict[str, Any]]:
+    """'default': every non-backbone parameter at ``lr``, the backbone at ``lr_backbone`` (reference groups)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    kind = getattr(args, "param_dict_type", "default")
+    if kind == "default":
+        return [{"params": [p for n, p in named if "backbone" not in n]},
+                {"params": [p for n, p in named if "backbone" in n], "lr": args.lr_backbone}]
+    if kind == "ddetr_in_mmdet":
+        backbone, proj = args.lr_backbone_names, args.lr_linear_proj_names
+        return [
+            {"params": [p for n, p in named if not _matches(n, backbone) and not _matches(n, proj)], "lr": args.lr},
+            {"params": [p for n, p in named if _matches(n, backbone)], "lr": args.lr_backbone},
+            {"params": [p for n, p in named if _matches(n, proj)], "lr": args.lr * args.lr_linear_proj_mult},
+        ]
+    raise ValueError(f"param_dict_type must be 'default' or 'ddetr_in_mmdet', got {kind!r}")
+
+
+def build_optimizer(args: Namespace, model: nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(param_groups(args, model), lr=args.lr, weight_decay=args.weight_decay)
+
+
+def build_lr_scheduler(args: Namespace, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns ``(scheduler, step_per_iteration)``: one-cycle steps per iteration, the others per epoch."""
+    if args.onecyclelr:
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, steps_per_epoch=max(steps_per_epoch, 1),
+                                                   epochs=args.epochs, pct_start=0.2), True
+    if args.multi_step_lr:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(args.lr_drop_list)), False
+    return torch.optim.lr_scheduler.StepLR(optimizer, args.lr_drop), False
+
+
+class BestMetricHolder:
+    """Best value (larger is better) and its epoch, overall and per kind ('regular', 'ema').
+
+    ``summary()`` has the reference's log keys: ``best_res``/``best_ep`` without EMA; ``all_``, ``regular_`` and
+    ``ema_`` prefixed ones with EMA. ``update`` returns True when this kind improved on its own best.
+    """
+
+    def __init__(self, use_ema: bool = False):
+        self.use_ema = use_ema
+        self.best = {kind: (0.0, -1) for kind in ("all", "regular", "ema")}
+
+    def update(self, value: float, epoch: int, is_ema: bool = False) -> bool:
+        kind = "ema" if is_ema else "regular"
+        if value > self.best["all"][0]:
+            self.best["all"] = (value, epoch)
+        if value > self.best[kind][0]:
+            self.best[kind] = (value, epoch)
+            return True
+        return False
+
+    def summary(self) -> dict[str, float]:
+        if not self.use_ema:
+            value, epoch = self.best["all"]
+            return {"best_res": value, "best_ep": epoch}
+        out: dict[str, float] = {}
+        for kind in ("all", "regular", "ema"):
+            value, epoch = self.best[kind]
+            out.update({f"{kind}_best_res": value, f"{kind}_best_ep": epoch})
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"use_ema": self.use_ema, "best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = {k: tuple(v) for k, v in state["best"].items()}
