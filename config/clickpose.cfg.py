@@ -136,3 +136,14 @@ crop_marks_invisible = False  # True: keypoints cropped out of the window become
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)
 max_clicks = 17  # rounds of the interactive evaluation
 noc_thresholds = [0.85, 0.90, 0.95]
+# ---- datasets (datasets/__init__.py); main.py sets coco_path from --coco_path / CLICKPOSE_*_PATH ----
+# dataset_file='custom': paths absolute or relative to coco_path; file_name values are relative to the image folder
+custom_train_ann = None  # e.g. 'annotations/train.json'
+custom_train_img = None  # e.g. 'images/train'
+custom_val_ann = None
+custom_val_img = None
+custom_keypoint_names = None  # list of names in annotation order; None = the built-in layout with num_body_points
+custom_flip_pairs = None  # 0-based [left, right] index pairs swapped by a horizontal flip
+custom_sigmas = None  # OKS sigmas per keypoint (already /10, as COCO's 0.026 for the nose); None = 0.05 each
+custom_skeleton = None  # 0-based [a, b] limb pairs, for drawing only
+custom_evaluator = 'coco'  # 'coco' (pycocotools) | 'crowdpose' (easy/medium/hard by image 'crowdIndex')

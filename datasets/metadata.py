@@ -67,3 +67,31 @@ def default_metadata_for_num_keypoints(num_keypoints: int) -> KeypointMetadata:
             return meta
     raise ValueError(f"no built-in keypoint layout has {num_keypoints} keypoints (17: COCO, 14: CrowdPose); "
                      "use --dataset_file custom and give keypoint names, flip pairs and sigmas in the config")
+
+
+def build_custom_metadata(keypoint_names, flip_pairs=(), sigmas=None, skeleton=(),
+                          name: str = "custom") -> KeypointMetadata:
+    """Validated metadata for a user-defined layout (config keys ``custom_keypoint_names`` etc.).
+
+    ``sigmas`` default to 0.05 per keypoint (a mid-range COCO value) when not given; flip pairs and skeleton are
+    0-based index pairs.
+    """
+    names = tuple(str(n) for n in keypoint_names)
+    num = len(names)
+    if num == 0:
+        raise ValueError("custom_keypoint_names is empty: list the keypoint names of your dataset in order")
+    if len(set(names)) != num:
+        raise ValueError(f"custom_keypoint_names has duplicates: {list(names)}")
+    pairs = tuple((int(a), int(b)) for a, b in (flip_pairs or ()))
+    links = tuple((int(a), int(b)) for a, b in (skeleton or ()))
+    for what, items in (("custom_flip_pairs", pairs), ("custom_skeleton", links)):
+        bad = [p for p in items if not (0 <= p[0] < num and 0 <= p[1] < num) or p[0] == p[1]]
+        if bad:
+            raise ValueError(f"{what} has pairs {bad} outside 0..{num - 1} or joining a keypoint to itself")
+    used = [k for p in pairs for k in p]
+    if len(used) != len(set(used)):
+        raise ValueError(f"custom_flip_pairs uses a keypoint twice: {list(pairs)}")
+    values = (0.05,) * num if sigmas is None else tuple(float(s) for s in sigmas)
+    if len(values) != num or any(s <= 0 for s in values):
+        raise ValueError(f"custom_sigmas needs {num} positive values (one per keypoint), got {list(values)}")
+    return KeypointMetadata(name=name, keypoint_names=names, flip_pairs=pairs, sigmas=values, skeleton=links)

@@ -1,0 +1,285 @@
+"""Box and keypoint AP of post-processed predictions.
+
+Two scorers behind one evaluator:
+- ``coco``: pycocotools COCOeval (COCO, Human-Art, OCHuman, custom), keypoint OKS sigmas from the metadata;
+- ``crowdpose``: faster-coco-eval ``keypoints_crowd`` with ``use_area=False`` (scale = 0.53 * box area, as the
+  CrowdPose tools), giving AP/AR and AP on the easy/medium/hard crowd-index splits.
+
+Only the ground truth's categories are scored (person = 1): the reference post-process also emits label-0 entries,
+which COCO evaluation ignores the same way. Predictions are collected per image and scored once at the end, which
+gives the same numbers as the reference's per-batch evaluation (each image is scored on its own; ``accumulate``
+pools them) while loading the ground truth once.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# names of the numbers in the returned stats lists (log keys keep the reference's names)
+BBOX_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+COCO_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+CROWDPOSE_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+STAT_KEYS = {"bbox": "coco_eval_bbox", "keypoints": "coco_eval_keypoints_detr"}
+# crowd-index thresholds of the CrowdPose easy / medium / hard split
+CROWD_INDEX_EASY_BELOW = 0.2
+CROWD_INDEX_MEDIUM_BELOW = 0.8
+
+
+def _to_list(value: Any) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value)
+
+
+def predictions_to_coco_results(image_id: int, prediction: dict) -> tuple[list[dict], list[dict]]:
+    """One image's post-processed prediction -> (bbox results, keypoint results) in COCO results format.
+
+    prediction: ``scores`` (n,), ``labels`` (n,), ``boxes`` (n, 4) xyxy pixels, ``keypoints`` (n, K, 3) or
+    (n, 3K) triplets [x, y, score]. Either of boxes / keypoints may be absent.
+    """
+    scores = [float(s) for s in _to_list(prediction["scores"])]
+    labels = [int(c) for c in _to_list(prediction["labels"])]
+    bbox_results, keypoint_results = [], []
+    if not scores:
+        return bbox_results, keypoint_results
+    if "boxes" in prediction:
+        for (x1, y1, x2, y2), score, label in zip(_to_list(prediction["boxes"]), scores, labels):
+            bbox_results.append({"image_id": int(image_id), "category_id": label,
+                                 "bbox": [x1, y1, x2 - x1, y2 - y1], "score": score})
+    if "keypoints" in prediction:
+        keypoints = prediction["keypoints"]
+        keypoints = keypoints.reshape(len(scores), -1) if hasattr(keypoints, "reshape") else keypoints
+        for kpts, score, label in zip(_to_list(keypoints), scores, labels):
+            flat = list(np.asarray(kpts, dtype=np.float64).reshape(-1))
+            keypoint_results.append({"image_id": int(image_id), "category_id": label,
+                                     "keypoints": [float(v) for v in flat], "score": score})
+    return bbox_results, keypoint_results
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def load_ground_truth(gt: Union[str, Path, dict, Any], backend: str):
+    """A COCO object of the backend's own API from a path, a dict or a pycocotools COCO."""
+    if backend == "crowdpose":
+        from faster_coco_eval import COCO as FasterCOCO
+        if isinstance(gt, (str, Path)):
+            return FasterCOCO(str(gt))
+        if isinstance(gt, FasterCOCO):
+            return gt
+        dataset = gt if isinstance(gt, dict) else gt.dataset
+        return FasterCOCO(copy.deepcopy(dataset))
+    from pycocotools.coco import COCO
+    if isinstance(gt, (str, Path)):
+        with _quiet():
+            return COCO(str(gt))
+    if isinstance(gt, dict):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt)
+        with _quiet():
+            coco.createIndex()
+        return coco
+    return gt
+
+
+def _crowdpose_eval_class():
+    from faster_coco_eval import COCOeval_faster
+
+    class CrowdPoseEval(COCOeval_faster):
+        """faster-coco-eval keypoints_crowd whose easy/medium/hard split covers only the evaluated images and
+        reads the crowd index from the loaded ground truth (the library re-reads the file and takes every image)."""
+
+        def get_type_result(self, first: float = CROWD_INDEX_EASY_BELOW, second: float = CROWD_INDEX_MEDIUM_BELOW):
+            evaluated = list(self.params.imgIds)
+            splits: tuple[list, list, list] = ([], [], [])
+            for image_id in evaluated:
+                crowd_index = self.cocoGt.imgs[image_id].get("crowdIndex", 0.0)
+                splits[0 if crowd_index < first else 1 if crowd_index < second else 2].append(image_id)
+            scores = []
+            for ids in splits:
+                self.params.imgIds = ids
+                self.evaluate()
+                self.accumulate()
+                scores.append(round(float(np.mean(self.eval["precision"][:, :, :, 0, :])), 4))
+            self.params.imgIds = evaluated
+            return scores
+
+    return CrowdPoseEval
+
+
+def score_results(coco_gt, results: list[dict], iou_type: str, image_ids: Sequence[int], backend: str,
+                  sigmas: Optional[Sequence[float]] = None, log: Optional[Callable[[str], None]] = None
+                  ) -> np.ndarray:
+    """Run COCO-style evaluation of ``results`` on ``image_ids``; returns the summary stats array.
+
+    iou_type: 'bbox' or 'keypoints'; backend: 'coco' (pycocotools) or 'crowdpose' (faster-coco-eval).
+    ``coco_gt`` must come from ``load_ground_truth(..., backend)``. ``results`` are not modified.
+    """
+    results = copy.deepcopy(results)
+    categories = set(coco_gt.getCatIds())
+    results = [r for r in results if r["category_id"] in categories]
+    lines: list[str] = []
+    if backend == "crowdpose":
+        cocoeval_class = _crowdpose_eval_class()
+        coco_dt = coco_gt.loadRes(results)
+        kwargs = {"iouType": "bbox"} if iou_type == "bbox" else {
+            "iouType": "keypoints_crowd", "kpt_oks_sigmas": np.asarray(sigmas, dtype=np.float64), "use_area": False}
+        evaluator = cocoeval_class(coco_gt, coco_dt, print_function=lines.append, **kwargs)
+        evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+        stats = np.asarray(evaluator.stats, dtype=np.float64)
+    elif backend == "coco":
+        from pycocotools.cocoeval import COCOeval
+        with _quiet():
+            coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        if iou_type == "keypoints" and sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
+        evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        capture = io.StringIO()
+        with contextlib.redirect_stdout(capture):
+            evaluator.evaluate()
+            evaluator.accumulate()
+            evaluator.summarize()
+        lines = capture.getvalue().splitlines()
+        stats = np.asarray(evaluator.stats, dtype=np.float64)
+    else:
+        raise ValueError(f"unknown evaluation backend {backend!r}: expected 'coco' or 'crowdpose'")
+    if log is not None:
+        summary = [str(line) for line in lines if str(line).lstrip().startswith("Average")]
+        log(f"IoU metric: {iou_type}\n" + "\n".join(summary))
+    return stats
+
+
+def _empty_results(coco_gt):
+    """A results COCO with no detections (pycocotools' loadRes rejects an empty list)."""
+    from pycocotools.coco import COCO
+    empty = COCO()
+    empty.dataset = {"images": list(coco_gt.dataset["images"]), "annotations": [],
+                     "categories": copy.deepcopy(coco_gt.dataset.get("categories", []))}
+    empty.createIndex()
+    return empty
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class KeypointEvaluator:
+    """Collects predictions per image, merges ranks, scores box and keypoint AP.
+
+    Usage (per evaluation): ``update`` per batch, then ``synchronize_between_processes()``, ``accumulate()``,
+    ``summarize() -> {'coco_eval_bbox': [12 floats], 'coco_eval_keypoints_detr': [10 floats (coco) or
+    9 (crowdpose: AP, AP50, AP75, AR, AR50, AR75, AP_easy, AP_medium, AP_hard)]}``; index 0 is the keypoint AP.
+    """
+
+    def __init__(self, coco_gt, *, backend: str = "coco", sigmas: Optional[Sequence[float]] = None,
+                 output_dir: Optional[Union[str, Path]] = None, iou_types: Iterable[str] = ("bbox", "keypoints"),
+                 log: Optional[Callable[[str], None]] = print):
+        if backend not in ("coco", "crowdpose"):
+            raise ValueError(f"unknown evaluation backend {backend!r}: expected 'coco' or 'crowdpose'")
+        self.backend = backend
+        self.coco_gt = load_ground_truth(coco_gt, backend)
+        self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.iou_types = tuple(iou_types)
+        self.log = log
+        self.keypoint_stat_names = CROWDPOSE_KEYPOINT_STAT_NAMES if backend == "crowdpose" else \
+            COCO_KEYPOINT_STAT_NAMES
+        self._per_image: dict[int, tuple[list[dict], list[dict]]] = {}
+        self._synchronized = False
+        self.stats: dict[str, np.ndarray] = {}
+
+    @property
+    def img_ids(self) -> list[int]:
+        return sorted(self._per_image)
+
+    def update(self, predictions: dict[int, dict]) -> None:
+        """predictions: image_id -> {'scores','labels','boxes','keypoints'} (see ``predictions_to_coco_results``).
+        A repeated image keeps its first predictions (as the reference's de-duplication of padded samplers)."""
+        if self._synchronized:
+            raise RuntimeError("update() after synchronize_between_processes(); start a new evaluator")
+        unknown = [i for i in predictions if int(i) not in self.coco_gt.imgs]
+        if unknown:
+            raise KeyError(f"image ids {unknown[:5]} are not in the ground truth; wrong annotation file?")
+        for image_id, prediction in predictions.items():
+            self._per_image.setdefault(int(image_id), predictions_to_coco_results(int(image_id), prediction))
+
+    def synchronize_between_processes(self) -> None:
+        """Gather every rank's predictions (first occurrence of an image wins); a no-op without distributed."""
+        if self._synchronized:
+            return
+        self._synchronized = True
+        if not _distributed():
+            return
+        gathered: list = [None] * dist.get_world_size()
+        dist.all_gather_object(gathered, self._per_image)
+        merged: dict[int, tuple[list[dict], list[dict]]] = {}
+        for part in gathered:
+            for image_id, results in part.items():
+                merged.setdefault(image_id, results)
+        self._per_image = merged
+
+    def results(self, iou_type: str) -> list[dict]:
+        """COCO results of all collected images for 'bbox' or 'keypoints', ordered by image id."""
+        slot = 0 if iou_type == "bbox" else 1
+        return [r for image_id in self.img_ids for r in self._per_image[image_id][slot]]
+
+    def accumulate(self) -> None:
+        """Score every IoU type (evaluate + accumulate + summarize of the backend)."""
+        for iou_type in self.iou_types:
+            self.stats[iou_type] = score_results(self.coco_gt, self.results(iou_type), iou_type, self.img_ids,
+                                                 self.backend, self.sigmas, self.log)
+
+    def summarize(self) -> dict[str, list[float]]:
+        """Stats under the reference's log names; writes the COCO results JSON files to ``output_dir``."""
+        if not self.stats:
+            self.accumulate()
+        self.write_results()
+        return {STAT_KEYS[t]: self.stats[t].tolist() for t in self.iou_types}
+
+    def named_keypoint_stats(self) -> dict[str, float]:
+        return dict(zip(self.keypoint_stat_names, self.stats["keypoints"].tolist()))
+
+    def write_results(self) -> list[Path]:
+        """Write ``{bbox,keypoints}_results.json`` (scored categories only) on the main process."""
+        if self.output_dir is None or (_distributed() and dist.get_rank() != 0):
+            return []
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        categories = set(self.coco_gt.getCatIds())
+        written = []
+        for iou_type in self.iou_types:
+            path = self.output_dir / f"{iou_type}_results.json"
+            with open(path, "w") as handle:
+                json.dump([r for r in self.results(iou_type) if r["category_id"] in categories], handle)
+            written.append(path)
+        return written
+
+
+def evaluate_results_file(gt: Union[str, Path, dict, Any], results: Union[str, Path, list], *,
+                          iou_type: str = "keypoints", backend: str = "coco",
+                          sigmas: Optional[Sequence[float]] = None, image_ids: Optional[Sequence[int]] = None,
+                          log: Optional[Callable[[str], None]] = None) -> np.ndarray:
+    """Score a COCO results JSON file (or list) against a ground-truth file; default images: all in the GT.
+
+    Returns the stats array (keypoints: 10 numbers for 'coco', 9 for 'crowdpose'; bbox: 12).
+    """
+    coco_gt = load_ground_truth(gt, backend)
+    if isinstance(results, (str, Path)):
+        with open(results, "r") as handle:
+            results = json.load(handle)
+    ids = sorted(coco_gt.imgs) if image_ids is None else list(image_ids)
+    return score_results(coco_gt, list(results), iou_type, ids, backend, sigmas, log)

@@ -1,0 +1,410 @@
+"""Per-image keypoint AP in memory, equal to pycocotools' ``COCOeval(gt, dt, 'keypoints')`` restricted to one image.
+
+The original Click-Pose NoC test re-read the ground-truth JSON, built a results object and ran a full COCOeval for
+every image and every click round, taking ``stats[0]`` (AP@OKS[.50:.95], area 'all', maxDets 20; -1 when the image
+has no non-ignored person). This module loads the ground truth once and evaluates any number of (image, prediction)
+pairs in a few vectorised numpy passes, reproducing pycocotools bit for bit:
+
+- OKS with the per-keypoint sigmas, the GT ``area`` as scale, only labelled GT keypoints counted, and the
+  "distance to the doubled GT box" form for GT without labelled keypoints; the per-pair sum is taken over exactly
+  the labelled keypoints, in their order, so the rounding is the same as pycocotools';
+- GT ignored when ``iscrowd`` is set, ``num_keypoints == 0``, or ``area`` lies outside [0, 1e10];
+  crowd GT may be matched by several detections;
+- detections of each category sorted by score with a stable sort and cut to ``max_dets``; a detection without a
+  match whose keypoint-extent area lies outside the area range is ignored;
+- greedy matching per OKS threshold (best remaining GT, ties to the later GT, regular GT before ignored GT);
+  a match to a GT whose annotation id is 0 counts as no match (pycocotools stores the id as the match flag);
+- the 101-point interpolated precision, averaged over all thresholds and categories that have GT.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datasets.metadata import default_metadata_for_num_keypoints
+
+# pycocotools' keypoint parameters (built the same way, so the float values are identical).
+OKS_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+AREA_RANGE_ALL = (0 ** 2, 1e5 ** 2)
+_EPS = np.spacing(1)
+# Elements of the largest (units, dets, gts, keypoints) float64 block evaluated at once.
+_CHUNK_ELEMENTS = 1 << 21
+
+
+def _to_numpy(x: Any, dtype=None) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch tensor, on any device
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _load_dataset(coco_gt: Any) -> tuple[list, dict[Any, list[dict]], list]:
+    """(image ids, annotations per image in file order, category ids) from a COCO object, a dict or a JSON path."""
+    if isinstance(coco_gt, (str, Path)):
+        with open(coco_gt) as f:
+            coco_gt = json.load(f)
+    if isinstance(coco_gt, dict):
+        missing = [k for k in ("images", "annotations", "categories") if k not in coco_gt]
+        if missing:
+            raise ValueError(f"ground truth dict lacks {missing}; pass a COCO-format dataset (images, annotations, "
+                             "categories)")
+        per_image: dict[Any, list[dict]] = {}
+        for ann in coco_gt["annotations"]:
+            per_image.setdefault(ann["image_id"], []).append(ann)
+        image_ids = [img["id"] for img in coco_gt["images"]]
+        cat_ids = [c["id"] for c in coco_gt["categories"]]
+        return image_ids, per_image, cat_ids
+    if hasattr(coco_gt, "imgToAnns") and hasattr(coco_gt, "cats"):  # pycocotools / faster-coco-eval COCO
+        return list(coco_gt.imgs), dict(coco_gt.imgToAnns), list(coco_gt.cats)
+    raise TypeError(f"coco_gt must be a pycocotools COCO object, a COCO-format dict or a JSON path, "
+                    f"not {type(coco_gt).__name__}")
+
+
+class _GroundTruthTable:
+    """Every annotation as rows of flat arrays, grouped per (image, category) and sorted regular-first."""
+
+    def __init__(self, image_ids: list, per_image: dict, cat_ids: list, sigmas: np.ndarray | None):
+        self.cat_ids = sorted(set(cat_ids))
+        self.image_index = {img_id: i for i, img_id in enumerate(image_ids)}
+        cat_index = {c: j for j, c in enumerate(self.cat_ids)}
+        num_units = len(image_ids) * len(self.cat_ids)
+        rows_per_unit: list[list[dict]] = [[] for _ in range(num_units)]
+        for img_id, anns in per_image.items():
+            if img_id not in self.image_index:
+                continue  # pycocotools never evaluates images outside the image list
+            base = self.image_index[img_id] * len(self.cat_ids)
+            for ann in anns:
+                if ann.get("category_id") in cat_index:
+                    rows_per_unit[base + cat_index[ann["category_id"]]].append(ann)
+
+        anns_flat: list[dict] = []
+        ignore_flat: list[bool] = []
+        self.offset = np.zeros(num_units, dtype=np.int64)
+        self.count = np.zeros(num_units, dtype=np.int64)
+        for u, anns in enumerate(rows_per_unit):
+            flags = [self._ignored(a) for a in anns]
+            order = np.argsort(np.asarray(flags, dtype=np.int64), kind="mergesort")  # regular GT first, stably
+            self.offset[u] = len(anns_flat)
+            self.count[u] = len(anns)
+            anns_flat.extend(anns[i] for i in order)
+            ignore_flat.extend(flags[i] for i in order)
+        self._build_arrays(anns_flat, ignore_flat, sigmas)
+        unit_of_row = np.repeat(np.arange(num_units), self.count)
+        self.regular_count = np.bincount(unit_of_row[~self.ignore], minlength=num_units)
+
+    @staticmethod
+    def _ignored(ann: dict) -> bool:
+        for key in ("keypoints", "num_keypoints", "area", "bbox", "iscrowd"):
+            if key not in ann:
+                raise ValueError(f"ground-truth annotation {ann.get('id')} has no '{key}'; pycocotools' keypoint "
+                                 "evaluation needs keypoints, num_keypoints, area, bbox and iscrowd on every "
+                                 "annotation (CrowdPose files lack 'area': add it, e.g. from the box)")
+        area = ann["area"]
+        return bool(ann["iscrowd"]) or ann["num_keypoints"] == 0 or area < AREA_RANGE_ALL[0] or area > AREA_RANGE_ALL[1]
+
+    def _build_arrays(self, anns: list[dict], ignore: list[bool], sigmas: np.ndarray | None) -> None:
+        lengths = {len(a["keypoints"]) for a in anns}
+        if len(lengths) > 1 or any(n % 3 for n in lengths):
+            raise ValueError(f"ground-truth keypoint lists have lengths {sorted(lengths)}; all must be 3*K "
+                             "(x, y, v triplets) for one K")
+        self.num_keypoints = lengths.pop() // 3 if lengths else (len(sigmas) if sigmas is not None else 0)
+        if sigmas is None:
+            sigmas = (np.asarray(default_metadata_for_num_keypoints(self.num_keypoints).sigmas, dtype=np.float64)
+                      if self.num_keypoints else np.zeros(0))
+        sigmas = np.asarray(sigmas, dtype=np.float64)
+        if anns and sigmas.shape != (self.num_keypoints,):
+            raise ValueError(f"got {sigmas.shape[0]} OKS sigmas for {self.num_keypoints} keypoints; pass one sigma "
+                             "per keypoint (datasets.metadata has the standard layouts)")
+        self.variances = (sigmas * 2) ** 2
+        k = self.num_keypoints
+        kpts = np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), k, 3)
+        self.x, self.y = kpts[..., 0], kpts[..., 1]
+        labelled = kpts[..., 2] > 0
+        self.num_labelled = labelled.sum(axis=1)
+        # Labelled keypoints first, in order: the OKS sum then runs over the same values in the same order.
+        self.labelled_first = np.argsort(~labelled, axis=1, kind="stable")
+        self.terms = np.where(self.num_labelled > 0, self.num_labelled, k)
+        boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(len(anns), 4)
+        # Region for GT without labelled keypoints: the box grown by its size on every side.
+        self.x0, self.x1 = boxes[:, 0] - boxes[:, 2], boxes[:, 0] + boxes[:, 2] * 2
+        self.y0, self.y1 = boxes[:, 1] - boxes[:, 3], boxes[:, 1] + boxes[:, 3] * 2
+        self.scale = np.asarray([a["area"] for a in anns], dtype=np.float64) + _EPS
+        self.ignore = np.asarray(ignore, dtype=bool)
+        self.crowd = np.asarray([bool(a["iscrowd"]) for a in anns], dtype=bool)
+        self.id_nonzero = np.asarray([a.get("id", 0) != 0 for a in anns], dtype=bool)
+
+
+class PerImageKeypointAP:
+    """Per-image COCO keypoint AP (``COCOeval('keypoints')``, ``imgIds=[image_id]``, ``stats[0]``) in memory.
+
+    Args:
+        coco_gt: ground truth: a pycocotools ``COCO`` object, a COCO-format dict or the path of its JSON file.
+            Loaded once; its categories (sorted ids) are the evaluated ones, as pycocotools does.
+        sigmas: OKS sigmas, one per keypoint (default: the standard layout for the GT's keypoint count,
+            i.e. pycocotools' COCO-17 values for 17 keypoints).
+        max_dets: detections per image and category kept after sorting by score (COCO keypoints: 20).
+    """
+
+    def __init__(self, coco_gt: Any, sigmas: Sequence[float] | np.ndarray | None = None, max_dets: int = 20):
+        if max_dets < 1:
+            raise ValueError(f"max_dets must be >= 1, got {max_dets}")
+        image_ids, per_image, cat_ids = _load_dataset(coco_gt)
+        if not cat_ids:
+            raise ValueError("the ground truth has no categories; COCOeval would evaluate nothing")
+        self.max_dets = int(max_dets)
+        self.gt = _GroundTruthTable(image_ids, per_image, cat_ids, None if sigmas is None else np.asarray(sigmas))
+        self.cat_ids = self.gt.cat_ids
+        self.num_keypoints = self.gt.num_keypoints
+
+    # ----------------------------------------------------------------------------------------------- public API
+    def image_ap(self, image_id: Any, keypoints: Any, scores: Any, labels: Any = None) -> float:
+        """AP of one image.
+
+        Args:
+            keypoints: (n, K, 3), (n, K, 2) or (n, 3K) COCO triplets, pixels (only x, y are used).
+            scores: (n,) detection scores.
+            labels: (n,) category ids (default: every detection is the GT's only category).
+        Returns:
+            AP@OKS[.50:.95] for this image, or -1.0 when it has no non-ignored GT person.
+        """
+        return float(self.images_ap([image_id], [keypoints], [scores], None if labels is None else [labels])[0])
+
+    def images_ap(self, image_ids: Sequence[Any], keypoints: Any, scores: Any = None, labels: Any = None) -> np.ndarray:
+        """AP of many (image, predictions) pairs; an image id may repeat (e.g. one entry per click round).
+
+        Args:
+            image_ids: (B,) ids of GT images.
+            keypoints: per entry predictions, either stacked arrays (B, n, K, 3|2) / (B, n, 3K) or a list of B
+                arrays (n_b, ...); or a list of B dicts with 'keypoints', 'scores' and optionally 'labels'
+                (PostProcess output; then ``scores``/``labels`` are taken from the dicts).
+            scores: (B, n) or a list of (n_b,) arrays.
+            labels: (B, n) or a list of (n_b,) arrays of category ids, or None.
+        Returns:
+            (B,) float64 APs (-1 where the image has no non-ignored GT).
+        """
+        keypoints, scores, labels = self._unpack(keypoints, scores, labels)
+        num = len(image_ids)
+        if not (len(keypoints) == len(scores) == num) or (labels is not None and len(labels) != num):
+            raise ValueError(f"got {num} image ids but {len(keypoints)} keypoint sets and {len(scores)} score sets; "
+                             "pass one prediction set per image id")
+        image_rows = np.empty(num, dtype=np.int64)
+        for b, img_id in enumerate(image_ids):
+            img_id = img_id.item() if hasattr(img_id, "item") else img_id
+            if img_id not in self.gt.image_index:
+                raise ValueError(f"image id {img_id!r} is not in the ground truth's image list "
+                                 "(pycocotools' loadRes rejects it too)")
+            image_rows[b] = self.gt.image_index[img_id]
+        xy, score, label, present = self._pad(keypoints, scores, labels)
+
+        num_cats = len(self.cat_ids)
+        per_cat = np.full((num_cats, num, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size), -1.0)
+        valid = np.zeros((num_cats, num), dtype=bool)
+        for j, cat in enumerate(self.cat_ids):
+            units = image_rows * num_cats + j
+            valid[j] = self.gt.regular_count[units] > 0
+            wanted = np.flatnonzero(valid[j])
+            if wanted.size:
+                in_cat = present[wanted] & (label[wanted] == cat)
+                per_cat[j, wanted] = self._precision(units[wanted], xy[wanted], score[wanted], in_cat)
+        if num_cats == 1:
+            return np.where(valid[0], per_cat[0].mean(axis=1), -1.0)
+        return self._combine_categories(per_cat, valid)
+
+    # ------------------------------------------------------------------------------------------ input handling
+    def _unpack(self, keypoints: Any, scores: Any, labels: Any) -> tuple[list | np.ndarray, Any, Any]:
+        if isinstance(keypoints, (list, tuple)) and keypoints and isinstance(keypoints[0], dict):
+            preds = keypoints
+            keypoints = [p["keypoints"] for p in preds]
+            scores = [p["scores"] for p in preds]
+            labels = [p["labels"] for p in preds] if all("labels" in p for p in preds) else None
+        if scores is None:
+            raise ValueError("scores are required (pass them, or pass dicts with 'keypoints' and 'scores')")
+        return keypoints, scores, labels
+
+    def _pad(self, keypoints, scores, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Stack per-entry predictions into (B, n_max, K, 2) xy, (B, n_max) scores/labels/present."""
+        k = self.num_keypoints
+        if labels is None and len(self.cat_ids) > 1:
+            raise ValueError(f"the ground truth has categories {self.cat_ids}; pass labels for the detections")
+        if not isinstance(keypoints, (list, tuple)) and not isinstance(scores, (list, tuple)):
+            return self._stacked(_to_numpy(keypoints, np.float64), _to_numpy(scores, np.float64), labels)
+        kp_list = [_to_numpy(kp, np.float64) for kp in keypoints]
+        sc_list = [_to_numpy(s, np.float64).reshape(-1) for s in scores]
+        num, n_max = len(kp_list), max((s.size for s in sc_list), default=0)
+        xy = np.zeros((num, n_max, k, 2))
+        score = np.zeros((num, n_max))
+        label = np.full((num, n_max), self.cat_ids[0], dtype=np.int64) if labels is None else \
+            np.zeros((num, n_max), dtype=np.int64)
+        present = np.zeros((num, n_max), dtype=bool)
+        for b, (kp, sc) in enumerate(zip(kp_list, sc_list)):
+            n = sc.size
+            if kp.size != n * k * 3 and kp.size != n * k * 2:
+                raise ValueError(f"entry {b}: {n} scores but keypoints of shape {kp.shape}; expected (n, {k}, 3), "
+                                 f"(n, {k}, 2) or (n, {3 * k}) with n = {n}")
+            if n:
+                xy[b, :n] = kp.reshape(n, k, -1)[..., :2]
+            score[b, :n] = sc
+            present[b, :n] = True
+            if labels is not None:
+                lb = _to_numpy(labels[b]).reshape(-1)
+                if lb.size != n:
+                    raise ValueError(f"entry {b}: {n} scores but {lb.size} labels")
+                label[b, :n] = lb
+        return xy, score, label, present
+
+    def _stacked(self, keypoints: np.ndarray, scores: np.ndarray, labels: Any):
+        """Fast path for (B, n, K, 3|2) or (B, n, 3K) keypoints with (B, n) scores and labels."""
+        k = self.num_keypoints
+        per_point = keypoints.size // max(1, scores.size * k)
+        if scores.ndim != 2 or keypoints.shape[:2] != scores.shape or \
+                (scores.size and (per_point not in (2, 3) or keypoints.size != scores.size * k * per_point)):
+            raise ValueError(f"stacked predictions: keypoints {keypoints.shape} and scores {scores.shape} do not fit; "
+                             f"expected (B, n, {k}, 3), (B, n, {k}, 2) or (B, n, {3 * k}) with scores (B, n)")
+        xy = np.zeros((*scores.shape, k, 2))
+        if scores.size:
+            xy[:] = keypoints.reshape(*scores.shape, k, per_point)[..., :2]
+        if labels is None:
+            label = np.full(scores.shape, self.cat_ids[0], dtype=np.int64)
+        else:
+            label = _to_numpy(labels).astype(np.int64, copy=False)
+            if label.shape != scores.shape:
+                raise ValueError(f"labels {label.shape} must have the shape of scores {scores.shape}")
+        return xy, scores, label, np.ones(scores.shape, dtype=bool)
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+    def _precision(self, units: np.ndarray, xy: np.ndarray, score: np.ndarray, in_cat: np.ndarray) -> np.ndarray:
+        """(U, T*R) interpolated precision of units that have regular GT, in chunks of bounded size."""
+        # Sort each unit's detections of this category by score (stable), others last; keep max_dets.
+        order = np.lexsort((-score, ~in_cat), axis=-1)[:, :self.max_dets]
+        xy = np.take_along_axis(xy, order[:, :, None, None], axis=1)
+        det_valid = np.take_along_axis(in_cat, order, axis=1)
+        det_area = self._keypoint_extent_area(xy)
+        det_outside = (det_area < AREA_RANGE_ALL[0]) | (det_area > AREA_RANGE_ALL[1])
+
+        out = np.empty((units.size, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size))
+        counts = self.gt.count[units]
+        by_count = np.argsort(counts, kind="stable")  # similar GT counts share a chunk: less padding
+        per_unit = max(1, xy.shape[1] * max(1, self.num_keypoints))
+        start = 0
+        while start < units.size:
+            step = max(1, _CHUNK_ELEMENTS // (per_unit * max(1, int(counts[by_count[start]]))))
+            while step > 1 and per_unit * step * counts[by_count[min(units.size, start + step) - 1]] > _CHUNK_ELEMENTS:
+                step //= 2
+            sel = by_count[start:start + step]
+            out[sel] = self._precision_chunk(units[sel], xy[sel], det_valid[sel], det_outside[sel])
+            start += step
+        return out
+
+    @staticmethod
+    def _keypoint_extent_area(xy: np.ndarray) -> np.ndarray:
+        """loadRes' detection area: (max x - min x) * (max y - min y) over all keypoints (NaN propagates)."""
+        if xy.shape[1] == 0 or xy.shape[2] == 0:
+            return np.zeros(xy.shape[:2])
+        span = xy.max(axis=2) - xy.min(axis=2)
+        return span[..., 0] * span[..., 1]
+
+    def _gt_rows(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        counts = self.gt.count[units]
+        g_max = int(counts.max(initial=0))
+        slot = np.arange(g_max)
+        valid = slot[None, :] < counts[:, None]
+        rows = np.where(valid, self.gt.offset[units][:, None] + slot[None, :], 0)
+        return rows, valid
+
+    def _oks(self, xy: np.ndarray, rows: np.ndarray, gt_valid: np.ndarray) -> np.ndarray:
+        """(U, D, G) OKS between sorted detections and the units' GT, summed exactly as pycocotools does."""
+        gt = self.gt
+        xd, yd = xy[:, :, None, :, 0], xy[:, :, None, :, 1]  # (U, D, 1, K)
+        has_labels = (gt.num_labelled[rows] > 0)[:, None, :, None]
+        dx = np.where(has_labels, xd - gt.x[rows][:, None],
+                      np.maximum(0, gt.x0[rows][:, None, :, None] - xd) + np.maximum(0, xd - gt.x1[rows][:, None, :, None]))
+        dy = np.where(has_labels, yd - gt.y[rows][:, None],
+                      np.maximum(0, gt.y0[rows][:, None, :, None] - yd) + np.maximum(0, yd - gt.y1[rows][:, None, :, None]))
+        err = (dx ** 2 + dy ** 2) / gt.variances / gt.scale[rows][:, None, :, None] / 2
+        err = np.take_along_axis(err, gt.labelled_first[rows][:, None], axis=3)
+        oks = np.zeros(err.shape[:3])
+        terms = np.where(gt_valid, gt.terms[rows], 0)
+        for n in np.unique(terms[terms > 0]):
+            u, g = np.nonzero(terms == n)
+            part = np.ascontiguousarray(err[u, :, g, :n])  # (P, D, n): the n summed terms, contiguous
+            oks[u, :, g] = np.exp(-part).sum(axis=-1) / n
+        return oks
+
+    def _precision_chunk(self, units: np.ndarray, xy: np.ndarray, det_valid: np.ndarray,
+                         det_outside: np.ndarray) -> np.ndarray:
+        rows, gt_valid = self._gt_rows(units)
+        num_units, num_dets = det_valid.shape
+        oks = self._oks(xy, rows, gt_valid)
+        gt_ignore = self.gt.ignore[rows] & gt_valid
+        gt_regular = ~self.gt.ignore[rows] & gt_valid
+        crowd = self.gt.crowd[rows]
+        id_nonzero = self.gt.id_nonzero[rows]
+        thresholds = np.minimum(OKS_THRESHOLDS, 1 - 1e-10)[None, :, None]
+        num_t = OKS_THRESHOLDS.size
+
+        taken = np.zeros((num_units, num_t, rows.shape[1]), dtype=bool)
+        matched = np.zeros((num_units, num_t, num_dets), dtype=bool)
+        dt_ignore = np.zeros((num_units, num_t, num_dets), dtype=bool)
+        unit_idx = np.arange(num_units)[:, None]
+        for d in range(num_dets):  # greedy: detections in score order take the best GT still free
+            o = oks[:, d, None, :]  # (U, 1, G)
+            free = (~taken | crowd[:, None, :]) & (o >= thresholds) & det_valid[:, d, None, None]
+            best, found = _last_best(o, free & gt_regular[:, None, :])
+            best_ig, found_ig = _last_best(o, free & gt_ignore[:, None, :])
+            best = np.where(found, best, best_ig)
+            found = found | found_ig
+            taken[unit_idx, np.arange(num_t)[None, :], best] |= found
+            dt_ignore[:, :, d] = found & gt_ignore[unit_idx, best]
+            matched[:, :, d] = found & id_nonzero[unit_idx, best]
+        dt_ignore |= ~matched & det_outside[:, None, :]
+        dt_ignore |= ~det_valid[:, None, :]
+        return self._interpolated_precision(matched, dt_ignore, self.gt.regular_count[units])
+
+    @staticmethod
+    def _interpolated_precision(matched: np.ndarray, dt_ignore: np.ndarray, num_regular: np.ndarray) -> np.ndarray:
+        """COCOeval.accumulate for single units: (U, T, D) match flags -> (U, T*101) precision at recall points."""
+        num_units, num_t, num_dets = matched.shape
+        tp = np.cumsum(matched & ~dt_ignore, axis=2).astype(float)
+        fp = np.cumsum(~matched & ~dt_ignore, axis=2).astype(float)
+        recall = tp / num_regular[:, None, None]
+        precision = tp / (fp + tp + _EPS)
+        # Precision envelope: the best precision at any later (higher-recall) point.
+        precision = np.maximum.accumulate(precision[..., ::-1], axis=2)[..., ::-1]
+        # Detection i serves the recall thresholds <= recall[i] not served by an earlier detection.
+        reach = np.searchsorted(RECALL_THRESHOLDS, recall, side="right")
+        first = np.ones_like(reach, dtype=bool)
+        first[..., 1:] = reach[..., 1:] != reach[..., :-1]
+        slots = np.zeros((num_units, num_t, RECALL_THRESHOLDS.size + 1))
+        np.put_along_axis(slots, np.where(first, reach, 0), np.where(first, precision, 0.0), axis=2)
+        q = np.maximum.accumulate(slots[..., ::-1], axis=2)[..., ::-1][..., 1:]
+        return q.reshape(num_units, -1)
+
+    def _combine_categories(self, per_cat: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """Mean over (threshold, recall, category) entries of the categories with GT, in pycocotools' order."""
+        num_t, num_r = OKS_THRESHOLDS.size, RECALL_THRESHOLDS.size
+        result = np.full(per_cat.shape[1], -1.0)
+        for b in np.flatnonzero(valid.any(axis=0)):
+            stacked = per_cat[:, b].reshape(-1, num_t, num_r).transpose(1, 2, 0)  # (T, R, C)
+            result[b] = np.mean(stacked[stacked > -1])
+        return result
+
+
+def _last_best(oks: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the last maximum of ``oks`` over allowed GT (last axis), and whether any was allowed.
+
+    pycocotools walks the GT in order and takes any GT whose OKS is >= the best so far, so equal OKS go to the
+    later GT.
+    """
+    values = np.where(allowed, oks, -np.inf)
+    num_gt = values.shape[-1]
+    if num_gt == 0:
+        shape = values.shape[:-1]
+        return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool)
+    top = values.max(axis=-1, keepdims=True)
+    at_top = allowed & (values == top)
+    last = num_gt - 1 - np.argmax(at_top[..., ::-1], axis=-1)
+    return last, at_top.any(axis=-1)

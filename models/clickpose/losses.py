@@ -1,0 +1,61 @@
+"""Loss primitives shared by the matcher and the criterion: sigmoid focal loss, OKS, keypoint layout helpers.
+
+Keypoint tensors use the layout ``[x1, y1, ..., xK, yK, v1, ..., vK]`` (last dim 3K); K is never assumed.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops import sigmoid_focal_loss
+
+from datasets.metadata import default_metadata_for_num_keypoints
+
+OKS_EPS = 1e-6  # added to the visible count, and the floor of the OKS (reference values)
+GIOU_EPS = 1e-6  # added to the IoU and hull denominators (reference value)
+
+
+def keypoint_sigmas(num_keypoints: int, sigmas: Optional[Sequence[float]] = None) -> Tensor:
+    """(K,) float32 OKS sigmas: the given ones, else the built-in layout with K keypoints."""
+    values = default_metadata_for_num_keypoints(num_keypoints).sigmas if sigmas is None else tuple(sigmas)
+    if len(values) != num_keypoints:
+        raise ValueError(f"keypoint_sigmas has {len(values)} entries but num_body_points is {num_keypoints}; "
+                         "give one sigma per keypoint")
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def split_keypoints(keypoints: Tensor, num_keypoints: int) -> tuple[Tensor, Tensor]:
+    """(..., 3K) -> coordinates (..., 2K) and visibilities (..., K)."""
+    if keypoints.shape[-1] != 3 * num_keypoints:
+        raise ValueError(f"keypoint tensor has last dim {keypoints.shape[-1]}, expected 3*K = {3 * num_keypoints} "
+                         f"for K = {num_keypoints}; check num_body_points against the dataset")
+    return keypoints[..., :2 * num_keypoints], keypoints[..., 2 * num_keypoints:]
+
+
+def focal_loss_total(logits: Tensor, onehot: Tensor, normaliser: float, alpha: float, gamma: float = 2.0) -> Tensor:
+    """Sum of the element-wise sigmoid focal loss divided by ``normaliser``.
+
+    logits, onehot: (B, N, C). Reduced as mean over N, sum, / normaliser, * N: the same value as sum / normaliser,
+    kept in this order so that the result equals the reference bit for bit.
+    """
+    per_element = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="none")
+    return per_element.mean(1).sum() / normaliser * logits.shape[1]
+
+
+def weighted_keypoint_l1(pred_xy: Tensor, gt_xy: Tensor, visible: Tensor) -> Tensor:
+    """Element-wise |pred - gt| of flat coordinates (..., 2K), weighted by the visibility of each keypoint (..., K)."""
+    return (pred_xy - gt_xy).abs() * visible.repeat_interleave(2, dim=-1)
+
+
+def keypoint_oks(pred_xy: Tensor, gt_xy: Tensor, visible: Tensor, area: Tensor, sigmas: Tensor) -> Tensor:
+    """Object keypoint similarity, broadcasting over leading dims.
+
+    pred_xy, gt_xy: (..., K, 2); visible: (..., K) weights; area: (...) normalised target area; sigmas: (K,).
+    Returns (...): sum_k v_k exp(-d_k^2 / (2 area (2 sigma_k)^2)) / (sum_k v_k + 1e-6), not clamped.
+    """
+    variances = (sigmas * 2) ** 2
+    diff = pred_xy - gt_xy
+    squared = diff[..., 0] ** 2 + diff[..., 1] ** 2
+    similarity = torch.exp(-(squared / (area[..., None] * variances * 2))) * visible
+    return similarity.sum(-1) / (visible.sum(-1) + OKS_EPS)
