@@ -195,3 +195,15 @@ def test_build_matcher_reads_config():
         (1.0, 3.0, 0.5, 7.0, 2.0, 0.3)
     assert torch.allclose(m.sigmas, torch.full((14,), 0.05))
     assert "sigmas" not in m.state_dict()  # nothing extra in checkpoints
+
+
+def test_match_many_equals_separate_calls():
+    torch.manual_seed(7)
+    matcher = HungarianMatcher()
+    targets = _random_targets([2, 0, 4])
+    outs = [_random_outputs(3, 30, box_only=True), _random_outputs(3, 8), _random_outputs(3, 5)]
+    together = matcher.match_many(outs, targets)
+    for out, (indices, means) in zip(outs, together):
+        alone, alone_means = matcher(out, targets)
+        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(indices, alone))
+        assert all(torch.equal(means[k], alone_means[k]) for k in alone_means)
