@@ -170,10 +170,9 @@ class SetCriterion(nn.Module):
         return {f"{prefix}loss_bbox": F.l1_loss(pred, gt, reduction="none").sum() / normaliser,
                 f"{prefix}loss_giou": (1 - giou).sum() / normaliser}
 
-    def _losses_for(self, outputs: dict, targets: Sequence[dict], names: Sequence[str], num_boxes: float,
-                    suffix: str, log: bool) -> LossDict:
-        """Match ``outputs`` to ``targets`` and compute the named terms, keys suffixed."""
-        match = self.matcher(outputs, targets)
+    def _terms(self, outputs: dict, targets: Sequence[dict], match: Match, names: Sequence[str], num_boxes: float,
+               suffix: str, log: bool) -> LossDict:
+        """The named terms of one output dict, keys suffixed."""
         methods = self._loss_methods()
         result: LossDict = {}
         for name in names:
@@ -182,20 +181,29 @@ class SetCriterion(nn.Module):
                 result[key + suffix] = value
         return result
 
+    def _match_all(self, outputs_list: list[dict], targets: Sequence[dict]) -> list[Match]:
+        if hasattr(self.matcher, "match_many"):  # one host transfer for every output dict
+            return self.matcher.match_many(outputs_list, targets)
+        return [self.matcher(outputs, targets) for outputs in outputs_list]
+
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, Tensor]]) -> LossDict:
-        """outputs: the model's training output dict; targets: one dict per image. Returns the unweighted losses."""
-        device = outputs["pred_logits"].device
-        num_boxes = _global_num_boxes(targets, device)
+        """outputs: the model's training output dict; targets: one dict per image. Returns the unweighted losses.
+
+        Every output dict (final, each aux entry, interm) gets its own Hungarian matching.
+        """
+        num_boxes = _global_num_boxes(targets, outputs["pred_logits"].device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        losses = self._losses_for(final, targets, self.losses, num_boxes, suffix="", log=True)
+        jobs = [(final, list(self.losses), "", True)]  # (output dict, terms, key suffix, log class_error)
         for layer, aux in enumerate(outputs.get("aux_outputs", [])):
             box_only = layer < self.num_box_decoder_layers
             names = [n for n in self.losses if not (box_only and n in KEYPOINT_LOSSES)]
-            losses.update(self._losses_for(aux, targets, names, num_boxes, suffix=f"_{layer}", log=False))
+            jobs.append((aux, names, f"_{layer}", False))
         if "interm_outputs" in outputs:
-            names = [n for n in self.losses if n in INTERM_LOSSES]
-            losses.update(self._losses_for(outputs["interm_outputs"], targets, names, num_boxes, suffix="_interm",
-                                           log=False))
+            jobs.append((outputs["interm_outputs"], [n for n in self.losses if n in INTERM_LOSSES], "_interm", False))
+        matches = self._match_all([job[0] for job in jobs], targets)
+        losses: LossDict = {}
+        for (out, names, suffix, log), match in zip(jobs, matches):
+            losses.update(self._terms(out, targets, match, names, num_boxes, suffix, log))
         return losses
 
 
