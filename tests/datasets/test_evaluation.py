@@ -135,3 +135,39 @@ def test_no_predictions_scores_zero(shared_data):
     evaluator.update({785: empty})
     evaluator.accumulate()
     assert evaluator.summarize()["coco_eval_keypoints_detr"][0] == 0.0
+
+
+def test_synchronize_merges_ranks_once_first_occurrence_wins(shared_data, monkeypatch):
+    import datasets.evaluation as evaluation
+    gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
+    evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    one = {"scores": [0.9], "labels": [1], "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+           "keypoints": torch.ones(1, 17, 3)}
+    evaluator.update({785: one})
+    other_rank = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    other_rank.update({40083: one, 785: dict(one, scores=[0.1])})  # 785 again: a padded sampler's repeat
+    calls = []
+
+    def fake_all_gather(output, obj):
+        calls.append(1)
+        output[0], output[1] = obj, other_rank._per_image
+
+    monkeypatch.setattr(evaluation, "_distributed", lambda: True)
+    monkeypatch.setattr(evaluation.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(evaluation.dist, "all_gather_object", fake_all_gather)
+    evaluator.synchronize_between_processes()
+    evaluator.synchronize_between_processes()
+    assert len(calls) == 1
+    assert evaluator.img_ids == [785, 40083]
+    assert [r["score"] for r in evaluator.results("keypoints")] == [0.9, 0.9]
+
+
+def test_crowdpose_box_ap_uses_box_area_for_size_ranges(shared_data):
+    gt_file = shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json"
+    gt = json.loads(gt_file.read_text())
+    assert all("area" not in a for a in gt["annotations"])
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    stats = evaluate_results_file(gt_file, results, iou_type="bbox", backend="crowdpose")
+    # every box is >= 90x94 px: no small ones (-1), medium and large are scored
+    assert stats[0] == 1.0 and stats[3] == -1.0 and stats[4] == 1.0 and stats[5] == 1.0
