@@ -74,12 +74,15 @@ def load_ground_truth(gt: Union[str, Path, dict, Any], backend: str):
     """A COCO object of the backend's own API from a path, a dict or a pycocotools COCO."""
     if backend == "crowdpose":
         from faster_coco_eval import COCO as FasterCOCO
-        if isinstance(gt, (str, Path)):
-            return FasterCOCO(str(gt))
         if isinstance(gt, FasterCOCO):
             return gt
-        dataset = gt if isinstance(gt, dict) else gt.dataset
-        return FasterCOCO(copy.deepcopy(dataset))
+        coco = FasterCOCO(str(gt) if isinstance(gt, (str, Path)) else
+                          copy.deepcopy(gt if isinstance(gt, dict) else gt.dataset))
+        # CrowdPose has no 'area': use the box area so that box AP per size range is defined (keypoint OKS uses
+        # use_area=False and does not read it)
+        for ann in coco.anns.values():
+            ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        return coco
     from pycocotools.coco import COCO
     if isinstance(gt, (str, Path)):
         with _quiet():

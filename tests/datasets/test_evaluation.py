@@ -1,0 +1,173 @@
+"""Evaluators: the reference numbers of the sample predictions, ground truth scoring AP 1.0 through the whole
+dataset -> prediction -> evaluator path, category filtering, results files."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from datasets import build_dataset, build_evaluator, evaluate_results_file
+from datasets.evaluation import KeypointEvaluator, predictions_to_coco_results
+from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
+from util.box_ops import box_cxcywh_to_xyxy
+
+
+def test_coco_reference_numbers(shared_data):
+    stats = evaluate_results_file(shared_data / "coco/annotations/person_keypoints_val2017.json",
+                                  shared_data / "coco/extras/xtcocoapi_example_coco_preds.json",
+                                  sigmas=COCO_KEYPOINTS.sigmas)
+    assert stats.round(4).tolist() == [0.8609, 0.9931, 0.9109, 0.7756, 0.9373, 0.875, 1.0, 0.9167, 0.78, 0.9429]
+
+
+def test_crowdpose_reference_numbers(shared_data):
+    extras = shared_data / "crowdpose/extras"
+    stats = evaluate_results_file(extras / "xtcocoapi_example_crowdpose_val.json",
+                                  extras / "xtcocoapi_example_crowdpose_preds.json", backend="crowdpose",
+                                  sigmas=CROWDPOSE_KEYPOINTS.sigmas)
+    assert stats.round(4).tolist() == [0.7877, 0.9881, 0.7314, 0.8222, 1.0, 0.7778, 1.0, 0.9802, 0.4116]
+
+
+def _targets_as_predictions(target: dict, num_kpts: int, with_background_copies: bool = False) -> dict:
+    """A model-layout target turned into a post-processed prediction in original-image pixels."""
+    h, w = target["orig_size"].tolist()
+    n = target["boxes"].shape[0]
+    boxes = box_cxcywh_to_xyxy(target["boxes"]) * torch.tensor([w, h, w, h])
+    xy = target["keypoints"][:, :2 * num_kpts].reshape(n, num_kpts, 2) * torch.tensor([w, h])
+    keypoints = torch.cat([xy, torch.ones(n, num_kpts, 1)], dim=-1)
+    scores, labels = torch.ones(n), torch.ones(n, dtype=torch.int64)
+    if with_background_copies:  # the reference post-process also emits label-0 entries, here with higher scores
+        boxes, keypoints = boxes.repeat(2, 1), keypoints.repeat(2, 1, 1)
+        scores = torch.cat([torch.full((n,), 2.0), scores])
+        labels = torch.cat([torch.zeros(n, dtype=torch.int64), labels])
+    return {"scores": scores, "labels": labels, "boxes": boxes, "keypoints": keypoints}
+
+
+@pytest.mark.parametrize("name", ["coco", "crowdpose", "humanart", "ochuman"])
+def test_ground_truth_through_the_dataset_scores_ap_one(name, tmp_path, sample_root, make_args):
+    args = make_args(name, sample_root(name))
+    dataset = build_dataset("val", args)
+    num_kpts = dataset.metadata.num_keypoints
+    evaluator = build_evaluator(dataset, args, output_dir=tmp_path, log=None)
+    for index in range(len(dataset)):
+        _, target = dataset[index]
+        prediction = _targets_as_predictions(target, num_kpts, with_background_copies=True)
+        evaluator.update({int(target["image_id"]): prediction})
+    evaluator.synchronize_between_processes()
+    evaluator.accumulate()
+    stats = evaluator.summarize()
+    assert set(stats) == {"coco_eval_bbox", "coco_eval_keypoints_detr"}
+    assert len(stats["coco_eval_bbox"]) == 12
+    assert len(stats["coco_eval_keypoints_detr"]) == (9 if name == "crowdpose" else 10)
+    assert round(stats["coco_eval_keypoints_detr"][0], 4) == 1.0
+    # bbox AP counts the zero-keypoint people (not in the targets) as misses: same as their GT boxes as results
+    gt = json.loads(dataset.ann_file.read_text())
+    gt_boxes = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+                for a in gt["annotations"] if not a.get("iscrowd") and a["num_keypoints"] > 0]
+    expected_bbox = evaluate_results_file(dataset.ann_file, gt_boxes, iou_type="bbox", backend=evaluator.backend)
+    assert 0.5 < stats["coco_eval_bbox"][0] == pytest.approx(expected_bbox[0], abs=1e-4)
+    written = json.loads((tmp_path / "keypoints_results.json").read_text())
+    assert written and all(r["category_id"] == 1 for r in written)
+    assert len(written[0]["keypoints"]) == 3 * num_kpts
+    # the written file scores the same
+    again = evaluate_results_file(dataset.ann_file, tmp_path / "keypoints_results.json",
+                                  backend=evaluator.backend, sigmas=dataset.metadata.sigmas,
+                                  image_ids=evaluator.img_ids)
+    assert np.allclose(again, stats["coco_eval_keypoints_detr"])
+
+
+@pytest.mark.parametrize("name,backend", [("coco", "coco"), ("crowdpose", "crowdpose"), ("humanart", "coco"),
+                                          ("ochuman", "coco")])
+def test_ground_truth_file_as_results_scores_ap_one(name, backend, sample_root, make_args):
+    args = make_args(name, sample_root(name))
+    dataset = build_dataset("val", args, transforms=None)
+    gt = json.loads(dataset.ann_file.read_text())
+    results = [{"image_id": a["image_id"], "category_id": 1, "keypoints": a["keypoints"], "score": 1.0}
+               for a in gt["annotations"] if not a.get("iscrowd") and a["num_keypoints"] > 0]
+    stats = evaluate_results_file(dataset.ann_file, results, backend=backend, sigmas=dataset.metadata.sigmas)
+    assert round(float(stats[0]), 4) == 1.0
+
+
+def test_worse_predictions_score_lower(sample_root, make_args):
+    args = make_args("coco", sample_root("coco"))
+    dataset = build_dataset("val", args)
+    stats = {}
+    for shift in (0.0, 8.0):
+        evaluator = build_evaluator(dataset, args, log=None)
+        for index in range(len(dataset)):
+            _, target = dataset[index]
+            prediction = _targets_as_predictions(target, 17)
+            prediction["keypoints"][..., 0] += shift
+            evaluator.update({int(target["image_id"]): prediction})
+        evaluator.accumulate()
+        stats[shift] = evaluator.summarize()["coco_eval_keypoints_detr"][0]
+    assert stats[0.0] == pytest.approx(1.0) and stats[8.0] < 0.9
+
+
+def test_prediction_formats_and_first_update_wins(shared_data):
+    gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
+    evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    kpts = torch.rand(2, 17, 3) * 100
+    base = {"scores": torch.tensor([0.9, 0.5]), "labels": torch.tensor([1, 0]),
+            "boxes": torch.tensor([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]])}
+    bbox, kp = predictions_to_coco_results(785, dict(base, keypoints=kpts))
+    _, kp_flat = predictions_to_coco_results(785, dict(base, keypoints=kpts.reshape(2, 51)))
+    assert kp == kp_flat and len(kp[0]["keypoints"]) == 51
+    assert bbox[0]["bbox"] == [1.0, 2.0, 10.0, 20.0] and bbox[1]["category_id"] == 0
+    empty = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
+             "boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3)}
+    evaluator.update({785: dict(base, keypoints=kpts)})
+    evaluator.update({785: empty, 40083: empty})
+    assert evaluator.img_ids == [785, 40083]
+    assert len(evaluator.results("keypoints")) == 2  # the repeat of 785 was ignored
+    with pytest.raises(KeyError, match="not in the ground truth"):
+        evaluator.update({123: empty})
+    evaluator.synchronize_between_processes()
+    with pytest.raises(RuntimeError):
+        evaluator.update({785: empty})
+
+
+def test_no_predictions_scores_zero(shared_data):
+    gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
+    evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    empty = {"scores": [], "labels": [], "boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3)}
+    evaluator.update({785: empty})
+    evaluator.accumulate()
+    assert evaluator.summarize()["coco_eval_keypoints_detr"][0] == 0.0
+
+
+def test_synchronize_merges_ranks_once_first_occurrence_wins(shared_data, monkeypatch):
+    import datasets.evaluation as evaluation
+    gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
+    evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    one = {"scores": [0.9], "labels": [1], "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
+           "keypoints": torch.ones(1, 17, 3)}
+    evaluator.update({785: one})
+    other_rank = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
+    other_rank.update({40083: one, 785: dict(one, scores=[0.1])})  # 785 again: a padded sampler's repeat
+    calls = []
+
+    def fake_all_gather(output, obj):
+        calls.append(1)
+        output[0], output[1] = obj, other_rank._per_image
+
+    monkeypatch.setattr(evaluation, "_distributed", lambda: True)
+    monkeypatch.setattr(evaluation.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(evaluation.dist, "all_gather_object", fake_all_gather)
+    evaluator.synchronize_between_processes()
+    evaluator.synchronize_between_processes()
+    assert len(calls) == 1
+    assert evaluator.img_ids == [785, 40083]
+    assert [r["score"] for r in evaluator.results("keypoints")] == [0.9, 0.9]
+
+
+def test_crowdpose_box_ap_uses_box_area_for_size_ranges(shared_data):
+    gt_file = shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json"
+    gt = json.loads(gt_file.read_text())
+    assert all("area" not in a for a in gt["annotations"])
+    results = [{"image_id": a["image_id"], "category_id": 1, "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    stats = evaluate_results_file(gt_file, results, iou_type="bbox", backend="crowdpose")
+    # every box is >= 90x94 px: no small ones (-1), medium and large are scored
+    assert stats[0] == 1.0 and stats[3] == -1.0 and stats[4] == 1.0 and stats[5] == 1.0
