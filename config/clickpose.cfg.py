@@ -136,6 +136,10 @@ crop_marks_invisible = False  # True: keypoints cropped out of the window become
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)
 max_clicks = 17  # rounds of the interactive evaluation
 noc_thresholds = [0.85, 0.90, 0.95]
+# Pose error modeling: the paper's error types as optional additions to the reference's denoising noise.
+pem_error_types = []  # any of 'jitter', 'miss', 'swap', 'inversion'; [] = the reference's noise only
+pem_error_prob = 0.1  # per labelled, noised keypoint: chance of one of pem_error_types
+
 # ---- datasets (datasets/__init__.py); main.py sets coco_path from --coco_path / CLICKPOSE_*_PATH ----
 # dataset_file='custom': paths absolute or relative to coco_path; file_name values are relative to the image folder
 custom_train_ann = None  # e.g. 'annotations/train.json'

@@ -1,0 +1,49 @@
+"""Builders from the config namespace ``args``."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import nn
+
+from .backbone import build_backbone
+from .clickpose import ClickPose
+from .postprocess import PostProcess
+from .transformer import build_transformer
+
+
+def _keypoint_metadata(args: Any):
+    from datasets.metadata import default_metadata_for_num_keypoints
+    try:
+        return default_metadata_for_num_keypoints(args.num_body_points)
+    except ValueError:
+        return None
+
+
+def build_clickpose(args: Any, matcher: Optional[nn.Module] = None) -> ClickPose:
+    """The model. ``matcher`` drives the training click loop and the simulated clicks (the criterion's
+    matcher can be shared; built from the config when None)."""
+    expected_refine_layers = args.dec_layers - args.num_box_decoder_layers
+    if getattr(args, "num_humanfeedback_layers", expected_refine_layers) != expected_refine_layers:
+        raise ValueError(f"num_humanfeedback_layers ({args.num_humanfeedback_layers}) must equal dec_layers - "
+                         f"num_box_decoder_layers ({expected_refine_layers}): the refinement runs those layers")
+    if matcher is None:
+        from .matcher import build_matcher
+        matcher = build_matcher(args)
+    metadata = _keypoint_metadata(args)
+    flip_pairs = getattr(args, "flip_pairs", None) or (metadata.flip_pairs if metadata else ())
+    sigmas = getattr(args, "keypoint_sigmas", None) or (metadata.sigmas if metadata else None)
+    return ClickPose(
+        build_backbone(args), build_transformer(args), num_classes=args.num_classes,
+        num_feature_levels=args.num_feature_levels, num_body_points=args.num_body_points, num_group=args.num_group,
+        num_group_refine=args.num_group_refine, dn_number=args.dn_number if args.use_dn else 0,
+        dn_labelbook_size=args.dn_labelbook_size, dn_box_noise_scale=args.dn_box_noise_scale,
+        dn_kpt_noise_scale=args.dn_kpt_noise_scale, dn_box_label_noise_ratio=args.dn_box_label_noise_ratio,
+        dn_kpt_label_noise_ratio=args.dn_kpt_label_noise_ratio, human_feedback=args.human_feedback,
+        click_freeze=getattr(args, "click_freeze", "none"), only_correction=args.only_correction,
+        pem_error_types=getattr(args, "pem_error_types", ()), pem_error_prob=getattr(args, "pem_error_prob", 0.0),
+        flip_pairs=flip_pairs, keypoint_sigmas=sigmas, matcher=matcher)
+
+
+def build_postprocessors(args: Any) -> dict[str, PostProcess]:
+    return {"bbox": PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold,
+                                num_body_points=args.num_body_points)}

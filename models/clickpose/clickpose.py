@@ -1,0 +1,210 @@
+"""``ClickPose``: the ED-Pose detector with pose-error-modeling queries and click refinement.
+
+forward(samples, targets=None):
+- eval: ``{'pred_logits' (B, G, C), 'pred_boxes' (B, G, 4), 'pred_keypoints' (B, G, 3K)}`` (no targets needed);
+- training (targets required): the same plus the denoising entries (``dn_*``, ``num_tgt``), ``aux_outputs``
+  (the earlier decoder layers, then, when ``human_feedback`` is truthy, the refinement layers of the last
+  simulated click round) and ``interm_outputs`` (the encoder proposals).
+The interactive API is :meth:`ClickPose.encode` + :meth:`ClickPose.decode` (or ``forward(...,
+return_state=True)``), then :meth:`ClickPose.refine` or :meth:`ClickPose.click_rounds` on the cached state.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from util.misc import NestedTensor, nested_tensor_from_tensor_list
+
+from .backbone import Joiner
+from .encoder import EncoderState
+from .error_modeling import DenoisingQueries, build_denoising_queries, clicked_count_probabilities
+from .feedback import CLICK_FREEZE_MODES, ClickSimulator, Clicks, Refinement, refine, run_click_rounds
+from .queries import box_stage_dn_mask, keypoint_stage_dn_mask
+from .transformer import Transformer
+
+
+class ClickPose(nn.Module):
+    """See the module docstring. Sub-module names follow the reference checkpoints exactly."""
+
+    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int = 2, num_feature_levels: int = 4,
+                 num_body_points: int = 17, num_group: int = 50, num_group_refine: int = 20, dn_number: int = 50,
+                 dn_labelbook_size: int = 100, dn_box_noise_scale: float = 0.4, dn_kpt_noise_scale: float = 0.4,
+                 dn_box_label_noise_ratio: float = 0.5, dn_kpt_label_noise_ratio: float = 0.5,
+                 human_feedback: bool = False, click_freeze: str = "none", only_correction: bool = False,
+                 pem_error_types: Sequence[str] = (), pem_error_prob: float = 0.0,
+                 flip_pairs: Sequence[tuple[int, int]] = (), keypoint_sigmas: Optional[Sequence[float]] = None,
+                 matcher: Optional[nn.Module] = None):
+        super().__init__()
+        hidden_dim = transformer.d_model
+        decoder = transformer.decoder
+        if num_group_refine > num_group:
+            raise ValueError(f"num_group_refine ({num_group_refine}) cannot exceed num_group ({num_group})")
+        if click_freeze not in CLICK_FREEZE_MODES:
+            raise ValueError(f"click_freeze must be one of {CLICK_FREEZE_MODES}, got {click_freeze!r}")
+        self.transformer = transformer
+        self.label_enc = nn.Embedding(dn_labelbook_size + 1, hidden_dim)
+        self.label_enc_pose = nn.Embedding(num_body_points + 1, hidden_dim)
+        self.input_proj = self._make_input_proj(backbone.num_channels, hidden_dim, num_feature_levels)
+        self.backbone = backbone
+        # the heads live in the decoder; registering them here too gives the reference's aliased keys
+        self.bbox_embed = decoder.bbox_embed
+        self.class_embed = decoder.class_embed
+        self.pose_embed = decoder.pose_embed
+        self.pose_hw_embed = decoder.pose_hw_embed
+
+        self.num_classes = num_classes
+        self.num_feature_levels = num_feature_levels
+        self.num_body_points = num_body_points
+        self.num_group = num_group
+        self.num_group_refine = num_group_refine
+        self.nheads = decoder.nheads
+        self.dn_number = dn_number
+        self.dn_labelbook_size = dn_labelbook_size
+        self.dn_box_noise_scale = dn_box_noise_scale
+        self.dn_kpt_noise_scale = dn_kpt_noise_scale
+        self.dn_box_label_noise_ratio = dn_box_label_noise_ratio
+        self.dn_kpt_label_noise_ratio = dn_kpt_label_noise_ratio
+        self.human_feedback = bool(human_feedback)  # the reference tests truthiness ('FLASE' counts as True)
+        self.click_freeze = click_freeze
+        self.only_correction = only_correction
+        self.pem_error_types = tuple(pem_error_types or ())
+        self.pem_error_prob = pem_error_prob
+        self.flip_pairs = tuple(flip_pairs)
+        self.keypoint_sigmas = keypoint_sigmas
+        # a plain attribute (not a sub-module): the matcher has no weights and must not enter the state dict
+        self.click_simulator = ClickSimulator(matcher, num_body_points) if matcher is not None else None
+
+    @staticmethod
+    def _make_input_proj(channels: Sequence[int], hidden_dim: int, num_levels: int) -> nn.ModuleList:
+        """1x1 conv + GroupNorm per backbone level, then 3x3 stride-2 convs for the extra levels."""
+        projections = [nn.Sequential(nn.Conv2d(c, hidden_dim, kernel_size=1), nn.GroupNorm(32, hidden_dim))
+                       for c in channels]
+        in_channels = channels[-1]
+        for _ in range(num_levels - len(channels)):
+            projections.append(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, kernel_size=3, stride=2, padding=1),
+                                             nn.GroupNorm(32, hidden_dim)))
+            in_channels = hidden_dim
+        for projection in projections:
+            nn.init.xavier_uniform_(projection[0].weight, gain=1)
+            nn.init.constant_(projection[0].bias, 0)
+        return nn.ModuleList(projections)
+
+    # ---- encoder side ------------------------------------------------------------------------------
+    def encode(self, samples: NestedTensor | Sequence[Tensor] | Tensor) -> EncoderState:
+        """Backbone, input projections (+ extra strided levels) and the deformable encoder."""
+        if not isinstance(samples, NestedTensor):
+            samples = nested_tensor_from_tensor_list(list(samples))
+        features, positions = self.backbone(samples)
+        srcs = [proj(feature.tensors) for proj, feature in zip(self.input_proj, features)]
+        masks = [feature.mask for feature in features]
+        positions = list(positions)
+        for level in range(len(features), self.num_feature_levels):
+            source = features[-1].tensors if level == len(features) else srcs[-1]
+            src = self.input_proj[level](source)
+            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            srcs.append(src)
+            masks.append(mask)
+            positions.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
+        return self.transformer.encode(srcs, masks, positions)
+
+    # ---- decoder side ------------------------------------------------------------------------------
+    def _denoising_queries(self, targets: Sequence[dict]) -> DenoisingQueries:
+        return build_denoising_queries(
+            targets, self.dn_number, self.num_body_points, self.num_classes, self.label_enc, self.label_enc_pose,
+            labelbook_size=self.dn_labelbook_size, box_label_noise_ratio=self.dn_box_label_noise_ratio,
+            kpt_label_noise_ratio=self.dn_kpt_label_noise_ratio, box_noise_scale=self.dn_box_noise_scale,
+            kpt_noise_scale=self.dn_kpt_noise_scale, clicked_subset=self.human_feedback,
+            error_types=self.pem_error_types, error_prob=self.pem_error_prob, flip_pairs=self.flip_pairs,
+            sigmas=self.keypoint_sigmas)
+
+    def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor]) -> list[dict[str, Tensor]]:
+        decoder = self.transformer.decoder
+        layers = []
+        for layer_id, (layer_hs, layer_refs) in enumerate(zip(hs, refs)):
+            if layer_id < decoder.num_box_layers:
+                logits, boxes = decoder.predict_boxes(layer_id, layer_hs, layer_refs)
+                keypoints = layer_hs.new_zeros(boxes.shape[:2] + (3 * self.num_body_points,))
+            else:
+                logits, boxes, keypoints = decoder.predict_groups(layer_id, layer_hs, layer_refs)
+            layers.append({"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints})
+        return layers
+
+    def decode(self, state: EncoderState, targets: Optional[Sequence[dict]] = None) -> dict:
+        """Two-stage proposals, (training: denoising queries), the decoder, predictions (module docstring)."""
+        if self.training and targets is None:
+            raise ValueError("ClickPose needs targets in training mode (denoising queries and the click loop)")
+        tgt, refs_unsig, interm_content, interm_boxes = self.transformer.propose(state)
+        dn = self._denoising_queries(targets) if self.training and self.dn_number > 0 else None
+        num_dn, dn_groups, box_mask, keypoint_mask = 0, None, None, None
+        if dn is not None:
+            num_dn = dn.num_dn
+            tgt = torch.cat((dn.content, tgt), 1)
+            refs_unsig = torch.cat((dn.boxes_unsigmoid, refs_unsig), 1)
+            dn_groups = (dn.keypoint_xy, dn.keypoint_content)
+            box_mask = box_stage_dn_mask(dn.num_gt, num_dn, self.transformer.num_queries, self.nheads)
+            keypoint_mask = keypoint_stage_dn_mask(dn.num_gt, num_dn, self.num_group, self.num_body_points + 1,
+                                                   self.nheads)
+        hs, refs = self.transformer.decoder(tgt, refs_unsig, state, num_dn, dn_groups, box_mask, keypoint_mask)
+        layers = self._layer_predictions(hs, refs)
+        dn_layers = [{key: value[:, :num_dn] for key, value in layer.items()} for layer in layers]
+        layers = [{key: value[:, num_dn:] for key, value in layer.items()} for layer in layers]
+        out = dict(layers[-1])
+        if not self.training:
+            return out
+
+        aux = [dict(layer) for layer in layers[:-1]]
+        if dn is not None:
+            dn_inputs = {"dn_class_input": dn.labels, "dn_bbox_input": dn.boxes, "dn_pose_input": dn.keypoints,
+                         "num_tgt": num_dn}
+            for entry, dn_layer in zip(aux + [out], dn_layers):
+                entry.update(dn_inputs)
+                entry.update({"dn_class_pred": dn_layer["pred_logits"], "dn_bbox_pred": dn_layer["pred_boxes"],
+                              "dn_pose_pred": dn_layer["pred_keypoints"]})
+        if self.human_feedback:
+            aux += self._training_click_layers(state, out, targets)
+        out["aux_outputs"] = aux
+        out["interm_outputs"] = {
+            "pred_logits": self.transformer.enc_out_class_embed(interm_content), "pred_boxes": interm_boxes,
+            "pred_keypoints": interm_boxes.new_zeros(interm_boxes.shape[:2] + (3 * self.num_body_points,))}
+        return out
+
+    def _training_click_layers(self, state: EncoderState, out: dict, targets: Sequence[dict]) -> list[dict]:
+        """The reference's training feedback loop: k ~ P(k) proportional to 1/k^2 simulated rounds; the
+        refinement layers of the last round are returned (earlier rounds feed it through the gradient)."""
+        if self.click_simulator is None:
+            raise ValueError("human_feedback training needs a matcher: build the model with "
+                             "build_clickpose(args, matcher=...) or set model.click_simulator")
+        probs = clicked_count_probabilities(self.num_body_points).float()
+        num_rounds = int(torch.multinomial(probs, 1)) + 1
+        main = {key: out[key] for key in ("pred_logits", "pred_boxes", "pred_keypoints")}
+        rounds = run_click_rounds(self, state, main, targets, num_rounds, self.click_simulator, self.click_freeze)
+        return rounds[-1]["refine_layers"]
+
+    def forward(self, samples: NestedTensor | Sequence[Tensor] | Tensor, targets: Optional[Sequence[dict]] = None,
+                return_state: bool = False):
+        """Returns the output dict, or (outputs, encoder state) with ``return_state=True``."""
+        state = self.encode(samples)
+        out = self.decode(state, targets)
+        return (out, state) if return_state else out
+
+    # ---- interaction -------------------------------------------------------------------------------
+    def refine(self, state: EncoderState, boxes: Tensor, keypoints: Tensor, clicks: Clicks,
+               click_freeze: Optional[str] = None, pinned: Optional[Tensor] = None,
+               logits: Optional[Tensor] = None) -> Refinement:
+        """One refinement of R people from clicks; see :func:`models.clickpose.feedback.refine`."""
+        mode = self.click_freeze if click_freeze is None else click_freeze
+        return refine(self, state, boxes, keypoints, clicks, mode, pinned, logits)
+
+    def click_rounds(self, state: EncoderState, outputs: dict[str, Tensor], targets: Sequence[dict],
+                     num_rounds: int, simulator: Optional[ClickSimulator] = None, click_freeze: Optional[str] = None,
+                     only_correction: Optional[bool] = None) -> list[dict]:
+        """Simulated session on the cached state (see :func:`models.clickpose.feedback.run_click_rounds`)."""
+        simulator = simulator or self.click_simulator
+        if simulator is None:
+            raise ValueError("no ClickSimulator: pass simulator=ClickSimulator(matcher, K) or build with a matcher")
+        return run_click_rounds(self, state, outputs, targets, num_rounds, simulator,
+                                self.click_freeze if click_freeze is None else click_freeze,
+                                self.only_correction if only_correction is None else only_correction)

@@ -1,0 +1,49 @@
+"""Model outputs -> per-image detections in image pixels (COCO-style evaluation input)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from util.box_ops import box_cxcywh_to_xyxy
+
+
+class PostProcess(nn.Module):
+    """Top ``num_select`` (query, class) pairs by sigmoid score, as the reference.
+
+    Both classes compete in the top-k (so a query can appear twice and label-0 entries occur; COCO
+    evaluation with catIds=[1] ignores the latter). Returns per image {'scores' (n,), 'labels' (n,),
+    'boxes' (n, 4) xyxy pixels, 'keypoints' (n, 3K) COCO triplets [x, y, s, ...] with s = the visibility slot}.
+    """
+
+    def __init__(self, num_select: int = 100, nms_iou_threshold: float = -1, num_body_points: int = 17):
+        super().__init__()
+        self.num_select = num_select
+        self.nms_iou_threshold = nms_iou_threshold
+        self.num_body_points = num_body_points
+
+    @torch.no_grad()
+    def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
+        """target_sizes: (B, 2) (h, w) of the original images."""
+        if self.nms_iou_threshold > 0:
+            raise NotImplementedError("PostProcess: NMS (nms_iou_threshold > 0) is not implemented, as in the "
+                                      "reference; set nms_iou_threshold = -1")
+        logits, boxes, keypoints = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_keypoints"]
+        if len(logits) != len(target_sizes) or target_sizes.shape[1] != 2:
+            raise ValueError(f"target_sizes must be (B, 2) (h, w) for the batch of {len(logits)}, "
+                             f"got {tuple(target_sizes.shape)}")
+        batch, num_queries, num_classes = logits.shape
+        if self.num_select > num_queries * num_classes:
+            raise ValueError(f"num_select={self.num_select} exceeds the {num_queries * num_classes} (query, class) "
+                             "pairs of these outputs; lower num_select (e.g. 20 for the interactive modes)")
+        k = self.num_body_points
+        scores, flat_index = torch.topk(logits.sigmoid().view(batch, -1), self.num_select, dim=1)
+        query = torch.div(flat_index, num_classes, rounding_mode="floor")
+        labels = flat_index % num_classes
+        img_h, img_w = target_sizes.unbind(1)
+        box_scale = torch.stack((img_w, img_h, img_w, img_h), 1)[:, None, :]
+        picked_boxes = torch.gather(box_cxcywh_to_xyxy(boxes), 1, query[..., None].expand(-1, -1, 4)) * box_scale
+        picked = torch.gather(keypoints, 1, query[..., None].expand(-1, -1, 3 * k))
+        xy = picked[..., :2 * k].unflatten(-1, (k, 2)) * torch.stack((img_w, img_h), 1)[:, None, None, :]
+        triplets = torch.cat((xy, picked[..., 2 * k:, None]), -1).flatten(2)
+        return [{"scores": s, "labels": l, "boxes": b, "keypoints": kp}
+                for s, l, b, kp in zip(scores, labels, picked_boxes, triplets)]
