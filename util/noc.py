@@ -1,0 +1,94 @@
+"""Interactive-evaluation metrics: number of clicks (NoC) per image and AP after k clicks.
+
+The original Click-Pose scored each image before every click round r = 0..K (K = number of keypoints) and stopped
+at the first round whose per-image keypoint AP reached the threshold; the recorded click count was that round, or
+K when it was never reached (the round-K AP is computed but cannot change the count). NoC@t is the mean count.
+Clicks never change earlier rounds, so one pass that records the AP after every round gives every threshold.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_THRESHOLDS = (0.85, 0.90, 0.95)
+# COCO keypoint stats, in COCOeval.summarize order.
+KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+
+
+def threshold_key(threshold: float, prefix: str = "NoC") -> str:
+    """'NoC@85' for 0.85 (percent, rounded; '@87.5' when not a whole percent)."""
+    percent = round(threshold * 100, 6)
+    text = f"{percent:g}" if percent != int(percent) else str(int(percent))
+    return f"{prefix}@{text}"
+
+
+def _check_curves(ap_curves: np.ndarray, max_clicks: int) -> np.ndarray:
+    curves = np.asarray(ap_curves, dtype=np.float64)
+    if curves.ndim != 2:
+        raise ValueError(f"ap_curves must be (num_images, rounds), got shape {curves.shape}")
+    if max_clicks < 0:
+        raise ValueError(f"max_clicks must be >= 0, got {max_clicks}")
+    if curves.shape[1] < max_clicks:
+        raise ValueError(f"ap_curves has {curves.shape[1]} rounds but NoC with max_clicks={max_clicks} needs the AP "
+                         f"after 0..{max_clicks - 1} clicks ({max_clicks} columns); run more click rounds")
+    return curves
+
+
+def noc_per_image(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                  max_clicks: int = 17) -> dict[float, np.ndarray]:
+    """Click count per image for every threshold, with the original's semantics.
+
+    Args:
+        ap_curves: (N, R+1) per-image AP after 0..R click rounds (-1 where the image has no GT); at least
+            ``max_clicks`` columns (the AP after ``max_clicks`` clicks cannot change the count).
+        thresholds: AP thresholds, e.g. (0.85, 0.90, 0.95).
+        max_clicks: the cap (the original: number of keypoints, 17).
+    Returns:
+        {threshold: (N,) int64}: the first round r < max_clicks with AP_r >= threshold, else max_clicks.
+    """
+    curves = _check_curves(ap_curves, max_clicks)[:, :max_clicks]
+    result = {}
+    for thr in thresholds:
+        reached = curves >= thr
+        result[thr] = np.where(reached.any(axis=1), reached.argmax(axis=1), max_clicks).astype(np.int64)
+    return result
+
+
+def noc_summary(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                max_clicks: int = 17) -> dict[str, float]:
+    """Mean NoC per threshold and the share of images that reach it.
+
+    Returns keys ``NoC@85`` (mean click count, the original's number), ``reached@85`` (fraction of images whose AP
+    reaches the threshold after at most ``max_clicks`` clicks; uses column ``max_clicks`` when present),
+    ``num_images`` and ``num_images_without_gt`` (AP -1 before any click: always counted as ``max_clicks``).
+    """
+    curves = _check_curves(ap_curves, max_clicks)
+    counts = noc_per_image(curves, thresholds, max_clicks)
+    within = curves[:, :max_clicks + 1]
+    summary: dict[str, float] = {}
+    for thr in thresholds:
+        summary[threshold_key(thr)] = float(counts[thr].mean()) if len(curves) else float("nan")
+        summary[threshold_key(thr, "reached")] = float((within >= thr).any(axis=1).mean()) if len(curves) \
+            else float("nan")
+    summary["num_images"] = int(len(curves))
+    summary["num_images_without_gt"] = int((curves[:, 0] == -1).sum()) if curves.shape[1] else 0
+    summary["max_clicks"] = int(max_clicks)
+    return summary
+
+
+def ap_vs_clicks_table(stats_per_round: Sequence[Sequence[float]],
+                       stat_names: Sequence[str] = KEYPOINT_STAT_NAMES) -> list[dict[str, float]]:
+    """Rows {'clicks': k, 'AP': ..., 'AP50': ...} from dataset-level COCO keypoint stats after k = 0, 1, ... clicks.
+
+    Args:
+        stats_per_round: entry k holds the stats after k click rounds, in ``stat_names`` order (COCO keypoints:
+            AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl); shorter lists fill the first names.
+    """
+    rows = []
+    for k, stats in enumerate(stats_per_round):
+        stats = [float(s) for s in stats]
+        if len(stats) > len(stat_names):
+            raise ValueError(f"round {k} has {len(stats)} stats but only {len(stat_names)} names; pass stat_names")
+        rows.append({"clicks": k, **dict(zip(stat_names, stats))})
+    return rows
