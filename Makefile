@@ -18,13 +18,13 @@ $(STAMP): requirements.txt setup.py
 
 # Compiled deformable-attention backends (optional: everything runs on the pure-PyTorch path without them).
 ops: $(STAMP)
-	@true
+	$(PY) -m models.clickpose.ops.build
 
 test: ops
 	$(PY) -m pytest -q
 
 demo: ops
-	$(PY) main.py -c config/tiny.cfg.py --output_dir demo_output --device cpu
+	$(PY) tools/demo.py --out demo_output --data data_synthetic
 
 env: $(STAMP)
 	$(PY) tools/env_report.py

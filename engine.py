@@ -46,7 +46,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     """
     model.train()
     criterion.train()
-    meters = MetricLogger()
+    # progress lines show the final layer's terms; log.txt gets every term
+    meters = MetricLogger(display=["lr", "loss", "loss_ce", "loss_bbox", "loss_giou", "loss_keypoints", "loss_oks",
+                                   "class_error"])
     meters.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
     meters.add_meter("class_error", SmoothedValue(window_size=1, fmt="{value:.2f}"))
     weight_dict = criterion.weight_dict
@@ -149,6 +151,14 @@ def evaluate_interactive(model: nn.Module, postprocessors: Mapping[str, Callable
     if getattr(args, "noc_threshold_env", None) is not None and args.noc_threshold_env not in thresholds:
         thresholds.append(float(args.noc_threshold_env))
     per_image_ap = PerImageKeypointAP(dataset.coco, sigmas=dataset.metadata.sigmas)
+    postprocess = postprocessors["bbox"]
+    num_refine = int(args.num_group_refine)
+    if postprocess.num_select > num_refine * int(args.num_classes):
+        # the reference needs num_select=20 here (it crashes otherwise); use the largest valid value
+        from models.clickpose.postprocess import PostProcess
+
+        postprocess = PostProcess(num_select=num_refine, nms_iou_threshold=args.nms_iou_threshold,
+                                  num_body_points=args.num_body_points)
     evaluators = [evaluator_factory() for _ in range(max_clicks + 1)] if evaluator_factory else []
     ap_rows: dict[int, np.ndarray] = {}
     meters = MetricLogger()
@@ -161,7 +171,7 @@ def evaluate_interactive(model: nn.Module, postprocessors: Mapping[str, Callable
         image_ids = [int(t["image_id"]) for t in targets]
         curves = np.zeros((len(targets), max_clicks + 1))
         for k, round_outputs in enumerate(rounds):
-            results = postprocessors["bbox"](round_outputs, orig_sizes)
+            results = postprocess(round_outputs, orig_sizes)
             curves[:, k] = per_image_ap.images_ap(image_ids, [
                 {key: value.cpu().numpy() for key, value in r.items()} for r in results])
             if evaluators:

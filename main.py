@@ -140,7 +140,7 @@ def prepare(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str,
             json.dump(vars(args), handle, indent=2, default=str)
         logger.info(f"Full config saved to {Path(args.output_dir) / 'config_args_all.json'}")
     logger.info(f"world size: {args.world_size}, rank: {args.rank}, local rank: {args.local_rank}")
-    logger.info("args: " + str(args))
+    logger.debug("args: " + str(args))  # the full namespace goes to info.txt only
     return args, cfg, logger
 
 

@@ -31,7 +31,7 @@ def setup_logger(output_dir: Optional[str] = None, distributed_rank: int = 0, co
     plain = logging.Formatter("[%(asctime)s.%(msecs)03d] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S")
     if distributed_rank == 0:
         console = logging.StreamHandler(stream=sys.stdout)
-        console.setLevel(logging.DEBUG)
+        console.setLevel(logging.INFO)
         prefix = colored("[%(asctime)s.%(msecs)03d %(name)s]: ", "green") if color else "[%(asctime)s %(name)s]: "
         console.setFormatter(_ColorFormatter(prefix + "%(message)s", datefmt="%m/%d %H:%M:%S") if color else plain)
         logger.addHandler(console)

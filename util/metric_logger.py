@@ -62,9 +62,11 @@ class SmoothedValue:
 class MetricLogger:
     """Named ``SmoothedValue`` meters and ``log_every``, which prints progress, ETA and timings."""
 
-    def __init__(self, delimiter: str = "  "):
+    def __init__(self, delimiter: str = "  ", display: Optional[Iterable[str]] = None):
         self.meters: dict[str, SmoothedValue] = {}
         self.delimiter = delimiter
+        # meters shown in progress lines (None: all); every meter is still tracked and returned
+        self.display = None if display is None else list(display)
 
     def update(self, **values) -> None:
         for name, value in values.items():
@@ -84,7 +86,8 @@ class MetricLogger:
         raise AttributeError(f"MetricLogger has no meter '{name}'")
 
     def __str__(self) -> str:
-        return self.delimiter.join(f"{name}: {meter}" for name, meter in self.meters.items())
+        shown = self.meters if self.display is None else {k: self.meters[k] for k in self.display if k in self.meters}
+        return self.delimiter.join(f"{name}: {meter}" for name, meter in shown.items())
 
     def synchronize_between_processes(self) -> None:
         for meter in self.meters.values():
