@@ -34,6 +34,8 @@ AREA_RANGE_ALL = (0 ** 2, 1e5 ** 2)
 _EPS = np.spacing(1)
 # Elements of the largest (units, dets, gts, keypoints) float64 block evaluated at once.
 _CHUNK_ELEMENTS = 1 << 21
+# Prediction sets unpacked and padded at once (bounds memory for long batches such as every round of a dataset).
+_ENTRIES_PER_PASS = 4096
 
 
 def _to_numpy(x: Any, dtype=None) -> np.ndarray:
@@ -191,17 +193,30 @@ class PerImageKeypointAP:
         if not (len(keypoints) == len(scores) == num) or (labels is not None and len(labels) != num):
             raise ValueError(f"got {num} image ids but {len(keypoints)} keypoint sets and {len(scores)} score sets; "
                              "pass one prediction set per image id")
-        image_rows = np.empty(num, dtype=np.int64)
+        image_rows = self._image_rows(image_ids)
+        result = np.empty(num)
+        for start in range(0, num, _ENTRIES_PER_PASS):
+            part = slice(start, start + _ENTRIES_PER_PASS)
+            padded = self._pad(keypoints[part], scores[part], None if labels is None else labels[part])
+            result[part] = self._entries_ap(image_rows[part], *padded)
+        return result
+
+    def _image_rows(self, image_ids: Sequence[Any]) -> np.ndarray:
+        rows = np.empty(len(image_ids), dtype=np.int64)
         for b, img_id in enumerate(image_ids):
             img_id = img_id.item() if hasattr(img_id, "item") else img_id
             if img_id not in self.gt.image_index:
                 raise ValueError(f"image id {img_id!r} is not in the ground truth's image list "
                                  "(pycocotools' loadRes rejects it too)")
-            image_rows[b] = self.gt.image_index[img_id]
-        xy, score, label, present = self._pad(keypoints, scores, labels)
+            rows[b] = self.gt.image_index[img_id]
+        return rows
 
-        num_cats = len(self.cat_ids)
-        per_cat = np.full((num_cats, num, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size), -1.0)
+    def _entries_ap(self, image_rows: np.ndarray, xy: np.ndarray, score: np.ndarray, label: np.ndarray,
+                    present: np.ndarray) -> np.ndarray:
+        num_cats, num = len(self.cat_ids), image_rows.size
+        single = num_cats == 1
+        per_cat = np.full((num_cats, num) if single else (num_cats, num, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size),
+                          -1.0)
         valid = np.zeros((num_cats, num), dtype=bool)
         for j, cat in enumerate(self.cat_ids):
             units = image_rows * num_cats + j
@@ -209,10 +224,8 @@ class PerImageKeypointAP:
             wanted = np.flatnonzero(valid[j])
             if wanted.size:
                 in_cat = present[wanted] & (label[wanted] == cat)
-                per_cat[j, wanted] = self._precision(units[wanted], xy[wanted], score[wanted], in_cat)
-        if num_cats == 1:
-            return np.where(valid[0], per_cat[0].mean(axis=1), -1.0)
-        return self._combine_categories(per_cat, valid)
+                per_cat[j, wanted] = self._precision(units[wanted], xy[wanted], score[wanted], in_cat, single)
+        return per_cat[0] if single else self._combine_categories(per_cat, valid)
 
     # ------------------------------------------------------------------------------------------ input handling
     def _unpack(self, keypoints: Any, scores: Any, labels: Any) -> tuple[list | np.ndarray, Any, Any]:
@@ -276,8 +289,9 @@ class PerImageKeypointAP:
         return xy, scores, label, np.ones(scores.shape, dtype=bool)
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    def _precision(self, units: np.ndarray, xy: np.ndarray, score: np.ndarray, in_cat: np.ndarray) -> np.ndarray:
-        """(U, T*R) interpolated precision of units that have regular GT, in chunks of bounded size."""
+    def _precision(self, units: np.ndarray, xy: np.ndarray, score: np.ndarray, in_cat: np.ndarray,
+                   average: bool) -> np.ndarray:
+        """(U, T*R) interpolated precision of units that have regular GT (or its (U,) mean when ``average``)."""
         # Sort each unit's detections of this category by score (stable), others last; keep max_dets.
         order = np.lexsort((-score, ~in_cat), axis=-1)[:, :self.max_dets]
         xy = np.take_along_axis(xy, order[:, :, None, None], axis=1)
@@ -285,7 +299,7 @@ class PerImageKeypointAP:
         det_area = self._keypoint_extent_area(xy)
         det_outside = (det_area < AREA_RANGE_ALL[0]) | (det_area > AREA_RANGE_ALL[1])
 
-        out = np.empty((units.size, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size))
+        out = np.empty(units.size if average else (units.size, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size))
         counts = self.gt.count[units]
         by_count = np.argsort(counts, kind="stable")  # similar GT counts share a chunk: less padding
         per_unit = max(1, xy.shape[1] * max(1, self.num_keypoints))
@@ -295,7 +309,8 @@ class PerImageKeypointAP:
             while step > 1 and per_unit * step * counts[by_count[min(units.size, start + step) - 1]] > _CHUNK_ELEMENTS:
                 step //= 2
             sel = by_count[start:start + step]
-            out[sel] = self._precision_chunk(units[sel], xy[sel], det_valid[sel], det_outside[sel])
+            precision = self._precision_chunk(units[sel], xy[sel], det_valid[sel], det_outside[sel])
+            out[sel] = precision.mean(axis=1) if average else precision
             start += step
         return out
 
@@ -304,8 +319,8 @@ class PerImageKeypointAP:
         """loadRes' detection area: (max x - min x) * (max y - min y) over all keypoints (NaN propagates)."""
         if xy.shape[1] == 0 or xy.shape[2] == 0:
             return np.zeros(xy.shape[:2])
-        span = xy.max(axis=2) - xy.min(axis=2)
-        return span[..., 0] * span[..., 1]
+        x, y = xy[..., 0], xy[..., 1]
+        return (x.max(axis=-1) - x.min(axis=-1)) * (y.max(axis=-1) - y.min(axis=-1))
 
     def _gt_rows(self, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         counts = self.gt.count[units]
@@ -316,22 +331,33 @@ class PerImageKeypointAP:
         return rows, valid
 
     def _oks(self, xy: np.ndarray, rows: np.ndarray, gt_valid: np.ndarray) -> np.ndarray:
-        """(U, D, G) OKS between sorted detections and the units' GT, summed exactly as pycocotools does."""
+        """(U, D, G) OKS between sorted detections (U, D, K, 2) and the units' GT rows (U, G).
+
+        Pairs are grouped by how many keypoint terms they sum, and each group gathers just those terms in order, so
+        every sum runs over the same values in the same order as pycocotools' (bit-equal results).
+        """
         gt = self.gt
-        xd, yd = xy[:, :, None, :, 0], xy[:, :, None, :, 1]  # (U, D, 1, K)
-        has_labels = (gt.num_labelled[rows] > 0)[:, None, :, None]
-        dx = np.where(has_labels, xd - gt.x[rows][:, None],
-                      np.maximum(0, gt.x0[rows][:, None, :, None] - xd) + np.maximum(0, xd - gt.x1[rows][:, None, :, None]))
-        dy = np.where(has_labels, yd - gt.y[rows][:, None],
-                      np.maximum(0, gt.y0[rows][:, None, :, None] - yd) + np.maximum(0, yd - gt.y1[rows][:, None, :, None]))
-        err = (dx ** 2 + dy ** 2) / gt.variances / gt.scale[rows][:, None, :, None] / 2
-        err = np.take_along_axis(err, gt.labelled_first[rows][:, None], axis=3)
-        oks = np.zeros(err.shape[:3])
+        oks = np.zeros((*xy.shape[:2], rows.shape[1]))
+        box_form = gt.num_labelled[rows] == 0
         terms = np.where(gt_valid, gt.terms[rows], 0)
+        det_axis = np.arange(xy.shape[1])[None, :, None]
         for n in np.unique(terms[terms > 0]):
-            u, g = np.nonzero(terms == n)
-            part = np.ascontiguousarray(err[u, :, g, :n])  # (P, D, n): the n summed terms, contiguous
-            oks[u, :, g] = np.exp(-part).sum(axis=-1) / n
+            for boxed in (False, True):
+                u, g = np.nonzero((terms == n) & (box_form == boxed))
+                if u.size == 0:
+                    continue
+                r = rows[u, g]
+                pick = gt.labelled_first[r, :n]  # (P, n): the summed keypoints (all of them for the box form)
+                at = (u[:, None, None], det_axis, pick[:, None, :])
+                xd, yd = xy[at + (0,)], xy[at + (1,)]  # (P, D, n)
+                if boxed:  # distance to the GT box grown by its size on every side
+                    dx = np.maximum(0, gt.x0[r, None, None] - xd) + np.maximum(0, xd - gt.x1[r, None, None])
+                    dy = np.maximum(0, gt.y0[r, None, None] - yd) + np.maximum(0, yd - gt.y1[r, None, None])
+                else:
+                    dx = xd - gt.x[r[:, None], pick][:, None, :]
+                    dy = yd - gt.y[r[:, None], pick][:, None, :]
+                err = (dx ** 2 + dy ** 2) / gt.variances[pick][:, None, :] / gt.scale[r, None, None] / 2
+                oks[u, :, g] = np.exp(-err).sum(axis=-1) / n
         return oks
 
     def _precision_chunk(self, units: np.ndarray, xy: np.ndarray, det_valid: np.ndarray,
@@ -344,22 +370,28 @@ class PerImageKeypointAP:
         crowd = self.gt.crowd[rows]
         id_nonzero = self.gt.id_nonzero[rows]
         thresholds = np.minimum(OKS_THRESHOLDS, 1 - 1e-10)[None, :, None]
+        lowest = thresholds.min()
         num_t = OKS_THRESHOLDS.size
 
         taken = np.zeros((num_units, num_t, rows.shape[1]), dtype=bool)
         matched = np.zeros((num_units, num_t, num_dets), dtype=bool)
         dt_ignore = np.zeros((num_units, num_t, num_dets), dtype=bool)
-        unit_idx = np.arange(num_units)[:, None]
+        t_idx = np.arange(num_t)[None, :]
         for d in range(num_dets):  # greedy: detections in score order take the best GT still free
-            o = oks[:, d, None, :]  # (U, 1, G)
-            free = (~taken | crowd[:, None, :]) & (o >= thresholds) & det_valid[:, d, None, None]
-            best, found = _last_best(o, free & gt_regular[:, None, :])
-            best_ig, found_ig = _last_best(o, free & gt_ignore[:, None, :])
+            # only units where this detection reaches the lowest threshold with some GT can match
+            live = np.flatnonzero(det_valid[:, d] & (oks[:, d, :] >= lowest).any(axis=1))
+            if live.size == 0:
+                continue
+            o = oks[live, d, None, :]  # (L, 1, G)
+            free = (~taken[live] | crowd[live, None, :]) & (o >= thresholds)
+            best, found = _last_best(o, free & gt_regular[live, None, :])
+            best_ig, found_ig = _last_best(o, free & gt_ignore[live, None, :])
             best = np.where(found, best, best_ig)
             found = found | found_ig
-            taken[unit_idx, np.arange(num_t)[None, :], best] |= found
-            dt_ignore[:, :, d] = found & gt_ignore[unit_idx, best]
-            matched[:, :, d] = found & id_nonzero[unit_idx, best]
+            at = (live[:, None], best)
+            taken[live[:, None], t_idx, best] |= found
+            dt_ignore[live, :, d] = found & gt_ignore[at]
+            matched[live, :, d] = found & id_nonzero[at]
         dt_ignore |= ~matched & det_outside[:, None, :]
         dt_ignore |= ~det_valid[:, None, :]
         return self._interpolated_precision(matched, dt_ignore, self.gt.regular_count[units])

@@ -34,12 +34,11 @@ def _reference_eval(coco: COCO, image_id, dets: list[dict], sigmas=None) -> COCO
             coco_dt = _coco({"images": coco.dataset["images"], "annotations": [],
                              "categories": coco.dataset["categories"]})
         evaluator = COCOeval(coco, coco_dt, "keypoints")
+        evaluator.params.imgIds = [image_id]
         if sigmas is not None:
             evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
-        evaluator.params.imgIds = [image_id]
-        evaluator.evaluate()
-        evaluator.accumulate()
-        evaluator.summarize()
+        for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
+            step()
     return evaluator
 
 
