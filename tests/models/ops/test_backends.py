@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.clickpose.ops import ms_deform_attn, ms_deform_attn_reference
+from models.clickpose.ops import _library, ms_deform_attn, ms_deform_attn_reference
 from models.clickpose.ops.testing import forward_and_grads, gradcheck, max_errors, random_inputs
 
+NOT_BUILT = f"compiled kernels not built: {_library.BUILD_HINT}"
 LEVELS = [(6, 4), (3, 2), (1, 1), (2, 5)]
 
 
@@ -43,12 +44,31 @@ def test_equals_reference(backend, dtype, tol):
     assert all(e <= tol for e in errors.values()), errors
 
 
-@pytest.mark.parametrize("channels", [32, 24, 64], ids=["D32", "D24-partial-warp", "D64-multi-warp"])
+@pytest.mark.parametrize("channels", [32, 24, 64, 6], ids=["D32", "D24-partial-warp", "D64-multi-warp", "D6"])
 def test_equals_reference_for_head_widths(backend, channels):
-    # The CUDA backward reduces channels in warp groups: a full power of two, a partial group, and several warps.
+    # The CUDA backward reduces channels in warp groups: a full power of two, a partial group, and several warps;
+    # the CPU kernels work on lanes of 8 channels plus a remainder.
     inputs = random_inputs(LEVELS, batch=1, queries=5, channels=channels, device=backend)
     errors = max_errors(inputs, backend)
     assert all(e <= 1e-10 for e in errors.values()), errors
+
+
+@pytest.fixture
+def portable_cpu_kernel():
+    """Forces the portable CPU variant (the AVX2 one is chosen on CPUs that have it) for the test's duration."""
+    library = _library.load()[0]
+    if library is None:
+        pytest.skip(NOT_BUILT)
+    yield library.cpu_isa(True)
+    library.cpu_isa(False)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)], ids=["fp64", "fp32"])
+def test_portable_cpu_variant_equals_reference(portable_cpu_kernel, dtype, tol):
+    assert portable_cpu_kernel == "portable"
+    for channels in (8, 5):
+        errors = max_errors(random_inputs(LEVELS, channels=channels, dtype=dtype), "cpu")
+        assert all(e <= tol for e in errors.values()), errors
 
 
 def test_gradcheck(backend):
