@@ -4,7 +4,7 @@ Cases: the encoder (every token queries the 4 levels: 100x167, 50x84, 25x42, 13x
 decoder (900 queries per image, 1800 with the denoising/feedback groups), 8 heads x 32 channels, 4 levels,
 4 points. For each available backend: median forward time (no autograd), median forward+backward time, and peak
 memory of forward+backward (CUDA: max allocated; CPU: peak resident-set growth, measured in a fresh process per
-backend). Ratios are against the pure-PyTorch path of the same run.
+backend). Backends alternate within each repetition; ratios are against the pure-PyTorch path of the same run.
 
     python tools/benchmark_msda.py                      # CPU, few repetitions (a couple of minutes on 2 cores)
     python tools/benchmark_msda.py --device cuda --reps 20
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -87,12 +85,16 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def rss_bytes(field: str) -> int:
+    """VmRSS (now) or VmHWM (peak) of this process. Not getrusage's ru_maxrss: that survives exec, so a child
+    started by a large parent would report the parent's size."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
 
 
-def measure(case: str, backend: str, batch: int, device: str, dtype: torch.dtype, reps: int) -> Dict[str, float]:
+def runners(case: str, backend: str, batch: int, device: str, dtype: torch.dtype) -> Dict[str, Callable]:
+    """Closures running the op forward (no autograd) and forward+backward on fixed inputs."""
     inputs = make_inputs(case, batch, device, dtype)
     op = op_for(backend)
     differentiable = ("value", "sampling_locations", "attention_weights")
@@ -100,34 +102,47 @@ def measure(case: str, backend: str, batch: int, device: str, dtype: torch.dtype
     def forward() -> None:
         with torch.no_grad():
             op(**inputs)
+        sync(device)
 
     def forward_backward() -> None:
         leaves = {k: (v.detach().requires_grad_() if k in differentiable else v) for k, v in inputs.items()}
         out = op(**leaves)
         out.backward(torch.ones_like(out))
+        sync(device)
 
-    result: Dict[str, float] = {}
+    return {"forward_ms": forward, "forward_backward_ms": forward_backward}
+
+
+def peak_memory_mib(case: str, backend: str, batch: int, device: str, dtype: torch.dtype) -> float:
+    """Extra memory of one forward+backward: CUDA max allocated, or CPU peak RSS growth (call in a fresh process)."""
+    run = runners(case, backend, batch, device, dtype)["forward_backward_ms"]
     if device == "cuda":
+        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    else:
-        base = current_rss()
-    forward_backward()  # warm-up, and the memory peak
-    sync(device)
-    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    result["peak_mib"] = (peak - base) / 2**20
-    for name, fn in (("forward_ms", forward), ("forward_backward_ms", forward_backward)):
-        fn()
-        times: List[float] = []
-        for _ in range(reps):
-            sync(device)
+        run()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    try:  # reset the peak to the current size (Linux >= 4.0), so input creation does not count
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    base = rss_bytes("VmRSS")
+    run()
+    return (rss_bytes("VmHWM") - base) / 2**20
+
+
+def time_interleaved(fns: Dict[str, Callable], reps: int) -> Dict[str, float]:
+    """Median milliseconds per backend; backends alternate within each repetition so load drift hits all alike."""
+    for fn in fns.values():
+        fn()  # warm-up
+    times: Dict[str, List[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
             start = time.perf_counter()
             fn()
-            sync(device)
-            times.append((time.perf_counter() - start) * 1e3)
-        result[name] = statistics.median(times)
-    return result
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def backends_for(device: str) -> List[str]:
@@ -152,30 +167,34 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     reps = args.reps or (3 if args.device == "cpu" else 20)
-    if args.worker:  # one (case, batch, backend) in this process, for a clean CPU memory peak
+    if args.worker:  # CPU peak memory of one (case, batch, backend), alone in this process
         case, batch, backend = args.worker.split(":")
-        print(json.dumps(measure(case, backend, int(batch), args.device, dtype, reps)))
+        print(json.dumps(peak_memory_mib(case, backend, int(batch), args.device, dtype)))
         return
     backends = backends_for(args.device)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} reps={reps} "
           f"backends={backends} torch={torch.__version__}")
-    header = (f"| case | batch | backend | forward ms | fwd+bwd ms | peak MiB | forward / pytorch "
-              f"| fwd+bwd / pytorch |")
-    print(header + "\n|---|---|---|---|---|---|---|---|")
+    print("| case | batch | backend | forward ms | fwd+bwd ms | peak MiB | forward / pytorch | fwd+bwd / pytorch |")
+    print("|---|---|---|---|---|---|---|---|")
     for spec in args.cases.split(","):
         case, batch = spec.split(":")
-        rows = {}
-        for backend in backends:
+        per_backend = {b: runners(case, b, int(batch), args.device, dtype) for b in backends}
+        rows: Dict[str, Dict[str, float]] = {b: {} for b in backends}
+        for kind in ("forward_ms", "forward_backward_ms"):
+            for b, ms in time_interleaved({b: per_backend[b][kind] for b in backends}, reps).items():
+                rows[b][kind] = ms
+        del per_backend
+        for b in backends:
             if args.device == "cpu":
-                cmd = [sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype, "--reps", str(reps),
-                       "--worker", f"{case}:{batch}:{backend}"]
-                rows[backend] = json.loads(subprocess.run(cmd, check=True, capture_output=True,
-                                                          text=True).stdout.strip().splitlines()[-1])
+                cmd = [sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype,
+                       "--worker", f"{case}:{batch}:{b}"]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                rows[b]["peak_mib"] = float(out.strip().splitlines()[-1])
             else:
-                rows[backend] = measure(case, backend, int(batch), args.device, dtype, reps)
+                rows[b]["peak_mib"] = peak_memory_mib(case, b, int(batch), args.device, dtype)
         base = rows["pytorch"]
-        for backend, r in rows.items():
-            print(f"| {case} | {batch} | {backend} | {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} "
+        for b, r in rows.items():
+            print(f"| {case} | {batch} | {b} | {r['forward_ms']:.1f} | {r['forward_backward_ms']:.1f} "
                   f"| {r['peak_mib']:.0f} | {r['forward_ms'] / base['forward_ms']:.3f} "
                   f"| {r['forward_backward_ms'] / base['forward_backward_ms']:.3f} |", flush=True)
 
