@@ -68,7 +68,8 @@ def test_rejects_bad_reference_points():
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and _library.has_cuda_kernel()),
-                    reason="needs a CUDA device and the CUDA kernel (FORCE_CUDA=1 python -m models.clickpose.ops.build)")
+                    reason="needs a CUDA device and the CUDA kernel "
+                           "(FORCE_CUDA=1 python -m models.clickpose.ops.build)")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_autocast_on_cuda(dtype):
     query, ref, flat, mask = (t.cuda() for t in inputs(4))
