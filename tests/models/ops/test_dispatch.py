@@ -61,9 +61,19 @@ def test_automatic_choice_prefers_the_compiled_kernel():
 
 def test_kernel_reports_bad_shapes(backend):
     inputs = random_inputs([(3, 3), (2, 2)], device=backend)
-    bad = dict(inputs, value=inputs["value"][:, :-1])
-    with pytest.raises(RuntimeError, match="tokens"):
-        ms_deform_attn(**bad, backend=backend)
     bad = dict(inputs, attention_weights=inputs["attention_weights"][..., :1])
     with pytest.raises(RuntimeError, match="attention_weights"):
         ms_deform_attn(**bad, backend=backend)
+    bad = dict(inputs, sampling_locations=inputs["sampling_locations"][:, :, :1])
+    with pytest.raises(RuntimeError, match="sampling_locations"):
+        ms_deform_attn(**bad, backend=backend)
+
+
+@pytest.mark.skipif(not _library.has_cpu_kernel(), reason=f"compiled kernels not built: {_library.BUILD_HINT}")
+def test_cpu_kernel_checks_the_level_layout():
+    # (Only where spatial_shapes is on the CPU: on a GPU, reading it would cost a synchronisation per call.)
+    inputs = random_inputs([(3, 3), (2, 2)])
+    with pytest.raises(RuntimeError, match="tokens"):
+        ms_deform_attn(**dict(inputs, value=inputs["value"][:, :-1]), backend="cpu")
+    with pytest.raises(RuntimeError, match="level_start_index"):
+        ms_deform_attn(**dict(inputs, level_start_index=inputs["level_start_index"] + 1), backend="cpu")
