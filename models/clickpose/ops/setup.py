@@ -93,15 +93,12 @@ def openmp_flags() -> List[str]:
     return []  # macOS clang: at::parallel_for runs single-threaded without OpenMP
 
 
-def get_extensions():
-    import torch  # noqa: F401  (cpp_extension needs it, and CUDA_HOME must be set before its import)
-
+def get_extensions(cuda_home: Optional[str]):
     sources = [os.path.join("csrc", "bindings.cpp"), os.path.join("csrc", "msda_cpu.cpp")]
     cxx_flags = ["-O3"] + openmp_flags() if sys.platform != "win32" else ["/O2"] + openmp_flags()
     options = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_compile_args={"cxx": cxx_flags},
                    extra_link_args=openmp_flags() if sys.platform.startswith("linux") else [], define_macros=[])
     with_cuda = cuda_wanted()
-    cuda_home = find_cuda_home() if with_cuda else None
     if with_cuda and cuda_home is None:
         message = ("no CUDA toolkit found (looked at CUDA_HOME, CUDA_PATH, the nvcc on PATH and /usr/local/cuda); "
                    "install one or set CUDA_HOME to its root")
@@ -110,9 +107,7 @@ def get_extensions():
         print(f"[msda] building the CPU kernel only: {message}")
         with_cuda = False
     if with_cuda:
-        os.environ["CUDA_HOME"] = cuda_home
         import torch.utils.cpp_extension as cpp_extension
-        cpp_extension.CUDA_HOME = cuda_home  # torch guesses it from nvcc's folder, wrong for wrapper scripts
         extra = library_header_dirs(cuda_home)
         system_includes = [flag for d in extra for flag in ("-isystem", d)]
         options["extra_compile_args"] = {"cxx": cxx_flags + system_includes,
@@ -128,6 +123,9 @@ def get_extensions():
 
 
 def main() -> None:
+    cuda_home = find_cuda_home()
+    if cuda_home:  # before torch.utils.cpp_extension is imported: it guesses from nvcc's folder, wrong for wrappers
+        os.environ["CUDA_HOME"] = cuda_home
     from setuptools import setup
     from torch.utils.cpp_extension import BuildExtension
 
@@ -136,7 +134,7 @@ def main() -> None:
         name=EXTENSION_NAME,
         version="1.0",
         description="Multi-scale deformable attention kernels (CPU and CUDA) for the Click-Pose reimplementation",
-        ext_modules=get_extensions(),
+        ext_modules=get_extensions(cuda_home),
         cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
         py_modules=[],
     )

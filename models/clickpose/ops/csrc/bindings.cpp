@@ -107,5 +107,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def("cpu_isa", &msda::cpu_isa, "select the CPU kernel variant: portable=True forces the portable one",
+        pybind11::arg("portable") = false);
   m.attr("abi_version") = 1;
 }

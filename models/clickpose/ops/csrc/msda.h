@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include <string>
 #include <vector>
 
 namespace msda {
@@ -36,6 +37,9 @@ at::Tensor forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes
 std::vector<at::Tensor> backward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
                                      const at::Tensor& level_start_index, const at::Tensor& sampling_locations,
                                      const at::Tensor& attention_weights, const at::Tensor& grad_output);
+
+// Selects the CPU kernel variant (portable=true forces the portable one, for tests); returns the one in use.
+std::string cpu_isa(bool portable);
 
 #ifdef MSDA_WITH_CUDA
 at::Tensor forward_cuda(const at::Tensor& value, const at::Tensor& spatial_shapes,

@@ -108,9 +108,9 @@ __global__ void backward_kernel(const Dims d, int64_t total, int group, const sc
         for (int k = 0; k < 4; ++k) {
           projected[k] = 0;
           if (!taps.in_map[k]) continue;
-          const int64_t at = taps.offset[k] * token_stride;
-          projected[k] = g * static_cast<acc_t>(level[at]);
-          if (active) gpuAtomicAdd(grad_level + at, w * taps.coeff[k] * g);
+          const int64_t tap_offset = taps.offset[k] * token_stride;
+          projected[k] = g * static_cast<acc_t>(level[tap_offset]);
+          if (active) gpuAtomicAdd(grad_level + tap_offset, w * taps.coeff[k] * g);
         }
         grad_w = taps.coeff[0] * projected[0] + taps.coeff[1] * projected[1] + taps.coeff[2] * projected[2] +
                  taps.coeff[3] * projected[3];
