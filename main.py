@@ -212,7 +212,7 @@ def run(args, logger) -> int:
     import engine
     from datasets import build_dataset, build_evaluator
     from models import build_model
-    from util.checkpoint import load_model_weights, read_checkpoint, save_checkpoint, set_rng_state
+    from util.checkpoint import load_model_weights, preserve_rng, read_checkpoint, save_checkpoint, set_rng_state
     from util.distributed import is_main_process
     from util.ema import ModelEma
     from util.training import BestMetricHolder, build_lr_scheduler, build_optimizer
@@ -270,6 +270,10 @@ def run(args, logger) -> int:
     max_iters = 15 if args.debug else None
 
     def evaluate_model(net):
+        with preserve_rng():
+            return _evaluate_model(net)
+
+    def _evaluate_model(net):
         evaluator = build_evaluator(dataset_val, args, output_dir)
         if args.feedback_loop_NOC_test or args.feedback_inference:
             return engine.evaluate_interactive(net, postprocessors, val_loader, dataset_val, args, device,

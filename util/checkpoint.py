@@ -126,3 +126,16 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_sched
     if with_rng:
         ckpt["rng_state"] = rng_state()
     save_on_master(ckpt, path)
+
+
+class preserve_rng:
+    """Context manager: whatever runs inside (e.g. evaluation) leaves the random streams as it found them, so a
+    resumed run, which skips the evaluation's draws, continues exactly like an uninterrupted one."""
+
+    def __enter__(self):
+        self._state = rng_state()
+        return self
+
+    def __exit__(self, *exc):
+        set_rng_state(self._state)
+        return False
