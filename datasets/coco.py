@@ -217,14 +217,9 @@ class CocoKeypointDataset(torch.utils.data.Dataset):
     def __init__(self, ann_file: Path, img_folder: Path, metadata: KeypointMetadata, *,
                  transforms: Optional[Callable] = None, image_set: str = "train", filter_images: bool = True,
                  skip_unreadable: bool = False, spec: Optional[DatasetSpec] = None):
-        self.ann_file = Path(ann_file)
-        self.img_folder = Path(img_folder)
-        self.metadata = metadata
-        self.transforms = transforms
-        self.image_set = image_set
-        self.skip_unreadable = skip_unreadable
-        self.spec = spec
-        self.num_skipped = 0
+        self.ann_file, self.img_folder = Path(ann_file), Path(img_folder)
+        self.metadata, self.spec, self.transforms = metadata, spec, transforms
+        self.image_set, self.skip_unreadable, self.num_skipped = image_set, skip_unreadable, 0
         self.coco = load_annotations(self.ann_file, metadata.num_keypoints)
         all_ids = sorted(self.coco.imgs)
         self.ids: list[int] = [i for i in all_ids if has_keypoints(self.coco, i)] if filter_images else all_ids

@@ -244,12 +244,10 @@ def build_transforms(image_set: str, flip_permutation: Sequence[int], *,
                      flip_exact: bool = False, crop_marks_invisible: bool = False) -> Compose:
     """The reference pipeline: train = flip, then either a multi-scale resize or resize -> random crop -> multi-scale
     resize, then tensor + normalise; val = resize the short side to max(scales)."""
-    if scale_overlap is not None and scale_overlap > 0:
-        factor = float(scale_overlap)
-        scales = [int(s * factor) for s in scales]
-        max_size = int(max_size * factor)
-        scales2_resize = [int(s * factor) for s in scales2_resize]
-        scales2_crop = [int(s * factor) for s in scales2_crop]
+    if scale_overlap:  # one factor rescales every size of the recipe
+        scales, scales2_resize, scales2_crop = ([int(v * float(scale_overlap)) for v in sizes]
+                                                for sizes in (scales, scales2_resize, scales2_crop))
+        max_size = int(max_size * float(scale_overlap))
     finish = [ToTensor(), Normalize()]
     if image_set == "train":
         return Compose([

@@ -31,10 +31,10 @@ class MSDeformAttn(nn.Module):
         self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
         self.im2col_step = im2col_step
         self.backend = backend
-        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
-        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
-        self.value_proj = nn.Linear(d_model, d_model)
-        self.output_proj = nn.Linear(d_model, d_model)
+        samples_per_query = n_heads * n_levels * n_points
+        self.sampling_offsets = nn.Linear(d_model, 2 * samples_per_query)  # (dx, dy) per sample
+        self.attention_weights = nn.Linear(d_model, samples_per_query)
+        self.value_proj, self.output_proj = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
         self._reset_parameters()
 
     def _reset_parameters(self) -> None:
