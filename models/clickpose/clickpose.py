@@ -177,11 +177,15 @@ class ClickPose(nn.Module):
         if self.click_simulator is None:
             raise ValueError("human_feedback training needs a matcher: build the model with "
                              "build_clickpose(args, matcher=...) or set model.click_simulator")
-        probs = clicked_count_probabilities(self.num_body_points).float()
-        num_rounds = int(torch.multinomial(probs, 1)) + 1
         main = {key: out[key] for key in ("pred_logits", "pred_boxes", "pred_keypoints")}
-        rounds = run_click_rounds(self, state, main, targets, num_rounds, self.click_simulator, self.click_freeze)
+        rounds = run_click_rounds(self, state, main, targets, self.draw_training_click_rounds(), self.click_simulator,
+                                  self.click_freeze)
         return rounds[-1]["refine_layers"]
+
+    def draw_training_click_rounds(self) -> int:
+        """Rounds of one training step's click loop: k in 1..K with P(k) proportional to 1/k^2."""
+        probs = clicked_count_probabilities(self.num_body_points).float()
+        return int(torch.multinomial(probs, 1)) + 1
 
     def forward(self, samples: NestedTensor | Sequence[Tensor] | Tensor, targets: Optional[Sequence[dict]] = None,
                 return_state: bool = False):
