@@ -20,7 +20,7 @@ from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 from .backbone import Joiner
 from .encoder import EncoderState
-from .error_modeling import DenoisingQueries, build_denoising_queries, clicked_count_probabilities
+from .error_modeling import DenoisingQueries, build_denoising_queries, draw_clicked_counts
 from .feedback import CLICK_FREEZE_MODES, ClickSimulator, Clicks, Refinement, refine, run_click_rounds
 from .queries import box_stage_dn_mask, keypoint_stage_dn_mask
 from .transformer import Transformer
@@ -184,8 +184,7 @@ class ClickPose(nn.Module):
 
     def draw_training_click_rounds(self) -> int:
         """Rounds of one training step's click loop: k in 1..K with P(k) proportional to 1/k^2."""
-        probs = clicked_count_probabilities(self.num_body_points).float()
-        return int(torch.multinomial(probs, 1)) + 1
+        return int(draw_clicked_counts(1, 1, self.num_body_points, torch.device("cpu"))[0, 0])
 
     def forward(self, samples: NestedTensor | Sequence[Tensor] | Tensor, targets: Optional[Sequence[dict]] = None,
                 return_state: bool = False):

@@ -129,7 +129,7 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
         noise = (rand(batch, num_dn, k, 2) * 2 - 1) * spread * kpt_noise_scale
         clean = torch.zeros(batch, num_dn, k, dtype=torch.bool, device=device)
         if clicked_subset:
-            clean = clicked_keypoint_mask(batch, num_dn, k, device, generator)
+            clean = clicked_keypoint_mask(draw_clicked_counts(batch, num_dn, k, device, generator), k, generator)
         noised_xy = xy + noise * (~clean)[..., None]
         if error_types and error_prob > 0:
             noised_xy = apply_error_types(noised_xy, noise, xy, keypoints[..., 2 * k:].view(batch, num_dn, k),
@@ -142,15 +142,20 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
                             keypoints=keypoints, num_gt=num_gt)
 
 
-def clicked_keypoint_mask(batch: int, num_dn: int, num_keypoints: int, device: torch.device,
-                          generator: Optional[torch.Generator] = None) -> Tensor:
-    """(B, D, K) True on the keypoints that stay clean: k ~ P(k) of :func:`clicked_count_probabilities`
-    draws of keypoint indices, uniform with replacement (so at most k distinct ones)."""
+def draw_clicked_counts(batch: int, num_dn: int, num_keypoints: int, device: torch.device,
+                        generator: Optional[torch.Generator] = None) -> Tensor:
+    """(B, D) numbers of "clicked" keypoint draws, k in 1..K with P(k) of :func:`clicked_count_probabilities`."""
     probs = clicked_count_probabilities(num_keypoints).to(device=device, dtype=torch.float32)
-    counts = torch.multinomial(probs, batch * num_dn, replacement=True, generator=generator).view(batch, num_dn) + 1
-    draws = torch.randint(0, num_keypoints, (batch, num_dn, num_keypoints), device=device, generator=generator)
+    return torch.multinomial(probs, batch * num_dn, replacement=True, generator=generator).view(batch, num_dn) + 1
+
+
+def clicked_keypoint_mask(counts: Tensor, num_keypoints: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """(B, D) counts k -> (B, D, K) True on the keypoints that stay clean: k keypoint indices drawn uniformly
+    with replacement (so at most k distinct ones)."""
+    device = counts.device
+    draws = torch.randint(0, num_keypoints, counts.shape + (num_keypoints,), device=device, generator=generator)
     used = torch.arange(num_keypoints, device=device) < counts[..., None]
-    hits = torch.zeros(batch, num_dn, num_keypoints, device=device).scatter_add_(2, draws, used.float())
+    hits = torch.zeros(draws.shape, device=device).scatter_add_(2, draws, used.float())
     return hits > 0
 
 
