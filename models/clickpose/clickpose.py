@@ -120,10 +120,13 @@ class ClickPose(nn.Module):
             error_types=self.pem_error_types, error_prob=self.pem_error_prob, flip_pairs=self.flip_pairs,
             sigmas=self.keypoint_sigmas)
 
-    def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor]) -> list[dict[str, Tensor]]:
+    def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor], first: int = 0) -> list[dict[str, Tensor]]:
+        """Predictions of decoder layers ``first..`` (each from its normed output and input references)."""
         decoder = self.transformer.decoder
         layers = []
         for layer_id, (layer_hs, layer_refs) in enumerate(zip(hs, refs)):
+            if layer_id < first:
+                continue
             if layer_id < decoder.num_box_layers:
                 logits, boxes = decoder.predict_boxes(layer_id, layer_hs, layer_refs)
                 keypoints = layer_hs.new_zeros(boxes.shape[:2] + (3 * self.num_body_points,))
@@ -148,7 +151,8 @@ class ClickPose(nn.Module):
             keypoint_mask = keypoint_stage_dn_mask(dn.num_gt, num_dn, self.num_group, self.num_body_points + 1,
                                                    self.nheads)
         hs, refs = self.transformer.decoder(tgt, refs_unsig, state, num_dn, dn_groups, box_mask, keypoint_mask)
-        layers = self._layer_predictions(hs, refs)
+        # in eval only the last layer is returned, so only it is predicted
+        layers = self._layer_predictions(hs, refs, first=0 if self.training else len(hs) - 1)
         dn_layers = [{key: value[:, :num_dn] for key, value in layer.items()} for layer in layers]
         layers = [{key: value[:, num_dn:] for key, value in layer.items()} for layer in layers]
         out = dict(layers[-1])
