@@ -21,6 +21,7 @@ from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from .losses import GIOU_EPS, OKS_EPS, keypoint_oks, keypoint_sigmas, split_keypoints, weighted_keypoint_l1
 
 MatchIndices = list[tuple[Tensor, Tensor]]
+COST_NAMES = ("class", "bbox", "giou", "keypoints")
 
 
 def focal_class_cost(prob: Tensor, target_labels: Tensor, alpha: float, gamma: float = 2.0) -> Tensor:
@@ -66,6 +67,58 @@ class HungarianMatcher(nn.Module):
         return cost_l1, -giou
 
     @torch.no_grad()
+    def cost_matrix(self, outputs: dict[str, Any], targets: Sequence[dict[str, Tensor]]
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Total cost (B, N, T_total) of every query against every target of the batch, and the per-term means.
+
+        Rows of image b against the targets of image b form the block that is solved for image b.
+        """
+        logits = outputs["pred_logits"]
+        batch, num_queries = logits.shape[:2]
+        if len(targets) != batch:
+            raise ValueError(f"HungarianMatcher got {len(targets)} target dicts for a batch of {batch} images")
+        tgt_labels = torch.cat([t["labels"] for t in targets])
+        if tgt_labels.numel() == 0:  # nothing to match anywhere in the batch (the reference crashes here)
+            zero = logits.new_zeros(())
+            return logits.new_zeros(batch, num_queries, 0), {name: zero for name in COST_NAMES}
+        prob = logits.flatten(0, 1).sigmoid()
+        pred_kpts = outputs["pred_keypoints"].flatten(0, 1)
+        tgt_kpts = torch.cat([t["keypoints"] for t in targets])
+
+        cost_class = focal_class_cost(prob, tgt_labels, self.focal_alpha)
+        pred_xy, _ = split_keypoints(pred_kpts, self.num_body_points)
+        if pred_xy.sum() > 0:  # keypoint branch; box costs are zero there
+            tgt_area = torch.cat([t["area"] for t in targets])
+            cost_kpt, cost_oks = self._keypoint_costs(pred_kpts, tgt_kpts, tgt_area)
+            cost_bbox = cost_giou = torch.zeros_like(cost_kpt)
+            total = self.cost_class * cost_class + self.cost_keypoints * cost_kpt + self.cost_oks * cost_oks
+        else:
+            tgt_boxes = torch.cat([t["boxes"] for t in targets])
+            cost_bbox, cost_giou = self._box_costs(outputs["pred_boxes"].flatten(0, 1), tgt_boxes)
+            cost_kpt = torch.zeros_like(cost_bbox)
+            total = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
+        means = {"class": cost_class.mean(), "bbox": cost_bbox.mean(), "giou": cost_giou.mean(),
+                 "keypoints": cost_kpt.mean()}
+        return total.view(batch, num_queries, -1), means
+
+    @torch.no_grad()
+    def match_many(self, outputs_list: Sequence[dict[str, Any]], targets: Sequence[dict[str, Tensor]]
+                   ) -> list[tuple[MatchIndices, dict[str, Tensor]]]:
+        """``forward`` for several output dicts against the same targets, with one host transfer for all of them."""
+        costs, means = zip(*(self.cost_matrix(outputs, targets) for outputs in outputs_list))
+        sizes = [len(t["labels"]) for t in targets]
+        flat = torch.cat([c.reshape(-1) for c in costs]).float().cpu().numpy()
+        if not np.isfinite(flat).all():
+            raise ValueError("HungarianMatcher: the matching cost has NaN/inf entries; the model's predictions "
+                             "(pred_logits/pred_boxes/pred_keypoints) are not finite, i.e. training diverged")
+        results, start = [], 0
+        for cost, cost_means in zip(costs, means):
+            block = flat[start:start + cost.numel()].reshape(cost.shape)
+            start += cost.numel()
+            results.append((self._assign(block, sizes), cost_means))
+        return results
+
+    @torch.no_grad()
     def forward(self, outputs: dict[str, Any], targets: Sequence[dict[str, Tensor]]
                 ) -> tuple[MatchIndices, dict[str, Tensor]]:
         """outputs: pred_logits (B,N,C), pred_boxes (B,N,4), pred_keypoints (B,N,3K); targets: one dict per image.
@@ -73,50 +126,15 @@ class HungarianMatcher(nn.Module):
         Returns ``[(query_idx int64, target_idx int64) per image]`` and the mean of each cost matrix over the
         whole batch (``class``, ``bbox``, ``giou``, ``keypoints``; logged as ``set_*``).
         """
-        logits = outputs["pred_logits"]
-        batch, num_queries = logits.shape[:2]
-        if len(targets) != batch:
-            raise ValueError(f"HungarianMatcher got {len(targets)} target dicts for a batch of {batch} images")
-        prob = logits.flatten(0, 1).sigmoid()
-        pred_boxes = outputs["pred_boxes"].flatten(0, 1)
-        pred_kpts = outputs["pred_keypoints"].flatten(0, 1)
-        tgt_labels = torch.cat([t["labels"] for t in targets])
-        sizes = [len(t["labels"]) for t in targets]
-        if tgt_labels.numel() == 0:  # nothing to match anywhere in the batch (the reference crashes here)
-            empty = torch.empty(0, dtype=torch.int64)
-            zero = logits.new_zeros(())
-            return [(empty, empty) for _ in targets], {name: zero for name in ("class", "bbox", "giou", "keypoints")}
-        tgt_boxes = torch.cat([t["boxes"] for t in targets])
-        tgt_kpts = torch.cat([t["keypoints"] for t in targets])
-        tgt_area = torch.cat([t["area"] for t in targets])
-
-        cost_class = focal_class_cost(prob, tgt_labels, self.focal_alpha)
-        pred_xy, _ = split_keypoints(pred_kpts, self.num_body_points)
-        if pred_xy.sum() > 0:  # keypoint branch; box costs are zero there
-            cost_kpt, cost_oks = self._keypoint_costs(pred_kpts, tgt_kpts, tgt_area)
-            cost_bbox = cost_giou = torch.zeros_like(cost_kpt)
-            total = self.cost_class * cost_class + self.cost_keypoints * cost_kpt + self.cost_oks * cost_oks
-        else:
-            cost_bbox, cost_giou = self._box_costs(pred_boxes, tgt_boxes)
-            cost_kpt = torch.zeros_like(cost_bbox)
-            total = self.cost_bbox * cost_bbox + self.cost_class * cost_class + self.cost_giou * cost_giou
-
-        indices = self._assign(total.view(batch, num_queries, -1), sizes)
-        means = {"class": cost_class.mean(), "bbox": cost_bbox.mean(), "giou": cost_giou.mean(),
-                 "keypoints": cost_kpt.mean()}
-        return indices, means
+        return self.match_many([outputs], targets)[0]
 
     @staticmethod
-    def _assign(cost: Tensor, sizes: list[int]) -> MatchIndices:
+    def _assign(cost: np.ndarray, sizes: list[int]) -> MatchIndices:
         """(B, N, T_total) cost -> per image, the optimal assignment on its own (N, T_i) block."""
-        cost_np = cost.float().cpu().numpy()  # one host transfer for the whole batch
-        if not np.isfinite(cost_np).all():
-            raise ValueError("HungarianMatcher: the matching cost has NaN/inf entries; the model's predictions "
-                             "(pred_logits/pred_boxes/pred_keypoints) are not finite, i.e. training diverged")
         indices = []
         start = 0
         for image, size in enumerate(sizes):
-            rows, cols = linear_sum_assignment(cost_np[image, :, start:start + size])
+            rows, cols = linear_sum_assignment(cost[image, :, start:start + size])
             start += size
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices
