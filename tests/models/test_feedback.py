@@ -152,3 +152,19 @@ def test_real_matcher_simulator(session):
     clicked = rounds[1]["corrected"]["pred_keypoints"][..., :2 * K] != keypoint_xy(
         rounds[0]["pred_keypoints"], K).flatten(2)
     assert clicked.any(-1).sum() == 6  # one click per ground-truth person (4 + 2)
+
+
+def test_no_clicks_and_images_without_people(session):
+    model, state, outputs, targets = session
+    with torch.no_grad():
+        start = model.click_rounds(state, outputs, targets, 0)[0]
+        kpts = keypoint_xy(start["pred_keypoints"], K)
+        result = model.refine(state, start["pred_boxes"], kpts, [torch.zeros(0, 4), torch.zeros(0, 4)])
+        empty = [{**t, "boxes": t["boxes"][:0], "labels": t["labels"][:0], "keypoints": t["keypoints"][:0],
+                  "area": t["area"][:0]} for t in targets]
+        rounds = model.click_rounds(state, outputs, empty, 2)
+    assert not result.clicked.any()
+    assert torch.equal(result.corrected["pred_boxes"], start["pred_boxes"])
+    # without clicks a round is just a refinement pass of the unchanged poses
+    assert torch.equal(rounds[1]["corrected"]["pred_boxes"], start["pred_boxes"])
+    assert len(rounds) == 3
