@@ -68,7 +68,10 @@ def load_backbone_weights(resnet: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict):
         raise ValueError(f"backbone_weights file {path} holds a {type(state).__name__}; {hint}")
     state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    result = resnet.load_state_dict(state, strict=False)
+    try:
+        result = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"backbone_weights file {path} does not fit the ResNet: {error}; {hint}") from None
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
         raise ValueError(f"backbone_weights file {path} does not fit the ResNet: missing {missing[:5]}, "

@@ -20,7 +20,7 @@ from util.misc import NestedTensor, nested_tensor_from_tensor_list
 
 from .backbone import Joiner
 from .encoder import EncoderState
-from .error_modeling import DenoisingQueries, build_denoising_queries, clicked_count_probabilities
+from .error_modeling import DenoisingQueries, build_denoising_queries, draw_clicked_counts
 from .feedback import CLICK_FREEZE_MODES, ClickSimulator, Clicks, Refinement, refine, run_click_rounds
 from .queries import box_stage_dn_mask, keypoint_stage_dn_mask
 from .transformer import Transformer
@@ -120,10 +120,13 @@ class ClickPose(nn.Module):
             error_types=self.pem_error_types, error_prob=self.pem_error_prob, flip_pairs=self.flip_pairs,
             sigmas=self.keypoint_sigmas)
 
-    def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor]) -> list[dict[str, Tensor]]:
+    def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor], first: int = 0) -> list[dict[str, Tensor]]:
+        """Predictions of decoder layers ``first..`` (each from its normed output and input references)."""
         decoder = self.transformer.decoder
         layers = []
         for layer_id, (layer_hs, layer_refs) in enumerate(zip(hs, refs)):
+            if layer_id < first:
+                continue
             if layer_id < decoder.num_box_layers:
                 logits, boxes = decoder.predict_boxes(layer_id, layer_hs, layer_refs)
                 keypoints = layer_hs.new_zeros(boxes.shape[:2] + (3 * self.num_body_points,))
@@ -148,7 +151,8 @@ class ClickPose(nn.Module):
             keypoint_mask = keypoint_stage_dn_mask(dn.num_gt, num_dn, self.num_group, self.num_body_points + 1,
                                                    self.nheads)
         hs, refs = self.transformer.decoder(tgt, refs_unsig, state, num_dn, dn_groups, box_mask, keypoint_mask)
-        layers = self._layer_predictions(hs, refs)
+        # in eval only the last layer is returned, so only it is predicted
+        layers = self._layer_predictions(hs, refs, first=0 if self.training else len(hs) - 1)
         dn_layers = [{key: value[:, :num_dn] for key, value in layer.items()} for layer in layers]
         layers = [{key: value[:, num_dn:] for key, value in layer.items()} for layer in layers]
         out = dict(layers[-1])
@@ -177,11 +181,14 @@ class ClickPose(nn.Module):
         if self.click_simulator is None:
             raise ValueError("human_feedback training needs a matcher: build the model with "
                              "build_clickpose(args, matcher=...) or set model.click_simulator")
-        probs = clicked_count_probabilities(self.num_body_points).float()
-        num_rounds = int(torch.multinomial(probs, 1)) + 1
         main = {key: out[key] for key in ("pred_logits", "pred_boxes", "pred_keypoints")}
-        rounds = run_click_rounds(self, state, main, targets, num_rounds, self.click_simulator, self.click_freeze)
+        rounds = run_click_rounds(self, state, main, targets, self.draw_training_click_rounds(), self.click_simulator,
+                                  self.click_freeze)
         return rounds[-1]["refine_layers"]
+
+    def draw_training_click_rounds(self) -> int:
+        """Rounds of one training step's click loop: k in 1..K with P(k) proportional to 1/k^2."""
+        return int(draw_clicked_counts(1, 1, self.num_body_points, torch.device("cpu"))[0, 0])
 
     def forward(self, samples: NestedTensor | Sequence[Tensor] | Tensor, targets: Optional[Sequence[dict]] = None,
                 return_state: bool = False):

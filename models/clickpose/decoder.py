@@ -30,18 +30,15 @@ class DecoderLayer(nn.Module):
     def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.1, activation: str = "relu",
                  n_levels: int = 4, n_heads: int = 8, n_points: int = 4, msda_backend: Optional[str] = None):
         super().__init__()
+        # registration order = the checkpoints' key order
         self.cross_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
-        self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = nn.MultiheadAttention(d_model, n_heads, dropout=dropout, batch_first=True)
-        self.dropout2 = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = activation_fn(activation)
-        self.dropout3 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout4 = nn.Dropout(dropout)
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ffn), nn.Linear(d_ffn, d_model)
         self.norm3 = nn.LayerNorm(d_model)
+        self.activation = activation_fn(activation)
+        self.dropout = nn.Dropout(dropout)  # stateless: one module serves every residual branch
 
     def _self_attention(self, tgt: Tensor, query_pos: Tensor, attn_mask: Optional[Tensor],
                         group_size: Optional[int]) -> Tensor:
@@ -59,12 +56,12 @@ class DecoderLayer(nn.Module):
                 attn_mask: Optional[Tensor] = None, group_size: Optional[int] = None) -> Tensor:
         """tgt, query_pos: (B, N, C); reference_points: (B, N, L, 4); attn_mask: (B * heads, N, N) bool or
         group_size: attend only within consecutive groups of this size. Returns (B, N, C)."""
-        tgt = self.norm2(tgt + self.dropout2(self._self_attention(tgt, query_pos, attn_mask, group_size)))
+        tgt = self.norm2(tgt + self.dropout(self._self_attention(tgt, query_pos, attn_mask, group_size)))
         attended = self.cross_attn(tgt + query_pos, reference_points, state.memory, state.spatial_shapes,
                                    state.level_start_index, state.padding_mask)
-        tgt = self.norm1(tgt + self.dropout1(attended))
-        hidden = self.linear2(self.dropout3(self.activation(self.linear1(tgt))))
-        return self.norm3(tgt + self.dropout4(hidden))
+        tgt = self.norm1(tgt + self.dropout(attended))
+        hidden = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
+        return self.norm3(tgt + self.dropout(hidden))
 
 
 class Decoder(nn.Module):

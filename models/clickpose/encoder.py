@@ -18,21 +18,18 @@ class EncoderLayer(nn.Module):
                  n_levels: int = 4, n_heads: int = 8, n_points: int = 4, msda_backend: Optional[str] = None):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, backend=msda_backend)
-        self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
-        self.linear1 = nn.Linear(d_model, d_ffn)
-        self.activation = activation_fn(activation)
-        self.dropout2 = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(d_ffn, d_model)
-        self.dropout3 = nn.Dropout(dropout)
+        self.linear1, self.linear2 = nn.Linear(d_model, d_ffn), nn.Linear(d_ffn, d_model)
         self.norm2 = nn.LayerNorm(d_model)
+        self.activation = activation_fn(activation)
+        self.dropout = nn.Dropout(dropout)  # stateless: one module serves every residual branch
 
     def forward(self, src: Tensor, pos: Tensor, reference_points: Tensor, spatial_shapes: Tensor,
                 level_start_index: Tensor, padding_mask: Optional[Tensor] = None) -> Tensor:
         attended = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
-        src = self.norm1(src + self.dropout1(attended))
-        hidden = self.linear2(self.dropout2(self.activation(self.linear1(src))))
-        return self.norm2(src + self.dropout3(hidden))
+        src = self.norm1(src + self.dropout(attended))
+        hidden = self.linear2(self.dropout(self.activation(self.linear1(src))))
+        return self.norm2(src + self.dropout(hidden))
 
 
 def encoder_reference_points(spatial_shapes: Tensor, valid_ratios: Tensor) -> Tensor:

@@ -61,10 +61,10 @@ def clicked_count_probabilities(num_keypoints: int, power: float = 2.0) -> Tenso
     return weights / weights.sum()
 
 
-def _pad(tensors: Sequence[Tensor], width: int, device: torch.device) -> Tensor:
+def _pad(tensors: Sequence[Tensor], width: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Stack (n_i, width) tensors into (B, max(1, max n_i), width), zero padded."""
     longest = max(1, max(len(t) for t in tensors))
-    out = torch.zeros(len(tensors), longest, width, device=device)
+    out = torch.zeros(len(tensors), longest, width, device=device, dtype=dtype)
     for image, tensor in enumerate(tensors):
         out[image, :len(tensor)] = tensor.reshape(len(tensor), width)
     return out
@@ -87,7 +87,7 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
                             flip_pairs: Sequence[tuple[int, int]] = (), sigmas: Optional[Sequence[float]] = None,
                             generator: Optional[torch.Generator] = None) -> DenoisingQueries:
     """Noised copies of the ground truth for the denoising branch (see the module docstring)."""
-    device = label_enc.weight.device
+    device, dtype = label_enc.weight.device, label_enc.weight.dtype
     k = num_keypoints
     batch = len(targets)
     num_gt = torch.tensor([len(t["boxes"]) for t in targets], device=device)
@@ -98,12 +98,13 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
         return torch.gather(rows, 1, pick[..., None].expand(-1, -1, rows.shape[-1]))
 
     def rand(*shape: int) -> Tensor:
-        return torch.rand(*shape, device=device, generator=generator)
+        return torch.rand(*shape, device=device, dtype=dtype, generator=generator)
 
-    boxes = torch.where(has_gt[..., None], gather(_pad([t["boxes"] for t in targets], 4, device)), rand(batch, num_dn, 4))
-    keypoints = torch.where(has_gt[..., None], gather(_pad([t["keypoints"] for t in targets], 3 * k, device)),
+    boxes = torch.where(has_gt[..., None], gather(_pad([t["boxes"] for t in targets], 4, device, dtype)),
+                        rand(batch, num_dn, 4))
+    keypoints = torch.where(has_gt[..., None], gather(_pad([t["keypoints"] for t in targets], 3 * k, device, dtype)),
                             rand(batch, num_dn, 3 * k))
-    labels = torch.where(has_gt, gather(_pad([t["labels"] for t in targets], 1, device))[..., 0].long(),
+    labels = torch.where(has_gt, gather(_pad([t["labels"] for t in targets], 1, device, torch.long))[..., 0],
                          torch.full_like(pick, num_classes))
 
     noised_labels = labels.clone()
@@ -129,7 +130,7 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
         noise = (rand(batch, num_dn, k, 2) * 2 - 1) * spread * kpt_noise_scale
         clean = torch.zeros(batch, num_dn, k, dtype=torch.bool, device=device)
         if clicked_subset:
-            clean = clicked_keypoint_mask(batch, num_dn, k, device, generator)
+            clean = clicked_keypoint_mask(draw_clicked_counts(batch, num_dn, k, device, generator), k, generator)
         noised_xy = xy + noise * (~clean)[..., None]
         if error_types and error_prob > 0:
             noised_xy = apply_error_types(noised_xy, noise, xy, keypoints[..., 2 * k:].view(batch, num_dn, k),
@@ -142,15 +143,20 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
                             keypoints=keypoints, num_gt=num_gt)
 
 
-def clicked_keypoint_mask(batch: int, num_dn: int, num_keypoints: int, device: torch.device,
-                          generator: Optional[torch.Generator] = None) -> Tensor:
-    """(B, D, K) True on the keypoints that stay clean: k ~ P(k) of :func:`clicked_count_probabilities`
-    draws of keypoint indices, uniform with replacement (so at most k distinct ones)."""
+def draw_clicked_counts(batch: int, num_dn: int, num_keypoints: int, device: torch.device,
+                        generator: Optional[torch.Generator] = None) -> Tensor:
+    """(B, D) numbers of "clicked" keypoint draws, k in 1..K with P(k) of :func:`clicked_count_probabilities`."""
     probs = clicked_count_probabilities(num_keypoints).to(device=device, dtype=torch.float32)
-    counts = torch.multinomial(probs, batch * num_dn, replacement=True, generator=generator).view(batch, num_dn) + 1
-    draws = torch.randint(0, num_keypoints, (batch, num_dn, num_keypoints), device=device, generator=generator)
+    return torch.multinomial(probs, batch * num_dn, replacement=True, generator=generator).view(batch, num_dn) + 1
+
+
+def clicked_keypoint_mask(counts: Tensor, num_keypoints: int, generator: Optional[torch.Generator] = None) -> Tensor:
+    """(B, D) counts k -> (B, D, K) True on the keypoints that stay clean: k keypoint indices drawn uniformly
+    with replacement (so at most k distinct ones)."""
+    device = counts.device
+    draws = torch.randint(0, num_keypoints, counts.shape + (num_keypoints,), device=device, generator=generator)
     used = torch.arange(num_keypoints, device=device) < counts[..., None]
-    hits = torch.zeros(batch, num_dn, num_keypoints, device=device).scatter_add_(2, draws, used.float())
+    hits = torch.zeros(draws.shape, device=device).scatter_add_(2, draws, used.float())
     return hits > 0
 
 

@@ -36,11 +36,10 @@ class PositionEmbeddingSineHW(nn.Module):
         super().__init__()
         if scale is not None and not normalize:
             raise ValueError("PositionEmbeddingSineHW: a scale needs normalize=True")
-        self.num_pos_feats = num_pos_feats
-        self.temperatureH = temperatureH
-        self.temperatureW = temperatureW
-        self.normalize = normalize
         self.scale = 2 * math.pi if scale is None else scale
+        self.normalize = normalize
+        self.num_pos_feats = num_pos_feats
+        self.temperatureH, self.temperatureW = temperatureH, temperatureW
 
     def forward(self, tensor_list: NestedTensor) -> Tensor:
         mask = tensor_list.mask

@@ -17,9 +17,8 @@ class PostProcess(nn.Module):
 
     def __init__(self, num_select: int = 100, nms_iou_threshold: float = -1, num_body_points: int = 17):
         super().__init__()
-        self.num_select = num_select
-        self.nms_iou_threshold = nms_iou_threshold
         self.num_body_points = num_body_points
+        self.num_select, self.nms_iou_threshold = num_select, nms_iou_threshold
 
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:

@@ -1,0 +1,187 @@
+"""Model-only eval forward time on CPU, ours vs a baseline, measured interleaved in the same run.
+
+Each implementation runs in its own worker process (the reference's packages are also called ``models`` and
+``util``); the parent asks them for one forward at a time, alternating, and reports medians. This keeps the
+comparison fair on a machine whose load changes.
+
+Baselines:
+- ``--reference-root DIR``: the original Click-Pose code (a checkout of IDEA-Research/Click-Pose). Its compiled
+  deformable-attention module is replaced by the same pure-PyTorch function our 'pytorch' backend uses and the
+  ImageNet download is skipped, so both sides do the same arithmetic.
+- otherwise: this implementation with ``msda_backend='pytorch'`` and full masked self-attention in the keypoint
+  layers (i.e. without the compiled op and without grouped attention).
+
+    python tools/benchmark_model.py --size 512 640 --runs 7 [--reference-root /path/to/Click-Pose]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def _our_config(path: Path) -> dict:
+    try:
+        from util.config import Config
+        return Config.fromfile(path).to_dict()
+    except ImportError:  # branches without the config module: plain execution of the config files
+        import runpy
+        values = runpy.run_path(str(path))
+        merged: dict = {}
+        for base in values.get("_base_", []):
+            merged.update(_our_config(path.parent / base))
+        merged.update({k: v for k, v in values.items() if not k.startswith("_")})
+        return merged
+
+
+def _inputs(height: int, width: int):
+    import torch
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(1, 3, height, width, generator=generator)
+    mask = torch.zeros(1, height, width, dtype=torch.bool)
+    target = {"boxes": torch.tensor([[0.5, 0.5, 0.2, 0.4]]), "labels": torch.ones(1, dtype=torch.long),
+              "keypoints": torch.rand(1, 51, generator=generator), "area": torch.tensor([0.05])}
+    return images, mask, [target]
+
+
+def _ours_forward(height: int, width: int, backend: str | None, grouped: bool):
+    sys.path.insert(0, str(REPO))
+    import torch
+    from models.clickpose import decoder as decoder_module
+    from models.clickpose.build import build_clickpose
+    from util.misc import NestedTensor
+
+    args = argparse.Namespace(**_our_config(REPO / "config" / "clickpose.cfg.py"))
+    args.msda_backend = backend
+    model = build_clickpose(args).eval()
+    if not grouped:  # baseline: the keypoint layers attend through the full block mask
+        from models.clickpose.queries import expand_to_heads, group_block_mask
+        run = decoder_module.Decoder.run_keypoint_layers
+
+        def masked(self, output, refs, state, attn_mask=None, pin=None):
+            if attn_mask is None:
+                size = self.num_keypoints + 1
+                block = group_block_mask(output.shape[1] // size, size, output.device)
+                attn_mask = expand_to_heads(block[None].expand(output.shape[0], -1, -1), self.nheads)
+            return run(self, output, refs, state, attn_mask, pin)
+        decoder_module.Decoder.run_keypoint_layers = masked
+    images, mask, _ = _inputs(height, width)
+    samples = NestedTensor(images, mask)
+
+    def forward():
+        with torch.inference_mode():
+            model(samples)
+    return forward
+
+
+def _reference_forward(height: int, width: int, root: str):
+    import types
+
+    import torch
+    import torchvision
+    sys.path.insert(0, root)
+    sys.path.insert(1, str(REPO / "models" / "clickpose" / "ops"))
+    from reference import ms_deform_attn_reference  # our pure-PyTorch op, loaded as a plain module
+
+    shim = types.ModuleType("MultiScaleDeformableAttention")
+    shim.ms_deform_attn_forward = lambda value, shapes, starts, locations, weights, step: \
+        ms_deform_attn_reference(value, shapes, locations, weights)
+    sys.modules["MultiScaleDeformableAttention"] = shim
+    for name in ("resnet50", "resnet101"):  # no ImageNet download
+        builder = getattr(torchvision.models, name)
+        setattr(torchvision.models, name, lambda *a, _b=builder, pretrained=False, **k: _b(*a, weights=None, **k))
+    from models.clickpose.clickpose import build_clickpose
+    from util.config import Config
+    from util.misc import NestedTensor
+
+    args = argparse.Namespace(**Config.fromfile(Path(root) / "config" / "clickpose.cfg.py")._cfg_dict.to_dict())
+    args.device = "cpu"
+    model = build_clickpose(args)[0].eval()
+    images, mask, targets = _inputs(height, width)
+    samples = NestedTensor(images, mask)
+
+    def forward():
+        with torch.inference_mode():
+            model(samples, targets)  # the reference builds its eval mask from the targets
+    return forward
+
+
+def worker(spec: dict) -> None:
+    import torch
+    torch.set_num_threads(spec["threads"])
+    height, width = spec["size"]
+    if spec["kind"] == "reference":
+        forward = _reference_forward(height, width, spec["root"])
+    else:
+        forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True))
+    forward()  # warm-up
+    print("ready", flush=True)
+    for _ in sys.stdin:
+        start = time.perf_counter()
+        forward()
+        print(time.perf_counter() - start, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def _spawn(spec: dict) -> subprocess.Popen:
+    process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True, cwd=REPO)
+    line = process.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"benchmark worker {spec['kind']} failed to start (see its traceback above)")
+    return process
+
+
+def _time_once(process: subprocess.Popen) -> float:
+    process.stdin.write("go\n")
+    process.stdin.flush()
+    return float(process.stdout.readline())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 640], metavar=("H", "W"))
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backend", default=None, help="our msda_backend (default: fastest available)")
+    parser.add_argument("--reference-root", default=None, help="checkout of the original Click-Pose code")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(json.loads(args.worker))
+        return
+    common = {"size": args.size, "threads": args.threads}
+    ours = {**common, "kind": "ours", "backend": args.backend}
+    if args.reference_root:
+        baseline = {**common, "kind": "reference", "root": str(Path(args.reference_root).resolve())}
+        baseline_name = "original Click-Pose (pure-PyTorch MSDA)"
+    else:
+        baseline = {**common, "kind": "ours", "backend": "pytorch", "grouped": False}
+        baseline_name = "ours, pure-PyTorch MSDA, masked keypoint attention"
+    workers = {"ours": _spawn(ours), "baseline": _spawn(baseline)}
+    times: dict[str, list[float]] = {"ours": [], "baseline": []}
+    for _ in range(args.runs):
+        for name, process in workers.items():
+            times[name].append(_time_once(process))
+    for process in workers.values():
+        process.stdin.close()
+        process.wait()
+    med = {name: statistics.median(values) for name, values in times.items()}
+    print(f"model-only eval forward, CPU, {args.threads} threads, 1 image {args.size[0]}x{args.size[1]}, "
+          f"median of {args.runs} interleaved runs")
+    print(f"  ours ({args.backend or 'auto'} MSDA): {med['ours']:.3f} s   {['%.2f' % t for t in times['ours']]}")
+    print(f"  baseline [{baseline_name}]: {med['baseline']:.3f} s   {['%.2f' % t for t in times['baseline']]}")
+    pair_ratio = statistics.median(o / b for o, b in zip(times["ours"], times["baseline"]))
+    print(f"  ratio ours / baseline: {med['ours'] / med['baseline']:.3f} (of medians), "
+          f"{pair_ratio:.3f} (median of the interleaved pairs' ratios)")
+
+
+if __name__ == "__main__":
+    main()
