@@ -225,9 +225,13 @@ def run(args, logger) -> int:
     ema = ModelEma(model, args.ema_decay, unique_params=args.ema_unique_params) if args.use_ema else None
     model_without_ddp = model
     if args.distributed:
+        find_unused = args.find_unused_params
+        if not find_unused and args.dec_layers - args.num_box_decoder_layers < 2:
+            # with one keypoint layer, pose_hw_embed's output feeds no later layer: it gets no gradient at all
+            logger.info("one box+keypoint decoder layer: enabling DDP's find_unused_parameters")
+            find_unused = True
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[args.gpu] if device.type == "cuda" else None,
-            find_unused_parameters=args.find_unused_params)
+            model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=find_unused)
         model_without_ddp = model.module
     n_parameters = sum(p.numel() for p in model_without_ddp.parameters() if p.requires_grad)
     logger.info(f"number of trainable params: {n_parameters}")
