@@ -1,10 +1,10 @@
 # The CPU demo: the tiny model on small images of the synthetic dataset (tools/demo.py, `make demo`).
 _base_ = ['tiny.cfg.py']
 
-data_aug_scales = [224, 256, 288, 320]
-data_aug_max_size = 512
-data_aug_scales2_resize = [224, 256, 288]
-data_aug_scales2_crop = [192, 288]
+data_aug_scales = [192, 224, 256]
+data_aug_max_size = 384
+data_aug_scales2_resize = [192, 224, 256]
+data_aug_scales2_crop = [160, 256]
 batch_size = 4
 lr = 0.0004
 lr_backbone = 4e-05

@@ -64,12 +64,9 @@ class SetCriterion(nn.Module):
                  losses: Sequence[str], num_box_decoder_layers: int = 2, num_body_points: int = 17,
                  sigmas: Optional[Sequence[float]] = None):
         super().__init__()
-        self.num_classes = num_classes
-        self.matcher = matcher
-        self.weight_dict = weight_dict
-        self.focal_alpha = focal_alpha
-        self.num_box_decoder_layers = num_box_decoder_layers
-        self.num_body_points = num_body_points
+        self.num_classes, self.num_body_points, self.num_box_decoder_layers = (num_classes, num_body_points,
+                                                                              num_box_decoder_layers)
+        self.matcher, self.weight_dict, self.focal_alpha = matcher, weight_dict, focal_alpha
         self.register_buffer("sigmas", keypoint_sigmas(num_body_points, sigmas), persistent=False)
         unknown = [name for name in losses if name not in self._loss_methods()]
         if unknown:

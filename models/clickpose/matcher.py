@@ -41,13 +41,9 @@ class HungarianMatcher(nn.Module):
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: set_cost_class, set_cost_bbox and set_cost_giou are all 0; "
                              "at least one of them must be non-zero")
-        self.cost_class = cost_class
-        self.cost_bbox = cost_bbox
-        self.cost_giou = cost_giou
-        self.cost_keypoints = cost_keypoints
-        self.cost_oks = cost_oks
-        self.focal_alpha = focal_alpha
-        self.num_body_points = num_body_points
+        self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
+        self.cost_keypoints, self.cost_oks = cost_keypoints, cost_oks
+        self.focal_alpha, self.num_body_points = focal_alpha, num_body_points
         self.register_buffer("sigmas", keypoint_sigmas(num_body_points, sigmas), persistent=False)
 
     def _keypoint_costs(self, pred_kpts: Tensor, tgt_kpts: Tensor, tgt_area: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,17 +45,22 @@ class PositionEmbeddingSineHW(nn.Module):
         mask = tensor_list.mask
         if mask is None:
             raise ValueError("PositionEmbeddingSineHW needs the padding mask of the NestedTensor")
-        valid = ~mask
-        y = valid.cumsum(1, dtype=torch.float32)
-        x = valid.cumsum(2, dtype=torch.float32)
-        if self.normalize:
-            eps = 1e-6
-            y = y / (y[:, -1:, :] + eps) * self.scale
-            x = x / (x[:, :, -1:] + eps) * self.scale
+        y = _running_count(~mask, 1, self.scale if self.normalize else None)
+        x = _running_count(~mask, 2, self.scale if self.normalize else None)
         device = mask.device
         pos_x = _interleaved_sine(x, _frequencies(self.num_pos_feats, self.temperatureW, device))
         pos_y = _interleaved_sine(y, _frequencies(self.num_pos_feats, self.temperatureH, device))
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+
+def _running_count(valid: Tensor, dim: int, scale: float | None) -> Tensor:
+    """1-based index of each valid pixel along ``dim``; with ``scale``, divided by the valid extent (+1e-6) and
+    multiplied by ``scale``, so the last valid pixel maps to ~``scale``."""
+    count = valid.cumsum(dim, dtype=torch.float32)
+    if scale is None:
+        return count
+    extent = count.narrow(dim, count.shape[dim] - 1, 1)
+    return count / (extent + 1e-6) * scale
 
 
 def query_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float = 10000.0) -> Tensor:

@@ -95,12 +95,12 @@ class Transformer(nn.Module):
                                     else copy.deepcopy(heads["class_head"]))
 
     def _reset_parameters(self) -> None:
-        for param in self.parameters():
-            if param.dim() > 1:
-                nn.init.xavier_uniform_(param)
-        for module in self.modules():
-            if isinstance(module, MSDeformAttn):
-                module._reset_parameters()
+        # xavier on every matrix first, then the attention modules' own init, then the level embedding
+        matrices = [p for p in self.parameters() if p.dim() > 1]
+        for matrix in matrices:
+            nn.init.xavier_uniform_(matrix)
+        for attention in (m for m in self.modules() if isinstance(m, MSDeformAttn)):
+            attention._reset_parameters()
         nn.init.normal_(self.level_embed)
 
     def encode(self, srcs: list[Tensor], masks: list[Tensor], pos_embeds: list[Tensor]) -> EncoderState:
