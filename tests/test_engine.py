@@ -124,13 +124,15 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # no step was taken
 
 
-def _interactive(synthetic, tmp_path, batch_size):
+def _interactive(synthetic, tmp_path, batch_size, **env_args):
     from datasets import build_dataset, build_evaluator
     from models import build_model
     from util.misc import collate_fn
 
     torch.manual_seed(0)
     args = _args(synthetic, f"batch_size={batch_size}", "max_clicks=3")
+    for key, value in env_args.items():  # what main.py sets from NoC_thr / CLICKPOSE_* variables
+        setattr(args, key, value)
     model, _, postprocessors = build_model(args)
     dataset = build_dataset("val", args)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
@@ -183,3 +185,14 @@ def test_two_process_gloo_training(synthetic, tmp_path, launcher):
     log = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
     assert len(log) == 1 and "test_coco_eval_keypoints_detr" in log[0]
     assert (out / "info.txt.rank1").is_file()
+
+
+def test_interactive_evaluation_honours_the_reference_environment(synthetic, tmp_path):
+    """NoC_thr + CLICKPOSE_SAVE_PATH write the original's click list; CLICKPOSE_Click_Number picks the AP reported."""
+    save = tmp_path / "NoC_50.json"
+    stats, results = _interactive(synthetic, tmp_path / "run", 2, noc_threshold_env=0.5, noc_save_path=str(save),
+                                  click_number_env=2)
+    clicks = json.loads(save.read_text())
+    assert isinstance(clicks, list) and len(clicks) == 4 and all(isinstance(c, int) and 0 <= c <= 3 for c in clicks)
+    assert stats["coco_eval_keypoints_detr"][0] == pytest.approx(stats["AP@2"])
+    assert "NoC@50" in stats and [i["clicks"]["NoC@50"] for i in results["images"]] == clicks

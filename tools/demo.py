@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data_synthetic")
     parser.add_argument("--num-images", type=int, default=160)
     parser.add_argument("--num-val", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--config", default="config/demo.cfg.py")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
