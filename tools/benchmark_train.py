@@ -7,7 +7,9 @@ of training click rounds is drawn at random each step (P(k) proportional to 1/k^
 reports the expected step under the training distribution (linear in k between the measured counts).
 
 Each implementation runs in its own worker process (the original's packages are also called ``models`` and
-``util``); the parent asks for one step at a time, alternating between workers, and reports medians.
+``util``); the parent asks for one step at a time, alternating between workers, and reports medians of wall
+time per phase, and of the worker's CPU time (all its threads) per step: on a shared machine the CPU time is
+less sensitive to other jobs than the wall time.
 
 Baselines:
 - ``--original DIR``: the original Click-Pose code. The worker applies two patches in memory at import time:
@@ -34,7 +36,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("step", "forward", "dn_queries", "click_loop", "criterion", "backward", "optimizer")
+PHASES = ("step", "step_cpu", "forward", "dn_queries", "click_loop", "criterion", "backward", "optimizer")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
@@ -216,7 +218,7 @@ def worker(spec: dict) -> None:
     for line in sys.stdin:
         set_rounds(int(line))
         timer.totals.clear()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         outputs = model(samples, targets)
         after_forward = time.perf_counter()
         losses = criterion(outputs, targets)
@@ -228,10 +230,10 @@ def worker(spec: dict) -> None:
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
-        end = time.perf_counter()
+        end, end_cpu = time.perf_counter(), time.process_time()
         if not torch.isfinite(total):
             raise RuntimeError(f"non-finite loss {float(total)} in the benchmark step")
-        print(json.dumps({"step": end - start, "forward": after_forward - start,
+        print(json.dumps({"step": end - start, "step_cpu": end_cpu - start_cpu, "forward": after_forward - start,
                           "criterion": after_criterion - after_forward, "backward": after_backward - after_criterion,
                           "optimizer": end - after_backward, "dn_queries": timer.totals.get("dn_queries", 0.0),
                           "click_loop": timer.totals.get("click_loop", 0.0)}), flush=True)
@@ -264,7 +266,7 @@ def expected_rounds(num_keypoints: int) -> float:
 
 def summarise(times: dict[str, dict[int, list[dict]]], baseline: str, mean_rounds: float) -> dict:
     """Medians per implementation, round count and phase; step ratios to the baseline; expected step."""
-    result: dict = {"medians": {}, "ratio": {}, "paired_ratio": {}, "expected_step": {}}
+    result: dict = {"medians": {}, "ratio": {}, "paired_ratio": {}, "cpu_ratio": {}, "expected_step": {}}
     for name, per_rounds in times.items():
         result["medians"][name] = {
             rounds: {phase: statistics.median(step[phase] for step in steps) for phase in PHASES}
@@ -281,6 +283,8 @@ def summarise(times: dict[str, dict[int, list[dict]]], baseline: str, mean_round
             continue
         result["ratio"][name] = {k: result["medians"][name][k]["step"] / result["medians"][baseline][k]["step"]
                                  for k in per_rounds}
+        result["cpu_ratio"][name] = {
+            k: result["medians"][name][k]["step_cpu"] / result["medians"][baseline][k]["step_cpu"] for k in per_rounds}
         result["paired_ratio"][name] = {
             k: statistics.median(a["step"] / b["step"] for a, b in zip(per_rounds[k], times[baseline][k]))
             for k in per_rounds}
@@ -302,7 +306,8 @@ def print_report(result: dict, names: dict[str, str], baseline: str, header: str
     for name, ratios in result["ratio"].items():
         for rounds, ratio in ratios.items():
             paired = result["paired_ratio"][name].get(rounds)
-            extra = f" (median of paired ratios {paired:.3f})" if paired is not None else ""
+            extra = "" if paired is None else \
+                f" (median of paired ratios {paired:.3f}; CPU time {result['cpu_ratio'][name][rounds]:.3f})"
             what = f"{rounds} click rounds" if rounds != "expected" else f"expected step (E[k] = {mean_rounds:.2f})"
             print(f"ratio {name} / {baseline}, {what}: {ratio:.3f}{extra}")
     for name, value in result["expected_step"].items():

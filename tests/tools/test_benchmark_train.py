@@ -28,8 +28,8 @@ def test_smallest_run_reports_every_phase(tmp_path):
     rows = [line.split("|")[1:-1] for line in lines if line.startswith("| ours")]
     assert [row[0].strip() for row in rows] == ["ours", "ours-pytorch"]
     for row in rows:
-        step, forward, dn, clicks, criterion, backward, optimizer = (float(cell) for cell in row[2:])
-        assert step > 0 and forward > 0 and backward > 0 and dn > 0 and clicks > 0
+        step, step_cpu, forward, dn, clicks, criterion, backward, optimizer = (float(cell) for cell in row[2:])
+        assert step > 0 and step_cpu > 0 and forward > 0 and backward > 0 and dn > 0 and clicks > 0
         assert forward + criterion + backward + optimizer == pytest.approx(step, rel=1e-3, abs=2e-3)
         assert dn + clicks < forward
     assert any(line.startswith("ratio ours / ours-pytorch, 1 click rounds: ") for line in lines)
@@ -47,6 +47,7 @@ def test_summary_ratios_and_expected_step():
     assert result["medians"]["ours"][1]["step"] == 1.2 and result["medians"]["base"][3]["backward"] == 4.0
     assert result["ratio"]["ours"][1] == pytest.approx(0.6)
     assert result["paired_ratio"]["ours"][1] == pytest.approx(0.6)  # ratios 0.5, 0.6, 2.5
+    assert result["cpu_ratio"]["ours"][3] == pytest.approx(0.5)
     assert result["expected_step"]["ours"] == pytest.approx(1.6)  # halfway between 1.2 and 2.0
     assert result["ratio"]["ours"]["expected"] == pytest.approx(1.6 / 3.0)
     assert "base" not in result["ratio"]
