@@ -251,7 +251,11 @@ def run(args, logger) -> int:
         ckpt = read_checkpoint(args.resume)
         load_model_weights(model_without_ddp, ckpt["model"], strict=True, source=args.resume)
         if ema is not None:
-            ema.load_state_dict(ckpt["ema_model"] if "ema_model" in ckpt else model_without_ddp.state_dict())
+            # the EMA weights when the checkpoint has them (keys with or without 'module.'), else the model's
+            if "ema_model" in ckpt:
+                load_model_weights(ema.module, ckpt["ema_model"], strict=True, source=f"{args.resume} (ema_model)")
+            else:
+                ema.set(model_without_ddp)
         if not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch")):
             optimizer.load_state_dict(ckpt["optimizer"])
             lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
@@ -267,7 +271,7 @@ def run(args, logger) -> int:
         load_model_weights(model_without_ddp, ckpt["model"], strict=False, ignore_keywords=args.finetune_ignore,
                            source=args.pretrain_model_path)
         if ema is not None:
-            ema.load_state_dict(model_without_ddp.state_dict())
+            ema.set(model_without_ddp)
 
     amp_dtype = torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16
     log_fn = logger.info if args.save_log else print
@@ -287,7 +291,8 @@ def run(args, logger) -> int:
                                max_iters=max_iters, log_fn=log_fn)
 
     if args.eval:
-        stats = evaluate_model(model_without_ddp if ema is None else ema.module)
+        # the regular weights, as the reference (a best-EMA checkpoint holds the EMA weights as 'model')
+        stats = evaluate_model(model_without_ddp)
         if output_dir is not None and is_main_process():
             with open(output_dir / "log.txt", "a") as handle:
                 handle.write(json.dumps({f"test_{k}": v for k, v in stats.items()}, default=float) + "\n")

@@ -48,21 +48,25 @@ def _run(data: Path, out: Path, *extra: str, options=()) -> None:
 
 @pytest.mark.slow
 def test_resume_continues_exactly(synthetic, tmp_path):
-    """4 epochs in one go == 2 epochs, stop, resume to 4 (model, optimizer and random streams restored)."""
-    _run(synthetic, tmp_path / "full", options=["epochs=4"])
-    _run(synthetic, tmp_path / "split", options=["epochs=2"])
-    _run(synthetic, tmp_path / "split", options=["epochs=4"])  # auto-resumes from split/checkpoint.pth
+    """4 epochs in one go == 2 epochs, stop, resume to 4 (model, EMA, optimizer and random streams restored)."""
+    _run(synthetic, tmp_path / "full", options=["epochs=4", "use_ema=TRUE"])
+    _run(synthetic, tmp_path / "split", options=["epochs=2", "use_ema=TRUE"])
+    _run(synthetic, tmp_path / "split", options=["epochs=4", "use_ema=TRUE"])  # auto-resumes from checkpoint.pth
     full = read_checkpoint(tmp_path / "full" / "checkpoint.pth")
     split = read_checkpoint(tmp_path / "split" / "checkpoint.pth")
     assert full["epoch"] == split["epoch"] == 3
     for key, value in full["model"].items():
         assert torch.equal(value, split["model"][key]), key
+    for key, value in full["ema_model"].items():
+        assert torch.equal(value, split["ema_model"][key]), key
+    assert any(not torch.equal(v, full["model"][k]) for k, v in full["ema_model"].items())
     log = [json.loads(line) for line in (tmp_path / "split" / "log.txt").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [0, 1, 2, 3]
-    assert {"train_loss", "test_coco_eval_keypoints_detr", "test_coco_eval_bbox", "n_parameters", "epoch_time",
-            "best_res"} <= set(log[-1])
+    assert {"train_loss", "test_coco_eval_keypoints_detr", "test_coco_eval_bbox", "ema_test_coco_eval_bbox",
+            "n_parameters", "epoch_time", "all_best_res", "regular_best_res", "ema_best_res"} <= set(log[-1])
     # a best checkpoint is written only when AP improves on 0 (the reference's rule)
-    assert (tmp_path / "split" / "checkpoint_best_regular.pth").is_file() == (log[-1]["best_res"] > 0)
+    for kind in ("regular", "ema"):
+        assert (tmp_path / "split" / f"checkpoint_best_{kind}.pth").is_file() == (log[-1][f"{kind}_best_res"] > 0)
     assert list((tmp_path / "full" / "tensorboard").glob("events.*"))
 
 
@@ -72,6 +76,22 @@ def test_model_only_training_runs(synthetic, tmp_path):
     _run(synthetic, tmp_path / "run", options=["epochs=1", "human_feedback=FALSE", "use_ema=TRUE"])
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoint.pth")
     assert "ema_model" in ckpt and ckpt["epoch"] == 0
+
+
+@pytest.mark.slow
+def test_evaluation_with_use_ema_evaluates_the_regular_weights(synthetic, tmp_path):
+    """The original README's evaluation commands set use_ema=TRUE with --pretrain_model_path or --resume: they run,
+    and evaluate the checkpoint's regular weights, as the original does."""
+    _run(synthetic, tmp_path / "train", options=["epochs=1", "use_ema=TRUE", "ema_decay=0.5"])
+    ckpt = tmp_path / "train" / "checkpoint.pth"
+    runs = {"plain": ("--resume", "use_ema=FALSE"), "resume_ema": ("--resume", "use_ema=TRUE"),
+            "pretrain_ema": ("--pretrain_model_path", "use_ema=TRUE")}
+    aps = {}
+    for name, (flag, ema) in runs.items():
+        _run(synthetic, tmp_path / name, "--eval", flag, str(ckpt), options=[ema, "ema_decay=0.5"])
+        log = json.loads((tmp_path / name / "log.txt").read_text().splitlines()[-1])
+        aps[name] = log["test_coco_eval_bbox"] + log["test_coco_eval_keypoints_detr"]
+    assert aps["resume_ema"] == aps["plain"] == aps["pretrain_ema"]
 
 
 def test_loss_falls_when_overfitting_a_batch(synthetic):
