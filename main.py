@@ -176,6 +176,11 @@ def build_loaders(args, dataset_train, dataset_val):
         else:
             sampler = EpochSeededSampler(len(dataset_train), args.seed)
         batch_sampler = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=True)
+        if len(batch_sampler) == 0:  # incomplete batches are dropped, as in the reference: nothing would train
+            raise ConfigError(
+                f"the training split has {len(dataset_train)} images, {len(sampler)} per process, fewer than "
+                f"batch_size={args.batch_size}: no training step would run. Lower batch_size (--options "
+                f"batch_size=N), use fewer processes, or add training images")
         train_loader = DataLoader(dataset_train, batch_sampler=batch_sampler, **loader_kw)
     val_sampler = (DistributedSampler(dataset_val, shuffle=False) if args.distributed
                    else SequentialSampler(dataset_val))
@@ -360,10 +365,10 @@ def run(args, logger) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args, _cfg, logger = prepare(argv)
+        return run(args, logger)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    return run(args, logger)
 
 
 if __name__ == "__main__":

@@ -219,3 +219,13 @@ def test_interactive_evaluation_honours_the_reference_environment(synthetic, tmp
     assert isinstance(clicks, list) and len(clicks) == 4 and all(isinstance(c, int) and 0 <= c <= 3 for c in clicks)
     assert stats["coco_eval_keypoints_detr"][0] == pytest.approx(stats["AP@2"])
     assert "NoC@50" in stats and [i["clicks"]["NoC@50"] for i in results["images"]] == clicks
+
+
+def test_training_split_smaller_than_a_batch_is_an_error(synthetic, tmp_path, capsys):
+    """8 synthetic images, 4 of them val: batch_size=8 would drop the only, incomplete batch and train nothing."""
+    argv = ["-c", CONFIG, "--coco_path", str(synthetic), "--output_dir", str(tmp_path / "run"), "--device", "cpu",
+            "--num_workers", "0", "--options", *FAST, "epochs=1", "batch_size=8"]
+    assert clickpose_main.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has 4 images, 4 per process, fewer than batch_size=8" in err and "Lower batch_size" in err
+    assert not (tmp_path / "run" / "checkpoint.pth").exists()
