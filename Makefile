@@ -25,7 +25,7 @@ test: ops
 
 # The demo runs without the compiled kernel too (pure-PyTorch path, slower): a failed build only warns here.
 demo: $(STAMP)
-	$(PY) -m models.clickpose.ops.build || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
+	$(MAKE) --no-print-directory ops || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
 	$(PY) tools/demo.py --out demo_output --data data_synthetic
 
 env: $(STAMP)

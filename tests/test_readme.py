@@ -16,6 +16,7 @@ import importlib
 import importlib.util
 import re
 import shlex
+from itertools import groupby
 import subprocess
 import sys
 from pathlib import Path
@@ -59,14 +60,7 @@ def shell_commands() -> list[tuple[list[str], dict[str, str], Path]]:
 
 
 def _split_on(words: list[str], separator: str) -> list[list[str]]:
-    parts, current = [], []
-    for word in words:
-        if word == separator:
-            parts.append(current)
-            current = []
-        else:
-            current.append(word)
-    return parts + [current]
+    return [list(group) for is_separator, group in groupby(words, lambda w: w == separator) if not is_separator]
 
 
 def main_py_argv(argv: list[str]) -> list[str] | None:
@@ -89,9 +83,10 @@ def test_readme_has_the_commands_it_must_have():
     assert any(c == "make demo" for c in joined) and any(c == "make test" for c in joined)
     assert any(c.startswith("torchrun") for c in joined)
     assert any("torch.distributed.launch" in c for c in joined)
-    datasets = {main_py_argv(argv)[main_py_argv(argv).index("--dataset_file") + 1]
-                for argv, _ in MAIN_COMMANDS if "--dataset_file" in main_py_argv(argv)}
-    datasets |= {a.split("=", 1)[1] for argv, _ in MAIN_COMMANDS for a in argv if a.startswith("--dataset_file=")}
+    import main
+
+    parser = main.get_args_parser()
+    datasets = {parser.parse_args(main_py_argv(argv)).dataset_file for argv, _ in MAIN_COMMANDS}
     assert {"coco", "crowdpose", "humanart", "ochuman"} <= datasets
 
 
