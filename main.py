@@ -215,8 +215,9 @@ def run(args, logger) -> int:
     import torch
 
     import engine
-    from datasets import build_dataset, build_evaluator
+    from datasets import build_dataset, build_evaluator, get_metadata
     from models import build_model
+    from util.adaptation import load_pretrained
     from util.checkpoint import load_model_weights, preserve_rng, read_checkpoint, save_checkpoint, set_rng_state
     from util.distributed import is_main_process
     from util.ema import ModelEma
@@ -224,7 +225,8 @@ def run(args, logger) -> int:
 
     device = resolve_device(args.device, logger)
     seed_everything(args.seed + args.rank)
-    model, criterion, postprocessors = build_model(args)
+    metadata = get_metadata(args)  # the keypoint layout, resolved once
+    model, criterion, postprocessors = build_model(args, metadata)
     model.to(device)
     criterion.to(device)
     ema = ModelEma(model, args.ema_decay, unique_params=args.ema_unique_params) if args.use_ema else None
@@ -273,8 +275,8 @@ def run(args, logger) -> int:
         logger.info(f"resumed from {args.resume} (next epoch {args.start_epoch})")
     elif args.pretrain_model_path:
         ckpt = read_checkpoint(args.pretrain_model_path)
-        load_model_weights(model_without_ddp, ckpt["model"], strict=False, ignore_keywords=args.finetune_ignore,
-                           source=args.pretrain_model_path)
+        load_pretrained(model_without_ddp, ckpt, metadata, ignore_keywords=args.finetune_ignore,
+                        init_from=args.adapt_keypoint_init, source=args.pretrain_model_path)
         if ema is not None:
             ema.set(model_without_ddp)
 
@@ -318,7 +320,7 @@ def run(args, logger) -> int:
             train_stats = engine.train_one_epoch(
                 model, criterion, train_loader, optimizer, device, epoch, args.clip_max_norm, amp=args.amp,
                 amp_dtype=amp_dtype, scaler=scaler, lr_scheduler=lr_scheduler, step_scheduler_per_iter=per_iter,
-                ema=ema, max_iters=max_iters, log_fn=log_fn)
+                ema=ema if epoch >= args.ema_epoch else None, max_iters=max_iters, log_fn=log_fn)
         except engine.NonFiniteLossError as exc:
             logger.error(str(exc))
             return 1

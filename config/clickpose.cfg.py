@@ -151,3 +151,7 @@ custom_train_ann = None  # e.g. 'annotations/train.json'
 custom_train_img = None  # e.g. 'images/train'
 custom_val_ann = None
 custom_val_img = None
+# Keypoint layout (datasets/metadata.py) and keypoint adaptation (util/adaptation.py).
+keypoint_field = 'keypoints'  # annotation field of the keypoints; 'keypoints_21' = Human-Art's 21-keypoint layout
+adapt_keypoint_init = None  # --pretrain_model_path with another layout: new keypoints start from the mean of the
+# source's keypoints (None) or from a chosen source keypoint: {'left_finger': 'left_wrist', ...}

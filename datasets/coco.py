@@ -123,11 +123,28 @@ def _require(condition: bool, ann_file: Path, where: str, problem: str) -> None:
         raise AnnotationFormatError(f"{ann_file}: {where}: {problem}")
 
 
-def load_annotations(ann_file: Path, num_keypoints: int) -> COCO:
+def select_keypoint_field(data: dict, field: str, ann_file: Path) -> None:
+    """Make ``field`` (e.g. Human-Art's ``keypoints_21``) the annotations' ``keypoints``, in place, so that the
+    dataset, the evaluators and the per-image AP all read the chosen layout; ``num_<field>`` (when present) becomes
+    ``num_keypoints``, else it is recounted from the visibility flags."""
+    if field == "keypoints":
+        return
+    count_field = f"num_{field}"
+    for i, ann in enumerate(data.get("annotations") or []):
+        if not isinstance(ann, dict):
+            continue  # the format check below names it
+        _require(field in ann, ann_file, f"annotations[{i}] (id {ann.get('id')})",
+                 f"missing field '{field}' (keypoint_field={field!r}); does this file have that layout?")
+        ann["keypoints"] = ann[field]
+        ann["num_keypoints"] = int(ann[count_field]) if count_field in ann else \
+            sum(1 for v in ann[field][2::3] if v > 0)
+
+
+def load_annotations(ann_file: Path, num_keypoints: int, keypoint_field: str = "keypoints") -> COCO:
     """Read and check a COCO keypoint file; returns a pycocotools ``COCO`` (keeps 64-bit ids as Python ints).
 
     Array sizes come from ``num_keypoints`` (the metadata), not from ``categories[*].keypoints``: Human-Art lists
-    21 names there while ``keypoints`` holds 17 triplets.
+    21 names there while ``keypoints`` holds 17 triplets (and ``keypoints_21`` the 21: ``keypoint_field``).
     """
     try:
         with open(ann_file, "r") as handle:
@@ -137,6 +154,7 @@ def load_annotations(ann_file: Path, num_keypoints: int) -> COCO:
     _require(isinstance(data, dict), ann_file, "top level", "expected an object with 'images' and 'annotations'")
     for key in ("images", "annotations"):
         _require(isinstance(data.get(key), list), ann_file, f"field '{key}'", "missing or not a list")
+    select_keypoint_field(data, keypoint_field, ann_file)
     for i, img in enumerate(data["images"]):
         for key in ("id", "file_name"):
             _require(isinstance(img, dict) and key in img, ann_file, f"images[{i}]", f"missing field '{key}'")
@@ -209,18 +227,20 @@ class CocoKeypointDataset(torch.utils.data.Dataset):
     """COCO-format people with keypoints.
 
     Attributes for the engine: ``coco`` (pycocotools COCO of the annotation file), ``ann_file`` (its path),
-    ``ids`` (image ids in dataset order, Python ints), ``metadata``, ``spec``.
+    ``ids`` (image ids in dataset order, Python ints), ``metadata``, ``spec``, ``keypoint_field`` (the annotation
+    field read as ``keypoints``).
     ``skip_unreadable``: an unreadable image is skipped with a warning (training) instead of raising (evaluation);
     ``num_skipped`` counts the skips.
     """
 
     def __init__(self, ann_file: Path, img_folder: Path, metadata: KeypointMetadata, *,
                  transforms: Optional[Callable] = None, image_set: str = "train", filter_images: bool = True,
-                 skip_unreadable: bool = False, spec: Optional[DatasetSpec] = None):
+                 skip_unreadable: bool = False, spec: Optional[DatasetSpec] = None, keypoint_field: str = "keypoints"):
         self.ann_file, self.img_folder = Path(ann_file), Path(img_folder)
         self.metadata, self.spec, self.transforms = metadata, spec, transforms
         self.image_set, self.skip_unreadable, self.num_skipped = image_set, skip_unreadable, 0
-        self.coco = load_annotations(self.ann_file, metadata.num_keypoints)
+        self.keypoint_field = keypoint_field
+        self.coco = load_annotations(self.ann_file, metadata.num_keypoints, keypoint_field)
         all_ids = sorted(self.coco.imgs)
         self.ids: list[int] = [i for i in all_ids if has_keypoints(self.coco, i)] if filter_images else all_ids
 

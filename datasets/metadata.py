@@ -5,27 +5,10 @@ read from here so that nothing hard-codes 17 keypoints.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from util.keypoint_metadata import KeypointMetadata
 
-
-@dataclass(frozen=True)
-class KeypointMetadata:
-    name: str
-    keypoint_names: tuple[str, ...]
-    flip_pairs: tuple[tuple[int, int], ...]  # 0-based (left, right) index pairs swapped by a horizontal flip
-    sigmas: tuple[float, ...]  # OKS per-keypoint falloff (already divided by 10)
-    skeleton: tuple[tuple[int, int], ...] = field(default=())  # 0-based limb pairs, for drawing
-
-    @property
-    def num_keypoints(self) -> int:
-        return len(self.keypoint_names)
-
-    def flip_permutation(self) -> list[int]:
-        """Index map new_k -> old_k that swaps every left/right pair."""
-        perm = list(range(self.num_keypoints))
-        for left, right in self.flip_pairs:
-            perm[left], perm[right] = right, left
-        return perm
+__all__ = ["KeypointMetadata", "COCO_KEYPOINTS", "CROWDPOSE_KEYPOINTS", "HUMANART21_KEYPOINTS", "KEYPOINT_METADATA",
+           "FIELD_LAYOUTS", "default_metadata_for_num_keypoints", "build_custom_metadata"]
 
 
 COCO_KEYPOINTS = KeypointMetadata(
@@ -50,6 +33,18 @@ CROWDPOSE_KEYPOINTS = KeypointMetadata(
               (9, 11)),
 )
 
+# Human-Art's 21-keypoint layout (annotation field ``keypoints_21``): COCO's 17, then left/right finger and
+# left/right toe, each with sigma 0.089 (as the ankles); skeleton = the dataset's 23 links, 0-based.
+HUMANART21_KEYPOINTS = KeypointMetadata(
+    name="humanart21",
+    keypoint_names=COCO_KEYPOINTS.keypoint_names + ("left_finger", "right_finger", "left_toe", "right_toe"),
+    flip_pairs=COCO_KEYPOINTS.flip_pairs + ((17, 18), (19, 20)),
+    sigmas=COCO_KEYPOINTS.sigmas + (0.089,) * 4,
+    skeleton=tuple((a - 1, b - 1) for a, b in (
+        (20, 16), (16, 14), (14, 12), (21, 17), (17, 15), (15, 13), (12, 13), (6, 12), (7, 13), (6, 7), (6, 8),
+        (7, 9), (10, 18), (8, 10), (11, 19), (9, 11), (2, 3), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7))),
+)
+
 # COCO-17 layouts share one metadata object; crowdpose has its own 14-keypoint layout.
 KEYPOINT_METADATA: dict[str, KeypointMetadata] = {
     "coco": COCO_KEYPOINTS,
@@ -60,13 +55,20 @@ KEYPOINT_METADATA: dict[str, KeypointMetadata] = {
 }
 
 
+# Layouts read from another annotation field than ``keypoints``: (dataset metadata key, field) -> layout.
+FIELD_LAYOUTS: dict[tuple[str, str], KeypointMetadata] = {
+    ("humanart", "keypoints_21"): HUMANART21_KEYPOINTS,
+}
+
+
 def default_metadata_for_num_keypoints(num_keypoints: int) -> KeypointMetadata:
-    """The standard layout with this many keypoints (17: COCO, 14: CrowdPose)."""
-    for meta in (COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS):
+    """The standard layout with this many keypoints (17: COCO, 14: CrowdPose, 21: Human-Art's keypoints_21)."""
+    for meta in (COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS):
         if meta.num_keypoints == num_keypoints:
             return meta
-    raise ValueError(f"no built-in keypoint layout has {num_keypoints} keypoints (17: COCO, 14: CrowdPose); "
-                     "use --dataset_file custom and give keypoint names, flip pairs and sigmas in the config")
+    raise ValueError(f"no built-in keypoint layout has {num_keypoints} keypoints (17: COCO, 14: CrowdPose, 21: "
+                     "Human-Art); with --dataset_file custom give custom_keypoint_names (and custom_flip_pairs, "
+                     "custom_sigmas) in the config")
 
 
 def build_custom_metadata(keypoint_names, flip_pairs=(), sigmas=None, skeleton=(),

@@ -26,11 +26,12 @@ class Predictor:
     def __init__(self, config: str | Path, checkpoint: Optional[str | Path] = None, device: str = "cpu",
                  options: Optional[Mapping[str, Any]] = None, score_threshold: float = 0.0,
                  top_k: Optional[int] = None, use_ema: bool = False):
-        from datasets.metadata import default_metadata_for_num_keypoints
+        from datasets import get_metadata
         from datasets.transforms import build_transforms_from_args
         from models import build_model
         from util.checkpoint import load_model_weights, read_checkpoint
         from util.config import Config, apply_config_to_args
+        from util.keypoint_metadata import KeypointMetadata
 
         cfg = Config.fromfile(config)
         if options:
@@ -38,13 +39,16 @@ class Predictor:
         args = apply_config_to_args(cfg, argparse.Namespace())
         self.args = args
         self.device = torch.device(device)
-        self.model, _, _ = build_model(args)
-        if checkpoint is not None:
-            ckpt = read_checkpoint(checkpoint)
+        ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+        # the keypoint layout the checkpoint was trained with, else the config's dataset layout
+        recorded = ckpt.get("keypoint_metadata") if ckpt is not None else None
+        self.metadata = KeypointMetadata.from_dict(recorded) if recorded else get_metadata(args)
+        args.num_body_points = self.metadata.num_keypoints  # a recorded layout sets the model's keypoint count
+        self.model, _, _ = build_model(args, self.metadata)
+        if ckpt is not None:
             weights = ckpt["ema_model"] if use_ema and "ema_model" in ckpt else ckpt["model"]
             load_model_weights(self.model, weights, strict=True, source=str(checkpoint))
         self.model.to(self.device).eval()
-        self.metadata = default_metadata_for_num_keypoints(args.num_body_points)
         self.transform = build_transforms_from_args("val", args, self.metadata.flip_permutation())
         self.num_keypoints = args.num_body_points
         self.score_threshold = score_threshold

@@ -95,13 +95,13 @@ def test_evaluation_with_use_ema_evaluates_the_regular_weights(synthetic, tmp_pa
 
 
 def test_loss_falls_when_overfitting_a_batch(synthetic):
-    from datasets import build_dataset
+    from datasets import build_dataset, get_metadata
     from models import build_model
     from util.misc import collate_fn
 
     torch.manual_seed(0)
     args = _args(synthetic, "human_feedback=FALSE")
-    model, criterion, _ = build_model(args)
+    model, criterion, _ = build_model(args, get_metadata(args))
     dataset = build_dataset("val", args)
     samples, targets = collate_fn([dataset[0], dataset[1]])
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
@@ -120,12 +120,12 @@ def test_loss_falls_when_overfitting_a_batch(synthetic):
 
 
 def test_non_finite_loss_stops_with_the_terms_named(synthetic):
-    from datasets import build_dataset
+    from datasets import build_dataset, get_metadata
     from models import build_model
     from util.misc import collate_fn
 
     args = _args(synthetic)
-    model, criterion, _ = build_model(args)
+    model, criterion, _ = build_model(args, get_metadata(args))
 
     class NanCriterion(torch.nn.Module):
         weight_dict = criterion.weight_dict
@@ -153,7 +153,7 @@ def _interactive(synthetic, tmp_path, batch_size, **env_args):
     args = _args(synthetic, f"batch_size={batch_size}", "max_clicks=3")
     for key, value in env_args.items():  # what main.py sets from NoC_thr / CLICKPOSE_* variables
         setattr(args, key, value)
-    model, _, postprocessors = build_model(args)
+    model, _, postprocessors = build_model(args, get_metadata(args))
     dataset = build_dataset("val", args)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
     stats = engine.evaluate_interactive(model, postprocessors, loader, dataset, args, torch.device("cpu"),

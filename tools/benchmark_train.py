@@ -106,6 +106,7 @@ class PhaseTimer:
 def _ours(spec: dict, timer: PhaseTimer):
     """Our model, criterion and optimizer; returns (model, criterion, optimizer, NestedTensor, set_rounds)."""
     sys.path.insert(0, str(REPO))
+    from datasets import get_metadata
     from models import build_model
     from models.clickpose import clickpose as clickpose_module
     from util.training import build_optimizer
@@ -115,7 +116,7 @@ def _ours(spec: dict, timer: PhaseTimer):
     args.device = "cpu"
     if spec.get("backend"):
         args.msda_backend = spec["backend"]
-    model, criterion, _ = build_model(args)
+    model, criterion, _ = build_model(args, get_metadata(args))
     optimizer = build_optimizer(args, model)
     model._denoising_queries = timer.wrap("dn_queries", model._denoising_queries)
     for name in ("box_stage_dn_mask", "keypoint_stage_dn_mask"):

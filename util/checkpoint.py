@@ -1,7 +1,8 @@
 """Checkpoint files: atomic writes, safe loading, weight loading with clear reports, RNG state.
 
 A checkpoint holds ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args`` (as the reference) and optionally
-``ema_model`` and ``rng_state`` (ours: a resumed run continues the same random stream).
+``ema_model``, ``rng_state`` (ours: a resumed run continues the same random stream) and ``keypoint_metadata`` (the
+keypoint layout the model was trained with, a plain dict: ``KeypointMetadata.to_dict``).
 """
 from __future__ import annotations
 
@@ -117,6 +118,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_sched
                     with_rng: bool = True) -> None:
     """Write a checkpoint atomically on rank 0 (a crash leaves the previous file intact)."""
     ckpt: dict[str, Any] = {"model": model.state_dict(), "epoch": epoch, "args": args}
+    layout = getattr(model, "keypoint_metadata", None)
+    if layout is not None:  # the keypoint layout it was trained with, as plain lists (weights_only loads it)
+        ckpt["keypoint_metadata"] = layout.to_dict()
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
     if lr_scheduler is not None:

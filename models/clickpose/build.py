@@ -1,9 +1,11 @@
-"""Builders from the config namespace ``args``."""
+"""Builders from the config namespace ``args`` and the keypoint layout ``metadata``."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
 from torch import nn
+
+from util.keypoint_metadata import KeypointMetadata
 
 from .backbone import build_backbone
 from .clickpose import ClickPose
@@ -11,28 +13,29 @@ from .postprocess import PostProcess
 from .transformer import build_transformer
 
 
-def _keypoint_metadata(args: Any):
-    from datasets.metadata import default_metadata_for_num_keypoints
-    try:
-        return default_metadata_for_num_keypoints(args.num_body_points)
-    except ValueError:
-        return None
+def check_layout(args: Any, metadata: KeypointMetadata) -> None:
+    """``num_body_points`` must be the layout's keypoint count (the config sets the model's shapes)."""
+    if not isinstance(metadata, KeypointMetadata):
+        raise TypeError(f"metadata must be a KeypointMetadata (datasets.get_metadata(args)), got "
+                        f"{type(metadata).__name__}")
+    if int(args.num_body_points) != metadata.num_keypoints:
+        raise ValueError(f"the keypoint layout {metadata.name!r} has {metadata.num_keypoints} keypoints but "
+                         f"num_body_points={args.num_body_points}; set num_body_points={metadata.num_keypoints}")
 
 
-def build_clickpose(args: Any, matcher: Optional[nn.Module] = None) -> ClickPose:
-    """The model. ``matcher`` drives the training click loop and the simulated clicks (the criterion's
-    matcher can be shared; built from the config when None)."""
+def build_clickpose(args: Any, metadata: KeypointMetadata, matcher: Optional[nn.Module] = None) -> ClickPose:
+    """The model for the keypoint layout ``metadata`` (its flip pairs and sigmas drive the pose error modeling).
+    ``matcher`` drives the training click loop and the simulated clicks (the criterion's matcher can be shared;
+    built from the config when None). The model keeps ``metadata`` as ``keypoint_metadata`` (saved with it)."""
+    check_layout(args, metadata)
     expected_refine_layers = args.dec_layers - args.num_box_decoder_layers
     if getattr(args, "num_humanfeedback_layers", expected_refine_layers) != expected_refine_layers:
         raise ValueError(f"num_humanfeedback_layers ({args.num_humanfeedback_layers}) must equal dec_layers - "
                          f"num_box_decoder_layers ({expected_refine_layers}): the refinement runs those layers")
     if matcher is None:
         from .matcher import build_matcher
-        matcher = build_matcher(args)
-    metadata = _keypoint_metadata(args)
-    flip_pairs = getattr(args, "flip_pairs", None) or (metadata.flip_pairs if metadata else ())
-    sigmas = getattr(args, "keypoint_sigmas", None) or (metadata.sigmas if metadata else None)
-    return ClickPose(
+        matcher = build_matcher(args, metadata.sigmas)
+    model = ClickPose(
         build_backbone(args), build_transformer(args), num_classes=args.num_classes,
         num_feature_levels=args.num_feature_levels, num_body_points=args.num_body_points, num_group=args.num_group,
         num_group_refine=args.num_group_refine, dn_number=args.dn_number if args.use_dn else 0,
@@ -41,7 +44,9 @@ def build_clickpose(args: Any, matcher: Optional[nn.Module] = None) -> ClickPose
         dn_kpt_label_noise_ratio=args.dn_kpt_label_noise_ratio, human_feedback=args.human_feedback,
         click_freeze=getattr(args, "click_freeze", "none"), only_correction=args.only_correction,
         pem_error_types=getattr(args, "pem_error_types", ()), pem_error_prob=getattr(args, "pem_error_prob", 0.0),
-        flip_pairs=flip_pairs, keypoint_sigmas=sigmas, matcher=matcher)
+        flip_pairs=metadata.flip_pairs, keypoint_sigmas=metadata.sigmas, matcher=matcher)
+    model.keypoint_metadata = metadata
+    return model
 
 
 def build_postprocessors(args: Any) -> dict[str, PostProcess]:

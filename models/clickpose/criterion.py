@@ -17,7 +17,7 @@ from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou_pairwise
 
 from .losses import (GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, split_keypoints,
                      weighted_keypoint_l1)
-from .matcher import HungarianMatcher, MatchIndices, build_matcher
+from .matcher import HungarianMatcher, MatchIndices
 
 Match = tuple[MatchIndices, dict[str, Tensor]]  # what HungarianMatcher returns
 LossDict = dict[str, Tensor]
@@ -61,9 +61,15 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], focal_alpha: float,
-                 losses: Sequence[str], num_box_decoder_layers: int = 2, num_body_points: int = 17,
+                 losses: Sequence[str], num_box_decoder_layers: int = 2, num_body_points: Optional[int] = None,
                  sigmas: Optional[Sequence[float]] = None):
+        """``sigmas`` (OKS, one per keypoint) default to the matcher's, so matching and losses use one layout;
+        ``num_body_points`` defaults to their count."""
         super().__init__()
+        if sigmas is None:
+            sigmas = matcher.sigmas.tolist()
+        if num_body_points is None:
+            num_body_points = len(sigmas)
         self.num_classes, self.num_body_points, self.num_box_decoder_layers = (num_classes, num_body_points,
                                                                               num_box_decoder_layers)
         self.matcher, self.weight_dict, self.focal_alpha = matcher, weight_dict, focal_alpha
@@ -241,13 +247,12 @@ def build_weight_dict(args: Any) -> dict[str, float]:
     return weights
 
 
-def build_criterion(args: Any, matcher: Optional[HungarianMatcher] = None) -> SetCriterion:
-    """SetCriterion from config (``num_classes``, ``num_body_points``, loss coefficients, dn settings)."""
+def build_criterion(args: Any, matcher: HungarianMatcher) -> SetCriterion:
+    """SetCriterion from config (``num_classes``, ``num_body_points``, loss coefficients, dn settings); the OKS
+    sigmas are the matcher's (the keypoint layout's)."""
     losses = ["labels", "boxes", "keypoints"]
     if args.dn_number > 0:
         losses += list(DN_LOSSES)
     losses.append("matching")
-    return SetCriterion(args.num_classes, matcher if matcher is not None else build_matcher(args),
-                        build_weight_dict(args), args.focal_alpha, losses,
-                        num_box_decoder_layers=args.num_box_decoder_layers, num_body_points=args.num_body_points,
-                        sigmas=getattr(args, "keypoint_sigmas", None))
+    return SetCriterion(args.num_classes, matcher, build_weight_dict(args), args.focal_alpha, losses,
+                        num_box_decoder_layers=args.num_box_decoder_layers, num_body_points=args.num_body_points)

@@ -10,15 +10,16 @@ import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from datasets.metadata import default_metadata_for_num_keypoints
-
 OKS_EPS = 1e-6  # added to the visible count, and the floor of the OKS (reference values)
 GIOU_EPS = 1e-6  # added to the IoU and hull denominators (reference value)
 
 
 def keypoint_sigmas(num_keypoints: int, sigmas: Optional[Sequence[float]] = None) -> Tensor:
-    """(K,) float32 OKS sigmas: the given ones, else the built-in layout with K keypoints."""
-    values = default_metadata_for_num_keypoints(num_keypoints).sigmas if sigmas is None else tuple(sigmas)
+    """(K,) float32 OKS sigmas of the keypoint layout (``KeypointMetadata.sigmas``, from the dataset)."""
+    if sigmas is None:
+        raise ValueError(f"no OKS sigmas given for the {num_keypoints} keypoints: pass the layout's sigmas "
+                         "(sigmas=metadata.sigmas, metadata = datasets.get_metadata(args))")
+    values = tuple(sigmas)
     if len(values) != num_keypoints:
         raise ValueError(f"keypoint_sigmas has {len(values)} entries but num_body_points is {num_keypoints}; "
                          "give one sigma per keypoint")

@@ -36,8 +36,12 @@ class HungarianMatcher(nn.Module):
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  cost_keypoints: float = 10.0, cost_oks: float = 4.0, focal_alpha: float = 0.25,
-                 num_body_points: int = 17, sigmas: Optional[Sequence[float]] = None):
+                 num_body_points: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
+        """``sigmas``: the OKS sigmas of the keypoint layout (required); K = ``len(sigmas)``, which
+        ``num_body_points`` must equal when given."""
         super().__init__()
+        if num_body_points is None:
+            num_body_points = len(sigmas) if sigmas is not None else 0
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: set_cost_class, set_cost_bbox and set_cost_giou are all 0; "
                              "at least one of them must be non-zero")
@@ -136,12 +140,12 @@ class HungarianMatcher(nn.Module):
         return indices
 
 
-def build_matcher(args: Any) -> HungarianMatcher:
-    """Matcher from config: ``set_cost_*``, ``focal_alpha``, ``num_body_points``, optional ``keypoint_sigmas``."""
+def build_matcher(args: Any, sigmas: Sequence[float]) -> HungarianMatcher:
+    """Matcher from config (``set_cost_*``, ``focal_alpha``, ``num_body_points``) and the layout's OKS ``sigmas``."""
     matcher_type = getattr(args, "matcher_type", "HungarianMatcher")
     if matcher_type != "HungarianMatcher":
         raise ValueError(f"unknown matcher_type {matcher_type!r}; only 'HungarianMatcher' exists")
     return HungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox,
                             cost_giou=args.set_cost_giou, cost_keypoints=args.set_cost_keypoints,
                             cost_oks=args.set_cost_oks, focal_alpha=args.focal_alpha,
-                            num_body_points=args.num_body_points, sigmas=getattr(args, "keypoint_sigmas", None))
+                            num_body_points=args.num_body_points, sigmas=sigmas)

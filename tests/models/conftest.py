@@ -34,6 +34,13 @@ def load_args(name: str = "tiny.cfg.py", **overrides) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
+def layout(args: argparse.Namespace):
+    """The built-in keypoint layout with ``args.num_body_points`` keypoints (what get_metadata gives a dataset)."""
+    from datasets.metadata import default_metadata_for_num_keypoints
+
+    return default_metadata_for_num_keypoints(args.num_body_points)
+
+
 def make_targets(num_people: list[int], num_keypoints: int, generator: torch.Generator) -> list[dict]:
     """Random but plausible targets (normalised cxcywh boxes, keypoints inside them, ~80% labelled)."""
     targets = []

@@ -5,12 +5,12 @@ import torch
 
 from models import build_model
 
-from .conftest import load_args, make_images, make_targets
+from .conftest import layout, load_args, make_images, make_targets
 
 
 def test_tiny_training_step_and_shared_matcher():
     args = load_args(human_feedback=True)
-    model, criterion, postprocessors = build_model(args)
+    model, criterion, postprocessors = build_model(args, layout(args))
     assert model.click_simulator.matcher is criterion.matcher
     gen = torch.Generator().manual_seed(2)
     images, targets = make_images([(256, 320), (224, 288)], gen), make_targets([2, 3], 17, gen)

@@ -9,13 +9,17 @@ import torch
 
 from models.clickpose.build import build_clickpose, build_postprocessors
 
-from .conftest import load_args, make_images, make_targets
+from .conftest import layout, load_args, make_images, make_targets
+
+
+def _build(args):
+    return build_clickpose(args, layout(args))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return build_clickpose(load_args(human_feedback=True))
+    return _build(load_args(human_feedback=True))
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +76,7 @@ def test_training_outputs_and_backward(tiny, batch):
 
 def test_training_without_human_feedback_gives_only_the_decoder_layers(batch):
     images, targets = batch
-    model = build_clickpose(load_args(human_feedback=False)).train()
+    model = _build(load_args(human_feedback=False)).train()
     out = model(images, targets)
     assert len(out["aux_outputs"]) == load_args().dec_layers - 1
 
@@ -92,7 +96,7 @@ def test_training_click_loop_with_more_people_than_refined_predictions(tiny):
 
 def test_crowdpose_14_keypoints_builds_and_runs():
     gen = torch.Generator().manual_seed(4)
-    model = build_clickpose(load_args(num_body_points=14, human_feedback=True))
+    model = _build(load_args(num_body_points=14, human_feedback=True))
     assert model.state_dict()["transformer.decoder.hw.weight"].shape == (14, 2)
     assert model.state_dict()["label_enc_pose.weight"].shape == (15, 64)
     images, targets = make_images([(256, 320)], gen), make_targets([2], 14, gen)

@@ -9,7 +9,7 @@ import torch
 
 from datasets.metadata import COCO_KEYPOINTS
 from models.clickpose.criterion import SetCriterion, build_criterion, build_weight_dict, total_loss
-from models.clickpose.matcher import HungarianMatcher
+from models.clickpose.matcher import HungarianMatcher, build_matcher
 
 DN = 50
 LOSSES = ["labels", "boxes", "keypoints", "dn_label", "dn_bbox", "dn_keypoints", "matching"]
@@ -24,6 +24,13 @@ def make_args(**overrides):
                 set_cost_oks=4.0, human_feedback=True, num_humanfeedback_layers=4, matcher_type="HungarianMatcher")
     args.update(overrides)
     return SimpleNamespace(**args)
+
+
+def criterion_for(args):
+    """build_criterion with the matcher of the built-in layout of ``args.num_body_points`` keypoints."""
+    from datasets.metadata import default_metadata_for_num_keypoints
+
+    return build_criterion(args, build_matcher(args, default_metadata_for_num_keypoints(args.num_body_points).sigmas))
 
 
 def rand_boxes(*shape):
@@ -75,7 +82,7 @@ def expected_keys(num_aux):
 
 @pytest.fixture(scope="module")
 def criterion():
-    return build_criterion(make_args())
+    return criterion_for(make_args())
 
 
 def one_pair(pred_box, gt_box, pred_kpts, gt_kpts, area, logit=(0.0, 0.0)):
@@ -88,7 +95,7 @@ def one_pair(pred_box, gt_box, pred_kpts, gt_kpts, area, logit=(0.0, 0.0)):
 
 def test_single_pair_terms_by_hand():
     k = 17
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["labels", "boxes", "keypoints"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels", "boxes", "keypoints"])
     gt_xy = torch.full((2 * k,), 0.5)
     vis = torch.zeros(k)
     vis[[0, 16]] = 1.0
@@ -115,7 +122,7 @@ def test_single_pair_terms_by_hand():
 
 
 def test_num_boxes_normalisation_and_empty_batch():
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["labels", "boxes", "keypoints"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels", "boxes", "keypoints"])
     outputs = head(2, 6)
     targets = make_targets([3, 1])
     base = crit(outputs, targets)
@@ -134,7 +141,7 @@ def test_num_boxes_normalisation_and_empty_batch():
 
 
 def test_class_error_zero_when_matched_queries_pick_the_person_class():
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["labels"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels"])
     outputs = head(1, 4)
     outputs["pred_logits"][..., 1] = 5.0
     outputs["pred_logits"][..., 0] = -5.0
@@ -142,7 +149,7 @@ def test_class_error_zero_when_matched_queries_pick_the_person_class():
 
 
 def test_dn_losses_by_hand_and_normalised_by_group_size():
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
     out = head(2, 5, dn=True)
     losses = crit(out, make_targets([1, 0]))
     pred, gt = out["dn_bbox_pred"], out["dn_bbox_input"]
@@ -161,7 +168,7 @@ def test_dn_losses_by_hand_and_normalised_by_group_size():
 
 
 def test_dn_losses_are_zero_without_num_tgt():
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
     losses = crit(head(1, 5), make_targets([2]))
     assert set(losses) == {"dn_loss_ce", "dn_loss_bbox", "dn_loss_giou", "dn_loss_keypoints"}
     assert all(v.item() == 0 for v in losses.values())
@@ -217,15 +224,15 @@ def test_weight_dict_from_config():
 
 
 def test_build_criterion_losses_list():
-    crit = build_criterion(make_args())
+    crit = criterion_for(make_args())
     assert crit.losses == LOSSES and crit.weight_dict == build_weight_dict(make_args())
-    assert build_criterion(make_args(dn_number=0)).losses == ["labels", "boxes", "keypoints", "matching"]
+    assert criterion_for(make_args(dn_number=0)).losses == ["labels", "boxes", "keypoints", "matching"]
     with pytest.raises(ValueError, match="unknown loss names"):
-        SetCriterion(2, HungarianMatcher(), {}, 0.25, ["masks"])
+        SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["masks"])
 
 
 def test_fourteen_keypoints():
-    crit = build_criterion(make_args(num_body_points=14))
+    crit = criterion_for(make_args(num_body_points=14))
     queries = (40, 40, 10, 10, 10, 6, 6, 6, 6)
     losses = crit(training_outputs(2, k=14, queries=queries), make_targets([2, 3], k=14))
     assert set(losses) == expected_keys(9)
@@ -243,7 +250,7 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "all_reduce", all_reduce_with_peer)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    crit = SetCriterion(2, HungarianMatcher(), {}, 0.25, ["boxes"])
+    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["boxes"])
     outputs, targets = head(1, 6, box_only=True), make_targets([3])
     loss = crit(outputs, targets)["loss_bbox"]
     (rows, cols), = crit.matcher(outputs, targets)[0]

@@ -9,7 +9,11 @@ from models.clickpose.build import build_clickpose
 from models.clickpose.feedback import ClickSimulator, apply_clicks, flatten_clicks, keypoint_xy, refine
 from util.box_ops import box_cxcywh_to_xyxy
 
-from .conftest import load_args, make_images, make_targets
+from .conftest import layout, load_args, make_images, make_targets
+
+
+def _build(args):
+    return build_clickpose(args, layout(args))
 
 K = 17
 
@@ -17,7 +21,7 @@ K = 17
 @pytest.fixture(scope="module")
 def session():
     torch.manual_seed(0)
-    model = build_clickpose(load_args()).eval()
+    model = _build(load_args()).eval()
     gen = torch.Generator().manual_seed(21)
     with torch.no_grad():
         for param in model.parameters():

@@ -57,7 +57,7 @@ def test_keypoint_branch_costs_by_hand():
     outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_boxes": torch.full((1, 1, 4), 0.5),
                "pred_keypoints": torch.cat([pred_xy, torch.ones(k)])[None, None]}
     targets = [_target([0.5, 0.5, 0.2, 0.2], torch.cat([gt_xy, vis]), [area])]
-    indices, means = HungarianMatcher()(outputs, targets)
+    indices, means = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, targets)
     sig = COCO_KEYPOINTS.sigmas
     oks = (math.exp(-0.01 ** 2 / (2 * area * (2 * sig[0]) ** 2))
            + math.exp(-0.02 ** 2 / (2 * area * (2 * sig[5]) ** 2))) / (2 + 1e-6)
@@ -67,7 +67,7 @@ def test_keypoint_branch_costs_by_hand():
     assert means["class"].item() == pytest.approx(
         0.25 * (1 - p) ** 2 * -math.log(p + 1e-8) - 0.75 * p ** 2 * -math.log(1 - p + 1e-8), rel=1e-6)
     assert [(i.tolist(), j.tolist()) for i, j in indices] == [([0], [0])]
-    total, _ = HungarianMatcher().cost_matrix(outputs, targets)
+    total, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas).cost_matrix(outputs, targets)
     assert total.shape == (1, 1, 1)
     assert total.item() == pytest.approx(2 * means["class"].item() + 10 * 0.03 + 4 * (1 - oks), rel=1e-5)
 
@@ -76,7 +76,7 @@ def test_box_branch_costs_by_hand():
     outputs = {"pred_logits": torch.zeros(1, 1, 2), "pred_boxes": torch.tensor([[[0.5, 0.5, 0.2, 0.2]]]),
                "pred_keypoints": torch.zeros(1, 1, 51)}
     targets = [_target([0.5, 0.5, 0.4, 0.2], torch.rand(51), [0.08])]
-    _, means = HungarianMatcher()(outputs, targets)
+    _, means = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, targets)
     assert means["bbox"].item() == pytest.approx(0.2, rel=1e-5)
     # IoU = 0.04/0.08, hull = the target box -> GIoU 0.5 (eps 1e-6 in both denominators)
     assert means["giou"].item() == pytest.approx(-0.5, abs=1e-4)
@@ -92,7 +92,7 @@ def test_branch_switch_is_batch_wide():
     outputs = {"pred_logits": torch.zeros(2, 2, 2), "pred_boxes": boxes[None].repeat(2, 1, 1),
                "pred_keypoints": torch.zeros(2, 2, 3 * k)}
     outputs["pred_boxes"][1] = torch.tensor([[0.1, 0.1, 0.1, 0.1], [0.5, 0.5, 0.2, 0.2]])
-    matcher = HungarianMatcher()
+    matcher = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
     indices, _ = matcher(outputs, targets)
     assert indices[0][0].tolist() == [0] and indices[1][0].tolist() == [1]  # box branch
     # image 1 gets keypoints: query 0 of image 0 now has the nearest keypoints (all 0.3) -> image 0 switches to 0?
@@ -126,7 +126,7 @@ def test_full_matcher_is_optimal_on_small_batches():
     torch.manual_seed(5)
     outputs = _random_outputs(2, 4)
     targets = _random_targets([3, 2])
-    indices, _ = HungarianMatcher()(outputs, targets)
+    indices, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, targets)
     sig = torch.tensor(COCO_KEYPOINTS.sigmas)
     for image, (rows, cols) in enumerate(indices):
         t = targets[image]
@@ -150,7 +150,7 @@ def test_full_matcher_is_optimal_on_small_batches():
 
 
 def test_images_without_people():
-    matcher = HungarianMatcher()
+    matcher = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
     indices, means = matcher(_random_outputs(3, 6), _random_targets([2, 0, 3]))
     assert [len(r) for r, _ in indices] == [2, 0, 3]
     assert all(r.dtype == torch.int64 and c.dtype == torch.int64 for r, c in indices)
@@ -161,13 +161,14 @@ def test_images_without_people():
 
 
 def test_more_people_than_queries():
-    indices, _ = HungarianMatcher()(_random_outputs(1, 20), _random_targets([25]))
+    indices, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(_random_outputs(1, 20), _random_targets([25]))
     rows, cols = indices[0]
     assert len(rows) == 20 and len(set(cols.tolist())) == 20 and cols.max() < 25
 
 
 def test_fourteen_keypoints_use_crowdpose_sigmas():
-    matcher = HungarianMatcher(num_body_points=14)
+    matcher = HungarianMatcher(sigmas=CROWDPOSE_KEYPOINTS.sigmas)
+    assert matcher.num_body_points == 14
     assert torch.allclose(matcher.sigmas, torch.tensor(CROWDPOSE_KEYPOINTS.sigmas))
     indices, _ = matcher(_random_outputs(2, 5, k=14), _random_targets([2, 1], k=14))
     assert [len(r) for r, _ in indices] == [2, 1]
@@ -175,22 +176,21 @@ def test_fourteen_keypoints_use_crowdpose_sigmas():
 
 def test_clear_errors():
     with pytest.raises(ValueError, match="last dim 51"):
-        HungarianMatcher(num_body_points=14)(_random_outputs(1, 5, k=17), _random_targets([1], k=17))
+        HungarianMatcher(sigmas=CROWDPOSE_KEYPOINTS.sigmas)(_random_outputs(1, 5, k=17), _random_targets([1], k=17))
     with pytest.raises(ValueError, match="num_body_points"):
         HungarianMatcher(num_body_points=5, sigmas=[0.1] * 4)
-    with pytest.raises(ValueError, match="no built-in keypoint layout"):
+    with pytest.raises(ValueError, match="no OKS sigmas given"):
         HungarianMatcher(num_body_points=5)
     outputs = _random_outputs(1, 5)
     outputs["pred_logits"][0, 0, 1] = float("nan")
     with pytest.raises(ValueError, match="not finite"):
-        HungarianMatcher()(outputs, _random_targets([1]))
+        HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, _random_targets([1]))
 
 
 def test_build_matcher_reads_config():
     args = SimpleNamespace(set_cost_class=1.0, set_cost_bbox=3.0, set_cost_giou=0.5, set_cost_keypoints=7.0,
-                           set_cost_oks=2.0, focal_alpha=0.3, num_body_points=14, keypoint_sigmas=[0.05] * 14,
-                           matcher_type="HungarianMatcher")
-    m = build_matcher(args)
+                           set_cost_oks=2.0, focal_alpha=0.3, num_body_points=14, matcher_type="HungarianMatcher")
+    m = build_matcher(args, [0.05] * 14)
     assert (m.cost_class, m.cost_bbox, m.cost_giou, m.cost_keypoints, m.cost_oks, m.focal_alpha) == \
         (1.0, 3.0, 0.5, 7.0, 2.0, 0.3)
     assert torch.allclose(m.sigmas, torch.full((14,), 0.05))
@@ -199,7 +199,7 @@ def test_build_matcher_reads_config():
 
 def test_match_many_equals_separate_calls():
     torch.manual_seed(7)
-    matcher = HungarianMatcher()
+    matcher = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
     targets = _random_targets([2, 0, 4])
     outs = [_random_outputs(3, 30, box_only=True), _random_outputs(3, 8), _random_outputs(3, 5)]
     together = matcher.match_many(outs, targets)

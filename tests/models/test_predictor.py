@@ -20,6 +20,7 @@ OPTIONS = {"num_queries": 100, "num_group": 8, "num_group_refine": 4, "dn_number
 @pytest.fixture(scope="module")
 def image_and_checkpoint(tmp_path_factory):
     from datasets.synthetic import write_synthetic_dataset
+    from datasets import get_metadata
     from models import build_model
     from util.config import Config, apply_config_to_args
     import argparse
@@ -30,7 +31,8 @@ def image_and_checkpoint(tmp_path_factory):
     cfg = Config.fromfile(CONFIG)
     cfg.merge_from_dict(OPTIONS)
     torch.manual_seed(0)
-    model, _, _ = build_model(apply_config_to_args(cfg, argparse.Namespace()))
+    args = apply_config_to_args(cfg, argparse.Namespace())
+    model, _, _ = build_model(args, get_metadata(args))
     with torch.no_grad():  # the zero-initialised keypoint heads would put every keypoint at its box centre
         for name, param in model.named_parameters():
             if "pose_embed" in name:

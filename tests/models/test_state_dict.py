@@ -8,7 +8,11 @@ import torch
 
 from models.clickpose.build import build_clickpose
 
-from .conftest import load_args
+from .conftest import layout, load_args
+
+
+def _build(args):
+    return build_clickpose(args, layout(args))
 
 
 def _reference_entries(shared_reference) -> list[tuple[str, tuple[int, ...], bool, str | None]]:
@@ -26,7 +30,7 @@ def _reference_entries(shared_reference) -> list[tuple[str, tuple[int, ...], boo
 @pytest.fixture(scope="module")
 def full_model():
     torch.manual_seed(0)
-    return build_clickpose(load_args("clickpose.cfg.py"))
+    return _build(load_args("clickpose.cfg.py"))
 
 
 def test_keys_shapes_and_order_equal_the_reference(full_model, shared_reference):
@@ -61,7 +65,7 @@ def test_aliased_heads_share_storage(full_model, shared_reference):
 def test_strict_round_trip(full_model):
     saved = {k: v.clone() for k, v in full_model.state_dict().items()}
     torch.manual_seed(1)
-    fresh = build_clickpose(load_args("clickpose.cfg.py"))
+    fresh = _build(load_args("clickpose.cfg.py"))
     assert not torch.equal(fresh.state_dict()["label_enc.weight"], saved["label_enc.weight"])
     fresh.load_state_dict(saved, strict=True)
     for key, value in fresh.state_dict().items():

@@ -1,0 +1,133 @@
+"""Keypoint adaptation: start a model for one keypoint layout from a checkpoint trained on another.
+
+The paper's third scenario: a 17-keypoint (COCO) model is fine-tuned into Human-Art's 21-keypoint layout. All
+weights that do not depend on the keypoint count load as they are. The per-keypoint weights are matched by keypoint
+*name*: a keypoint the source knows gets exactly the source's row(s); a new keypoint is initialised from the mean
+of the source's keypoints (default) or from a chosen source keypoint (``init_from``, e.g. finger <- wrist).
+Source keypoints the target lacks are dropped. ``AdaptationReport`` says what was copied, initialised, dropped.
+
+Per-keypoint tensors (K = keypoint count, G = num_group):
+- ``transformer.decoder.hw.weight`` (K, 2): each keypoint's learned box-relative size;
+- ``transformer.decoder.keypoint_embed.weight`` (G*K, d): keypoint query contents, group-major (G, K, d);
+- ``label_enc_pose.weight`` (K+1, d): row 0 is shared, row 1+k belongs to keypoint k.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from util.checkpoint import CheckpointError, load_model_weights, strip_prefix
+from util.keypoint_metadata import KeypointMetadata
+
+log = logging.getLogger("clickpose")
+
+HW_KEY = "transformer.decoder.hw.weight"
+# key -> (rows before the keypoint rows, whether rows are grouped (G, K, ...) )
+PER_KEYPOINT_TENSORS: dict[str, tuple[int, bool]] = {
+    HW_KEY: (0, False),
+    "transformer.decoder.keypoint_embed.weight": (0, True),
+    "label_enc_pose.weight": (1, False),
+}
+
+
+@dataclass
+class AdaptationReport:
+    source: str
+    target: str
+    copied: list[tuple[str, int, int]] = field(default_factory=list)  # (name, source index, target index)
+    initialised: list[tuple[str, str]] = field(default_factory=list)  # (name, how)
+    dropped: list[str] = field(default_factory=list)  # source keypoints the target lacks
+    tensors: list[str] = field(default_factory=list)  # state-dict keys rebuilt for the target layout
+
+    def format(self) -> str:
+        lines = [f"keypoint adaptation {self.source} -> {self.target}: {len(self.copied)} keypoints copied, "
+                 f"{len(self.initialised)} initialised, {len(self.dropped)} dropped; tensors: {self.tensors}"]
+        lines += [f"  copied      {name}: source #{src} -> #{dst}" for name, src, dst in self.copied if src != dst]
+        lines += [f"  initialised {name}: {how}" for name, how in self.initialised]
+        lines += [f"  dropped     {name}" for name in self.dropped]
+        return "\n".join(lines)
+
+
+def _plan(source: KeypointMetadata, target: KeypointMetadata, init_from: Optional[Mapping[str, str]],
+          report: AdaptationReport) -> list[Optional[int]]:
+    """Per target keypoint: its source index, or None (initialised from the mean / ``init_from``)."""
+    index = {name: k for k, name in enumerate(source.keypoint_names)}
+    init_from = dict(init_from or {})
+    unknown = {new: old for new, old in init_from.items()
+               if new not in target.keypoint_names or old not in index}
+    if unknown:
+        raise ValueError(f"adapt_keypoint_init maps {unknown}: each key must be a keypoint of the target layout "
+                         f"{list(target.keypoint_names)} and each value one of the source's "
+                         f"{list(source.keypoint_names)}")
+    plan: list[Optional[int]] = []
+    for dst, name in enumerate(target.keypoint_names):
+        if name in index:
+            plan.append(index[name])
+            report.copied.append((name, index[name], dst))
+        elif name in init_from:
+            plan.append(index[init_from[name]])
+            report.initialised.append((name, f"copy of source keypoint {init_from[name]!r}"))
+        else:
+            plan.append(None)
+            report.initialised.append((name, "mean of the source's keypoints"))
+    report.dropped = [name for name in source.keypoint_names if name not in target.keypoint_names]
+    return plan
+
+
+def _remap(tensor: Tensor, plan: list[Optional[int]], num_source: int, lead: int, grouped: bool) -> Tensor:
+    """Rebuild one per-keypoint tensor for the target layout following ``plan``."""
+    head, body = tensor[:lead], tensor[lead:]
+    if grouped:
+        body = body.reshape(-1, num_source, *body.shape[1:])  # (G, K_src, ...)
+    else:
+        body = body.unsqueeze(0)  # (1, K_src, ...)
+    mean = body.mean(dim=1)
+    rows = [body[:, src] if src is not None else mean for src in plan]
+    out = torch.stack(rows, dim=1)
+    out = out.reshape(-1, *out.shape[2:]) if grouped else out[0]
+    return torch.cat((head, out), dim=0).contiguous()
+
+
+def adapt_state_dict(state_dict: Mapping[str, Tensor], source: KeypointMetadata, target: KeypointMetadata,
+                     init_from: Optional[Mapping[str, str]] = None) -> tuple[dict[str, Tensor], AdaptationReport]:
+    """A copy of ``state_dict`` (trained with layout ``source``) whose per-keypoint tensors fit ``target``."""
+    report = AdaptationReport(source.name, target.name)
+    plan = _plan(source, target, init_from, report)
+    adapted = dict(state_dict)
+    for key, (lead, grouped) in PER_KEYPOINT_TENSORS.items():
+        if key in adapted:
+            adapted[key] = _remap(adapted[key], plan, source.num_keypoints, lead, grouped)
+            report.tensors.append(key)
+    return adapted, report
+
+
+def source_metadata(ckpt: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> KeypointMetadata:
+    """The layout a checkpoint was trained with: its recorded ``keypoint_metadata``, else the built-in layout with
+    its keypoint count (17: COCO, as the released checkpoints; 14: CrowdPose)."""
+    if ckpt.get("keypoint_metadata"):
+        return KeypointMetadata.from_dict(ckpt["keypoint_metadata"])
+    if HW_KEY not in state_dict:
+        raise CheckpointError(f"cannot tell the checkpoint's keypoint layout: it records no keypoint_metadata and "
+                              f"has no {HW_KEY}")
+    from datasets.metadata import default_metadata_for_num_keypoints
+
+    return default_metadata_for_num_keypoints(int(state_dict[HW_KEY].shape[0]))
+
+
+def load_pretrained(model: nn.Module, ckpt: Mapping[str, Any], target: KeypointMetadata, *,
+                    ignore_keywords: Optional[list[str]] = None, init_from: Optional[Mapping[str, str]] = None,
+                    source: str = "checkpoint") -> Optional[AdaptationReport]:
+    """Load ``ckpt['model']`` into ``model`` (non-strict, as --pretrain_model_path), adapting the per-keypoint
+    weights when the checkpoint's layout differs from ``target``. Returns the report, or None if none was needed."""
+    weights = strip_prefix(ckpt["model"])
+    layout = source_metadata(ckpt, weights)
+    report = None
+    if layout.keypoint_names != target.keypoint_names:
+        weights, report = adapt_state_dict(weights, layout, target, init_from)
+        log.info(report.format())
+    load_model_weights(model, weights, strict=False, ignore_keywords=ignore_keywords, source=source)
+    return report

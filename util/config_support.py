@@ -1,0 +1,70 @@
+"""Reference config keys this implementation does not support: setting one to another value than the reference's
+default is an error that says why (instead of being silently ignored, as ``--options`` used to allow).
+
+Each entry: key -> (the only accepted value, the reason). The decisions are listed in ``docs/deviations.md``
+("Config keys that are refused"). Every other key of ``config/clickpose.cfg.py`` is read by the code.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from util.config import ConfigError
+
+_NOT_IN_REFERENCE = "the reference defines it in its config but never reads it, so no value ever had an effect"
+_DINO_ONLY = ("a DINO/DN-DETR option whose non-default path the reference's Click-Pose model does not use "
+              "(its two-stage, 4-d anchor decoder fixes it)")
+
+UNSUPPORTED_KEYS: dict[str, tuple[Any, str]] = {
+    "ddetr_lr_param": (False, _NOT_IN_REFERENCE + " (param_dict_type selects the parameter groups)"),
+    "dln_hw_noise": (0.2, _NOT_IN_REFERENCE),
+    "dln_xy_noise": (0.2, _NOT_IN_REFERENCE),
+    "indices_idx_list": ([1, 2, 3, 4, 5, 6, 7], _NOT_IN_REFERENCE),
+    "two_stage_default_hw": (0.05, _NOT_IN_REFERENCE + " (proposals use 0.05 * 2**level, as the reference)"),
+    "no_mmpose_keypoint_evaluator": (True, _NOT_IN_REFERENCE + " (evaluation always uses pycocotools / "
+                                           "faster-coco-eval)"),
+    "enc_loss_coef": (1.0, _NOT_IN_REFERENCE + " (interm_loss_coef weights the encoder-proposal losses)"),
+    "kpvis_loss_coef": (1.0, _NOT_IN_REFERENCE + " (there is no keypoint-visibility loss)"),
+    "match_unstable_error": (False, _NOT_IN_REFERENCE),
+    "set_cost_kpvis": (0.0, "the reference passes it to its matcher, which never uses it in the cost"),
+    "frozen_weights": (None, "a DETR option for training a segmentation head on a frozen detector (it requires "
+                             "masks=True); Click-Pose has no segmentation head. To start from weights use "
+                             "--pretrain_model_path"),
+    "masks": (False, "segmentation masks are not part of Click-Pose (the reference has no mask head either)"),
+    "strong_aug": (False, "the reference's strong augmentation is not reimplemented; the COCO transformer "
+                          "recipe (data_aug_* keys) is what the paper trains with"),
+    "dec_layer_number": (None, _DINO_ONLY),
+    "dec_pred_pose_embed_share": (False, "sharing the keypoint heads across decoder layers changes the "
+                                         "checkpoint layout; the released models do not share them"),
+    "decoder_module_seq": (["sa", "ca", "ffn"], "the decoder layer order is fixed (self-attention, "
+                                                "cross-attention, feed-forward), as in every released model"),
+    "decoder_sa_type": ("sa", "the reference asserts 'sa' (plain self-attention)"),
+    "embed_init_tgt": (False, _DINO_ONLY),
+    "fix_refpoints_hw": (-1, _DINO_ONLY),
+    "num_patterns": (0, _DINO_ONLY),
+    "random_refpoints_xy": (False, _DINO_ONLY),
+    "rm_detach": (None, _DINO_ONLY),
+    "rm_self_attn_layers": (None, _DINO_ONLY),
+    "two_stage_keep_all_tokens": (False, _DINO_ONLY),
+    "two_stage_learn_wh": (False, _DINO_ONLY),
+    "dn_attn_mask_type_list": (["match2dn", "dn2dn", "group2group"], "the denoising attention masks are built "
+                                                                     "with all three rules, as the reference"),
+    "dn_batch_gt_fuse": (False, "the reference asserts it is False"),
+}
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return list(value) == list(default)
+    if isinstance(default, bool) or default is None:
+        return value is default or value == default
+    return value == default
+
+
+def refuse_unsupported_keys(args: Any) -> None:
+    """Raise ``ConfigError`` naming every unsupported key that ``args`` sets to a non-default value."""
+    problems = [f"{key}={getattr(args, key)!r} (only {default!r} is supported: {reason})"
+                for key, (default, reason) in UNSUPPORTED_KEYS.items()
+                if hasattr(args, key) and not _same(getattr(args, key), default)]
+    if problems:
+        raise ConfigError("unsupported config values:\n  " + "\n  ".join(problems) +
+                          "\nRemove them from the config / --options (see docs/deviations.md).")
