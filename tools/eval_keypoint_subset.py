@@ -1,10 +1,13 @@
-"""Keypoint AP over chosen keypoints only, from a COCO results file (e.g. the 4 keypoints a 17 -> 21 adaptation
-added). Evaluation with --output_dir writes keypoints_results.json (with the interactive modes: the last round's).
+"""Keypoint AP over chosen keypoints only (OKS on those keypoints), from a COCO results file: e.g. the 4 keypoints a
+17 -> 21 adaptation added. Evaluation with --output_dir writes keypoints_results.json (in the interactive modes:
+the last round's).
 
-    python tools/eval_keypoint_subset.py --coco_path $CLICKPOSE_HumanArt_PATH --dataset_file humanart \
-        --keypoint_field keypoints_21 --results logs/humanart21_eval/keypoints_results.json
+    python tools/eval_keypoint_subset.py \
+        --ann $CLICKPOSE_HumanArt_PATH/HumanArt/annotations/validation_humanart.json --keypoint_field keypoints_21 \
+        --results logs/humanart21_eval/keypoints_results.json
 
-Without --keypoints, the layout's keypoints that COCO's 17 lack are scored (Human-Art 21: fingers and toes).
+The layout is the built-in one with --num_body_points keypoints (21: Human-Art's). Without --keypoints, the
+keypoints that COCO's 17 lack are scored (Human-Art 21: left/right finger, left/right toe).
 """
 from __future__ import annotations
 
@@ -15,27 +18,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets import CocoKeypointDataset, get_metadata  # noqa: E402
-from datasets.coco import resolve_split, spec_from_args  # noqa: E402
+from datasets.coco import AnnotationFormatError, load_annotations  # noqa: E402
 from datasets.evaluation import COCO_KEYPOINT_STAT_NAMES  # noqa: E402
 from datasets.keypoint_subset import keypoint_subset_stats, new_keypoints  # noqa: E402
-from datasets.metadata import COCO_KEYPOINTS  # noqa: E402
+from datasets.metadata import COCO_KEYPOINTS, default_metadata_for_num_keypoints  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--coco_path", required=True, help="dataset root")
-    parser.add_argument("--dataset_file", default="humanart")
-    parser.add_argument("--keypoint_field", default="keypoints_21")
-    parser.add_argument("--num_body_points", type=int, default=21)
-    parser.add_argument("--results", required=True, help="COCO keypoint results JSON")
+    parser.add_argument("--ann", required=True, help="ground-truth COCO keypoint annotation file")
+    parser.add_argument("--keypoint_field", default="keypoints_21", help="annotation field of the keypoints")
+    parser.add_argument("--num_body_points", type=int, default=21, help="keypoint count of the layout")
+    parser.add_argument("--results", required=True, help="COCO keypoint results JSON of the same images")
     parser.add_argument("--keypoints", default=None, help="comma-separated keypoint names (default: the new ones)")
     args = parser.parse_args(argv)
     try:
-        metadata = get_metadata(args)
-        ann_file, img_folder = resolve_split(Path(args.coco_path), spec_from_args(args), "val")
-        dataset = CocoKeypointDataset(ann_file, img_folder, metadata, keypoint_field=args.keypoint_field,
-                                      filter_images=False)
+        metadata = default_metadata_for_num_keypoints(args.num_body_points)
+        coco = load_annotations(Path(args.ann), metadata.num_keypoints, args.keypoint_field)
         if args.keypoints:
             names = [n.strip() for n in args.keypoints.split(",")]
             missing = [n for n in names if n not in metadata.keypoint_names]
@@ -45,8 +44,8 @@ def main(argv=None) -> int:
         else:
             indices = new_keypoints(COCO_KEYPOINTS, metadata)
         results = json.loads(Path(args.results).read_text())
-        stats = keypoint_subset_stats(dataset.coco, results, indices, metadata.sigmas)
-    except (ValueError, OSError) as exc:
+        stats = keypoint_subset_stats(coco, results, indices, metadata.sigmas)
+    except (ValueError, OSError, AnnotationFormatError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"keypoints: {[metadata.keypoint_names[k] for k in indices]}")
