@@ -26,6 +26,10 @@ def make_args(**overrides):
     return SimpleNamespace(**args)
 
 
+def _coco_matcher() -> HungarianMatcher:
+    return HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
+
+
 def criterion_for(args):
     """build_criterion with the matcher of the built-in layout of ``args.num_body_points`` keypoints."""
     from datasets.metadata import default_metadata_for_num_keypoints
@@ -95,7 +99,7 @@ def one_pair(pred_box, gt_box, pred_kpts, gt_kpts, area, logit=(0.0, 0.0)):
 
 def test_single_pair_terms_by_hand():
     k = 17
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels", "boxes", "keypoints"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels", "boxes", "keypoints"])
     gt_xy = torch.full((2 * k,), 0.5)
     vis = torch.zeros(k)
     vis[[0, 16]] = 1.0
@@ -122,7 +126,7 @@ def test_single_pair_terms_by_hand():
 
 
 def test_num_boxes_normalisation_and_empty_batch():
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels", "boxes", "keypoints"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels", "boxes", "keypoints"])
     outputs = head(2, 6)
     targets = make_targets([3, 1])
     base = crit(outputs, targets)
@@ -141,7 +145,7 @@ def test_num_boxes_normalisation_and_empty_batch():
 
 
 def test_class_error_zero_when_matched_queries_pick_the_person_class():
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["labels"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels"])
     outputs = head(1, 4)
     outputs["pred_logits"][..., 1] = 5.0
     outputs["pred_logits"][..., 0] = -5.0
@@ -149,7 +153,7 @@ def test_class_error_zero_when_matched_queries_pick_the_person_class():
 
 
 def test_dn_losses_by_hand_and_normalised_by_group_size():
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
     out = head(2, 5, dn=True)
     losses = crit(out, make_targets([1, 0]))
     pred, gt = out["dn_bbox_pred"], out["dn_bbox_input"]
@@ -168,7 +172,7 @@ def test_dn_losses_by_hand_and_normalised_by_group_size():
 
 
 def test_dn_losses_are_zero_without_num_tgt():
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
     losses = crit(head(1, 5), make_targets([2]))
     assert set(losses) == {"dn_loss_ce", "dn_loss_bbox", "dn_loss_giou", "dn_loss_keypoints"}
     assert all(v.item() == 0 for v in losses.values())
@@ -228,7 +232,7 @@ def test_build_criterion_losses_list():
     assert crit.losses == LOSSES and crit.weight_dict == build_weight_dict(make_args())
     assert criterion_for(make_args(dn_number=0)).losses == ["labels", "boxes", "keypoints", "matching"]
     with pytest.raises(ValueError, match="unknown loss names"):
-        SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["masks"])
+        SetCriterion(2, _coco_matcher(), {}, 0.25, ["masks"])
 
 
 def test_fourteen_keypoints():
@@ -250,7 +254,7 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "all_reduce", all_reduce_with_peer)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
-    crit = SetCriterion(2, HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas), {}, 0.25, ["boxes"])
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["boxes"])
     outputs, targets = head(1, 6, box_only=True), make_targets([3])
     loss = crit(outputs, targets)["loss_bbox"]
     (rows, cols), = crit.matcher(outputs, targets)[0]
