@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
 
 
 def _interactive(synthetic, tmp_path, batch_size, **env_args):
-    from datasets import build_dataset, build_evaluator
+    from datasets import build_dataset, build_evaluator, get_metadata
     from models import build_model
     from util.misc import collate_fn
 
