@@ -55,13 +55,13 @@ def _ours_forward(height: int, width: int, backend: str | None, grouped: bool):
     sys.path.insert(0, str(REPO))
     import torch
     from models.clickpose import decoder as decoder_module
-    from datasets import get_metadata
+    from datasets.metadata import default_metadata_for_num_keypoints
     from models.clickpose.build import build_clickpose
     from util.misc import NestedTensor
 
     args = argparse.Namespace(**_our_config(REPO / "config" / "clickpose.cfg.py"))
     args.msda_backend = backend
-    model = build_clickpose(args, get_metadata(args)).eval()
+    model = build_clickpose(args, default_metadata_for_num_keypoints(args.num_body_points)).eval()
     if not grouped:  # baseline: the keypoint layers attend through the full block mask
         from models.clickpose.queries import expand_to_heads, group_block_mask
         run = decoder_module.Decoder.run_keypoint_layers

@@ -106,7 +106,7 @@ class PhaseTimer:
 def _ours(spec: dict, timer: PhaseTimer):
     """Our model, criterion and optimizer; returns (model, criterion, optimizer, NestedTensor, set_rounds)."""
     sys.path.insert(0, str(REPO))
-    from datasets import get_metadata
+    from datasets.metadata import default_metadata_for_num_keypoints
     from models import build_model
     from models.clickpose import clickpose as clickpose_module
     from util.training import build_optimizer
@@ -116,7 +116,7 @@ def _ours(spec: dict, timer: PhaseTimer):
     args.device = "cpu"
     if spec.get("backend"):
         args.msda_backend = spec["backend"]
-    model, criterion, _ = build_model(args, get_metadata(args))
+    model, criterion, _ = build_model(args, default_metadata_for_num_keypoints(args.num_body_points))
     optimizer = build_optimizer(args, model)
     model._denoising_queries = timer.wrap("dn_queries", model._denoising_queries)
     for name in ("box_stage_dn_mask", "keypoint_stage_dn_mask"):
