@@ -112,3 +112,12 @@ def test_the_original_build_install_command_still_works(scratch):
     prefix = reuse_inplace_kernel(scratch["python"], ops, scratch["tmp"])
     run(scratch["python"], "setup.py", "build", "install", cwd=ops, path_prefix=prefix)
     assert_only_the_kernel_is_installed(scratch)
+
+
+def test_make_installs_requirements_but_not_the_project():
+    installs = [line.split("pip install", 1)[1].split() for line in (REPO / "Makefile").read_text().splitlines()
+                if "pip install" in line]
+    assert installs, "the Makefile's venv step installs nothing"
+    for words in installs:
+        targets = [w for w in words if not w.startswith("-")]
+        assert "." not in targets and "-e" not in words, f"make installs the project: pip install {' '.join(words)}"
