@@ -91,9 +91,12 @@ def run_step_child(step: Step, mode: str, timeout: float, logs: Path) -> Dict[st
             try:
                 code = process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
                 code = None
+            except BaseException:  # Ctrl-C: the step is in its own session and would outlive us
+                _kill_group(process)
+                raise
+            if code is None:
+                _kill_group(process)
         seconds = round(time.perf_counter() - start, 1)
         if code is None:
             return {"status": "timeout", "seconds": seconds,
@@ -106,6 +109,15 @@ def run_step_child(step: Step, mode: str, timeout: float, logs: Path) -> Dict[st
     if data["status"] == "failed":
         data["log_tail"] = _tail(log_path)
     return data
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """The step and everything it started (pytest, the build, torchrun workers)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:
