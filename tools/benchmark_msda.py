@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
@@ -31,24 +31,25 @@ LEVELS = [(100, 167), (50, 84), (25, 42), (13, 21)]
 HEADS, CHANNELS, POINTS = 8, 32, 4
 
 
-def make_inputs(case: str, batch: int, device: str, dtype: torch.dtype, seed: int = 0) -> Dict[str, torch.Tensor]:
+def make_inputs(case: str, batch: int, device: str, dtype: torch.dtype, seed: int = 0,
+                levels: Sequence[Tuple[int, int]] = LEVELS) -> Dict[str, torch.Tensor]:
     """Realistic sampling pattern: points a few cells around each query's reference point."""
     gen = torch.Generator().manual_seed(seed)
-    shapes = torch.tensor(LEVELS, dtype=torch.long)
+    shapes = torch.tensor(levels, dtype=torch.long)
     sizes = shapes.prod(1)
     starts = torch.cat([sizes.new_zeros(1), sizes.cumsum(0)[:-1]])
     if case == "encoder":  # reference point = the query's own cell centre
         refs = torch.cat([torch.stack(torch.meshgrid((torch.arange(w) + 0.5) / w, (torch.arange(h) + 0.5) / h,
-                                                     indexing="xy"), -1).reshape(-1, 2) for h, w in LEVELS])
+                                                     indexing="xy"), -1).reshape(-1, 2) for h, w in levels])
         refs = refs.expand(batch, -1, -1)
     else:
         refs = torch.rand(batch, int(case.split("-")[1]), 2, generator=gen)
     queries = refs.shape[1]
-    cells = torch.randn(batch, queries, HEADS, len(LEVELS), POINTS, 2, generator=gen) * 2.0
+    cells = torch.randn(batch, queries, HEADS, len(levels), POINTS, 2, generator=gen) * 2.0
     normalizer = shapes.flip(-1).to(torch.float32)  # (W, H)
     locations = refs[:, :, None, None, None, :] + cells / normalizer[:, None, :]
-    logits = torch.randn(batch, queries, HEADS, len(LEVELS) * POINTS, generator=gen)
-    weights = logits.softmax(-1).view(batch, queries, HEADS, len(LEVELS), POINTS)
+    logits = torch.randn(batch, queries, HEADS, len(levels) * POINTS, generator=gen)
+    weights = logits.softmax(-1).view(batch, queries, HEADS, len(levels), POINTS)
     value = torch.randn(batch, int(sizes.sum()), HEADS, CHANNELS, generator=gen)
     as_dev = dict(device=device, dtype=dtype)
     return dict(value=value.to(**as_dev), spatial_shapes=shapes.to(device), level_start_index=starts.to(device),
@@ -93,9 +94,10 @@ def rss_bytes(field: str) -> int:
     return int(line.split()[1]) * 1024
 
 
-def runners(case: str, backend: str, batch: int, device: str, dtype: torch.dtype) -> Dict[str, Callable]:
+def runners(case: str, backend: str, batch: int, device: str, dtype: torch.dtype,
+            levels: Sequence[Tuple[int, int]] = LEVELS) -> Dict[str, Callable]:
     """Closures running the op forward (no autograd) and forward+backward on fixed inputs."""
-    inputs = make_inputs(case, batch, device, dtype)
+    inputs = make_inputs(case, batch, device, dtype, levels=levels)
     op = op_for(backend)
     differentiable = ("value", "sampling_locations", "attention_weights")
 
@@ -113,9 +115,10 @@ def runners(case: str, backend: str, batch: int, device: str, dtype: torch.dtype
     return {"forward_ms": forward, "forward_backward_ms": forward_backward}
 
 
-def peak_memory_mib(case: str, backend: str, batch: int, device: str, dtype: torch.dtype) -> float:
+def peak_memory_mib(case: str, backend: str, batch: int, device: str, dtype: torch.dtype,
+                    levels: Sequence[Tuple[int, int]] = LEVELS) -> float:
     """Extra memory of one forward+backward: CUDA max allocated, or CPU peak RSS growth (call in a fresh process)."""
-    run = runners(case, backend, batch, device, dtype)["forward_backward_ms"]
+    run = runners(case, backend, batch, device, dtype, levels)["forward_backward_ms"]
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()

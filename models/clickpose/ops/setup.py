@@ -2,7 +2,9 @@
 
 From this folder, as the original project:  python setup.py build install
 In place, for a repository checkout:         python setup.py build_ext --inplace
-(or from the repository root: python -m models.clickpose.ops.build)
+(or from the repository root: python -m models.clickpose.ops.build; or install it into the environment with
+`pip install --no-build-isolation .` there, whose setup.py builds the same extension from ``kernel_setup_kwargs``)
+The installed module is ``clickpose_msda`` (this project's name); nothing else is installed.
 
 The CPU kernel is always built. The CUDA kernel is built when FORCE_CUDA=1, or when a GPU is visible and a CUDA
 toolkit is found (FORCE_CUDA=0 disables it); building it needs no GPU. TORCH_CUDA_ARCH_LIST selects the
@@ -93,8 +95,9 @@ def openmp_flags() -> List[str]:
     return []  # macOS clang: at::parallel_for runs single-threaded without OpenMP
 
 
-def get_extensions(cuda_home: Optional[str]):
-    sources = [os.path.join("csrc", "bindings.cpp"), os.path.join("csrc", "msda_cpu.cpp")]
+def get_extensions(cuda_home: Optional[str], csrc: str = "csrc"):
+    """The extension; ``csrc``: the source folder relative to the directory setup() runs in."""
+    sources = [os.path.join(csrc, "bindings.cpp"), os.path.join(csrc, "msda_cpu.cpp")]
     cxx_flags = ["-O3"] + openmp_flags() if sys.platform != "win32" else ["/O2"] + openmp_flags()
     options = dict(include_dirs=[os.path.join(HERE, "csrc")], extra_compile_args={"cxx": cxx_flags},
                    extra_link_args=openmp_flags() if sys.platform.startswith("linux") else [], define_macros=[])
@@ -113,7 +116,7 @@ def get_extensions(cuda_home: Optional[str]):
         options["extra_compile_args"] = {"cxx": cxx_flags + system_includes,
                                          "nvcc": ["-O3", "--expt-relaxed-constexpr"] + system_includes}
         options["define_macros"] = [("MSDA_WITH_CUDA", None)]
-        sources.append(os.path.join("csrc", "msda_cuda.cu"))
+        sources.append(os.path.join(csrc, "msda_cuda.cu"))
         arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "(torch default: visible GPUs, else all supported)")
         print(f"[msda] building CPU + CUDA kernels; CUDA toolkit {cuda_home}; TORCH_CUDA_ARCH_LIST={arch}")
         return [cpp_extension.CUDAExtension(EXTENSION_NAME, sources, **options)]
@@ -122,22 +125,28 @@ def get_extensions(cuda_home: Optional[str]):
     return [CppExtension(EXTENSION_NAME, sources, **options)]
 
 
-def main() -> None:
+def kernel_setup_kwargs(csrc: str = "csrc") -> dict:
+    """setup() arguments that build the kernel extension and install nothing else (no packages, no modules)."""
     cuda_home = find_cuda_home()
     if cuda_home:  # before torch.utils.cpp_extension is imported: it guesses from nvcc's folder, wrong for wrappers
         os.environ["CUDA_HOME"] = cuda_home
+    try:
+        from torch.utils.cpp_extension import BuildExtension
+    except ImportError:
+        sys.exit("[msda] the kernel is compiled against the installed torch, and torch is not importable here: "
+                 "install the requirements first (pip install -r requirements.txt); with pip, build with "
+                 "--no-build-isolation so that the build sees that torch")
+    return dict(ext_modules=get_extensions(cuda_home, csrc), packages=[], py_modules=[],
+                cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)})
+
+
+def main() -> None:
     from setuptools import setup
-    from torch.utils.cpp_extension import BuildExtension
 
     os.chdir(HERE)  # in-place builds land in this folder whatever the caller's working directory
-    setup(
-        name=EXTENSION_NAME,
-        version="1.0",
-        description="Multi-scale deformable attention kernels (CPU and CUDA) for the Click-Pose reimplementation",
-        ext_modules=get_extensions(cuda_home),
-        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
-        py_modules=[],
-    )
+    setup(name=EXTENSION_NAME, version="1.0",
+          description="Multi-scale deformable attention kernels (CPU and CUDA) for the Click-Pose reimplementation",
+          **kernel_setup_kwargs())
 
 
 if __name__ == "__main__":
