@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,6 +30,26 @@ def weighted_total(loss_dict: Mapping[str, torch.Tensor], weight_dict: Mapping[s
     return torch.stack([t.float() for t in terms]).sum()
 
 
+OUTPUT_KEYS = ("pred_logits", "pred_boxes", "pred_keypoints")
+
+
+def check_finite_outputs(outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], epoch: int, step: int,
+                         lr: float) -> None:
+    """Raise ``NonFiniteLossError`` when the model's predictions hold NaN/inf (before the matcher sees them).
+    Annotations are validated when loaded, so non-finite predictions mean the optimisation diverged."""
+    groups = [outputs] + list(outputs.get("aux_outputs", []))
+    tensors = [group[k] for group in groups for k in OUTPUT_KEYS if isinstance(group.get(k), torch.Tensor)]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        return
+    bad = sorted({k for k in OUTPUT_KEYS if isinstance(outputs.get(k), torch.Tensor)
+                  and not bool(torch.isfinite(outputs[k]).all())}) or ["auxiliary outputs"]
+    ids = [int(t["image_id"]) for t in targets if "image_id" in t]
+    raise NonFiniteLossError(f"the model's predictions ({', '.join(bad)}) are not finite at epoch {epoch}, iteration "
+                             f"{step} (image ids {ids}): training diverged (the annotations were checked when loaded). "
+                             f"Training stopped; the last checkpoint is unchanged. Lower lr (now {lr:g}), enable "
+                             "clip_max_norm, or resume from an earlier checkpoint.")
+
+
 def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
@@ -42,7 +62,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     log_fn: Callable[[str], None] = print) -> dict[str, float]:
     """One pass over ``data_loader``. Returns the epoch's averaged metrics (loss, weighted and unscaled terms, lr).
 
-    Raises ``NonFiniteLossError`` naming the non-finite loss terms.
+    Raises ``NonFiniteLossError`` naming the non-finite predictions or loss terms, the epoch and the iteration.
     """
     model.train()
     criterion.train()
@@ -58,6 +78,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         targets = targets_to(targets, device)
         with _autocast(device, amp, amp_dtype):
             outputs = model(samples, targets)
+            check_finite_outputs(outputs, targets, epoch, step, optimizer.param_groups[0]["lr"])
             loss_dict = criterion(outputs, targets)
         losses = weighted_total(loss_dict, weight_dict)
 

@@ -25,7 +25,7 @@ class Predictor:
 
     def __init__(self, config: str | Path, checkpoint: Optional[str | Path] = None, device: str = "cpu",
                  options: Optional[Mapping[str, Any]] = None, score_threshold: float = 0.0,
-                 top_k: Optional[int] = None, use_ema: bool = False):
+                 top_k: Optional[int] = None, use_ema: bool = False, trust_checkpoint: bool = False):
         from datasets.metadata import default_metadata_for_num_keypoints
         from datasets.transforms import build_transforms_from_args
         from models import build_model
@@ -40,7 +40,7 @@ class Predictor:
         self.device = torch.device(device)
         self.model, _, _ = build_model(args)
         if checkpoint is not None:
-            ckpt = read_checkpoint(checkpoint)
+            ckpt = read_checkpoint(checkpoint, trust=trust_checkpoint)  # trust: full unpickling (can run code)
             weights = ckpt["ema_model"] if use_ema and "ema_model" in ckpt else ckpt["model"]
             load_model_weights(self.model, weights, strict=True, source=str(checkpoint))
         self.model.to(self.device).eval()
