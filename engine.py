@@ -43,11 +43,15 @@ def check_finite_outputs(outputs: Mapping[str, Any], targets: Sequence[Mapping[s
         return
     bad = sorted({k for k in OUTPUT_KEYS if isinstance(outputs.get(k), torch.Tensor)
                   and not bool(torch.isfinite(outputs[k]).all())}) or ["auxiliary outputs"]
+    raise diverged(f"the model's predictions ({', '.join(bad)}) are not finite", targets, epoch, step, lr)
+
+
+def diverged(what: str, targets: Sequence[Mapping[str, Any]], epoch: int, step: int, lr: float) -> NonFiniteLossError:
     ids = [int(t["image_id"]) for t in targets if "image_id" in t]
-    raise NonFiniteLossError(f"the model's predictions ({', '.join(bad)}) are not finite at epoch {epoch}, iteration "
-                             f"{step} (image ids {ids}): training diverged (the annotations were checked when loaded). "
-                             f"Training stopped; the last checkpoint is unchanged. Lower lr (now {lr:g}), enable "
-                             "clip_max_norm, or resume from an earlier checkpoint.")
+    return NonFiniteLossError(f"{what} at epoch {epoch}, iteration {step} (image ids {ids}): training diverged (the "
+                              "annotations were checked when loaded). Training stopped; the last checkpoint is "
+                              f"unchanged. Lower lr (now {lr:g}), enable clip_max_norm, or resume from an earlier "
+                              "checkpoint.")
 
 
 def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
@@ -76,10 +80,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, header, log=log_fn)):
         samples = samples.to(device)
         targets = targets_to(targets, device)
+        lr = optimizer.param_groups[0]["lr"]
         with _autocast(device, amp, amp_dtype):
-            outputs = model(samples, targets)
-            check_finite_outputs(outputs, targets, epoch, step, optimizer.param_groups[0]["lr"])
-            loss_dict = criterion(outputs, targets)
+            try:
+                outputs = model(samples, targets)  # the training click rounds match inside the model
+                check_finite_outputs(outputs, targets, epoch, step, lr)
+                loss_dict = criterion(outputs, targets)
+            except ValueError as exc:  # the matcher's cost: degenerate predictions (e.g. zero-size boxes)
+                if "NaN/inf" not in str(exc):
+                    raise
+                raise diverged(f"the matching cost is not finite ({exc})", targets, epoch, step, lr) from exc
         losses = weighted_total(loss_dict, weight_dict)
 
         reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
