@@ -58,6 +58,27 @@ def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
 
 
+def _forward_losses(model: nn.Module, criterion: nn.Module, samples: Any, targets: Sequence[Mapping[str, Any]],
+                    epoch: int, step: int, lr: float) -> dict[str, torch.Tensor]:
+    """The model's outputs and the criterion's loss terms; divergence is named with epoch and iteration."""
+    try:
+        outputs = model(samples, targets)  # the training click rounds match inside the model
+        check_finite_outputs(outputs, targets, epoch, step, lr)
+        return criterion(outputs, targets)
+    except ValueError as exc:  # the matcher's cost: degenerate predictions (e.g. zero-size boxes)
+        if "NaN/inf" not in str(exc):
+            raise
+        raise diverged(f"the matching cost is not finite ({exc})", targets, epoch, step, lr) from exc
+
+
+def check_finite_loss(loss_value: float, reduced: Mapping[str, torch.Tensor], epoch: int, step: int) -> None:
+    if not math.isfinite(loss_value):
+        bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
+        raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, iteration {step}; non-finite terms: "
+                                 f"{bad or 'none individually (overflow in the sum)'}. Training stopped; the last "
+                                 "checkpoint is unchanged. Lower lr, enable clip_max_norm, or check the data.")
+
+
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
                     device: torch.device, epoch: int, max_norm: float = 0.0, *, amp: bool = False,
                     amp_dtype: torch.dtype = torch.float16, scaler: Optional[torch.amp.GradScaler] = None,
@@ -80,27 +101,16 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
     for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, header, log=log_fn)):
         samples = samples.to(device)
         targets = targets_to(targets, device)
-        lr = optimizer.param_groups[0]["lr"]
         with _autocast(device, amp, amp_dtype):
-            try:
-                outputs = model(samples, targets)  # the training click rounds match inside the model
-                check_finite_outputs(outputs, targets, epoch, step, lr)
-                loss_dict = criterion(outputs, targets)
-            except ValueError as exc:  # the matcher's cost: degenerate predictions (e.g. zero-size boxes)
-                if "NaN/inf" not in str(exc):
-                    raise
-                raise diverged(f"the matching cost is not finite ({exc})", targets, epoch, step, lr) from exc
+            loss_dict = _forward_losses(model, criterion, samples, targets, epoch, step,
+                                        optimizer.param_groups[0]["lr"])
         losses = weighted_total(loss_dict, weight_dict)
 
         reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
         scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
         unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
         loss_value = float(sum(scaled.values()))
-        if not math.isfinite(loss_value):
-            bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, iteration {step}; non-finite terms: "
-                                     f"{bad or 'none individually (overflow in the sum)'}. Training stopped; the last "
-                                     "checkpoint is unchanged. Lower lr, enable clip_max_norm, or check the data.")
+        check_finite_loss(loss_value, reduced, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():

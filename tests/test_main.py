@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import main as clickpose_main
 from util.config import Config, ConfigError
@@ -328,3 +329,38 @@ def test_disk_full_is_an_expected_error():
     assert clickpose_main.expected_error_code(DiskFullError(errno.ENOSPC, "no space left on the device")) == 1
     assert clickpose_main.expected_error_code(OSError(errno.ENOSPC, "No space left on device")) == 1
     assert clickpose_main.expected_error_code(KeyError("a bug")) is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(data: Path, out: Path, *options: str) -> None:
+    import os
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(_free_port()),
+           str(REPO / "main.py"), *_argv(data, out, options=[*options, "batch_size=1"])]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_process_resume_equals_an_uninterrupted_run(synthetic, tmp_path):
+    """Every rank's random state is saved and restored: 2 epochs == 1 epoch, stop, resume to 2 (2 ranks, gloo)."""
+    from util.checkpoint import read_checkpoint
+
+    _torchrun(synthetic, tmp_path / "full", "epochs=2")
+    _torchrun(synthetic, tmp_path / "split", "epochs=1")
+    assert len(read_checkpoint(tmp_path / "split" / "checkpoint.pth")["rng_state_per_rank"]) == 2
+    _torchrun(synthetic, tmp_path / "split", "epochs=2")
+    full = read_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    split = read_checkpoint(tmp_path / "split" / "checkpoint.pth")
+    assert full["epoch"] == split["epoch"] == 1
+    for key, value in full["model"].items():
+        assert torch.equal(value, split["model"][key]), key
