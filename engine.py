@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Callable, Iterable, Mapping, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -30,8 +30,53 @@ def weighted_total(loss_dict: Mapping[str, torch.Tensor], weight_dict: Mapping[s
     return torch.stack([t.float() for t in terms]).sum()
 
 
+OUTPUT_KEYS = ("pred_logits", "pred_boxes", "pred_keypoints")
+
+
+def check_finite_outputs(outputs: Mapping[str, Any], targets: Sequence[Mapping[str, Any]], epoch: int, step: int,
+                         lr: float) -> None:
+    """Raise ``NonFiniteLossError`` when the model's predictions hold NaN/inf (before the matcher sees them).
+    Annotations are validated when loaded, so non-finite predictions mean the optimisation diverged."""
+    groups = [outputs] + list(outputs.get("aux_outputs", []))
+    tensors = [group[k] for group in groups for k in OUTPUT_KEYS if isinstance(group.get(k), torch.Tensor)]
+    if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        return
+    bad = sorted({k for k in OUTPUT_KEYS if isinstance(outputs.get(k), torch.Tensor)
+                  and not bool(torch.isfinite(outputs[k]).all())}) or ["auxiliary outputs"]
+    raise diverged(f"the model's predictions ({', '.join(bad)}) are not finite", targets, epoch, step, lr)
+
+
+def diverged(what: str, targets: Sequence[Mapping[str, Any]], epoch: int, step: int, lr: float) -> NonFiniteLossError:
+    ids = [int(t["image_id"]) for t in targets if "image_id" in t]
+    return NonFiniteLossError(f"{what} at epoch {epoch}, iteration {step} (image ids {ids}): training diverged (the "
+                              "annotations were checked when loaded). Training stopped; the last checkpoint is "
+                              f"unchanged. Lower lr (now {lr:g}), enable clip_max_norm, or resume from an earlier "
+                              "checkpoint.")
+
+
 def _autocast(device: torch.device, enabled: bool, dtype: torch.dtype):
     return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def _forward_losses(model: nn.Module, criterion: nn.Module, samples: Any, targets: Sequence[Mapping[str, Any]],
+                    epoch: int, step: int, lr: float) -> dict[str, torch.Tensor]:
+    """The model's outputs and the criterion's loss terms; divergence is named with epoch and iteration."""
+    try:
+        outputs = model(samples, targets)  # the training click rounds match inside the model
+        check_finite_outputs(outputs, targets, epoch, step, lr)
+        return criterion(outputs, targets)
+    except ValueError as exc:  # the matcher's cost: degenerate predictions (e.g. zero-size boxes)
+        if "NaN/inf" not in str(exc):
+            raise
+        raise diverged(f"the matching cost is not finite ({exc})", targets, epoch, step, lr) from exc
+
+
+def check_finite_loss(loss_value: float, reduced: Mapping[str, torch.Tensor], epoch: int, step: int) -> None:
+    if not math.isfinite(loss_value):
+        bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
+        raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, iteration {step}; non-finite terms: "
+                                 f"{bad or 'none individually (overflow in the sum)'}. Training stopped; the last "
+                                 "checkpoint is unchanged. Lower lr, enable clip_max_norm, or check the data.")
 
 
 def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterable, optimizer: torch.optim.Optimizer,
@@ -42,7 +87,7 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
                     log_fn: Callable[[str], None] = print) -> dict[str, float]:
     """One pass over ``data_loader``. Returns the epoch's averaged metrics (loss, weighted and unscaled terms, lr).
 
-    Raises ``NonFiniteLossError`` naming the non-finite loss terms.
+    Raises ``NonFiniteLossError`` naming the non-finite predictions or loss terms, the epoch and the iteration.
     """
     model.train()
     criterion.train()
@@ -57,19 +102,15 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         samples = samples.to(device)
         targets = targets_to(targets, device)
         with _autocast(device, amp, amp_dtype):
-            outputs = model(samples, targets)
-            loss_dict = criterion(outputs, targets)
+            loss_dict = _forward_losses(model, criterion, samples, targets, epoch, step,
+                                        optimizer.param_groups[0]["lr"])
         losses = weighted_total(loss_dict, weight_dict)
 
         reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
         scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
         unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
         loss_value = float(sum(scaled.values()))
-        if not math.isfinite(loss_value):
-            bad = sorted(k for k, v in reduced.items() if not torch.isfinite(v).all())
-            raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch}, iteration {step}; non-finite terms: "
-                                     f"{bad or 'none individually (overflow in the sum)'}. Training stopped; the last "
-                                     "checkpoint is unchanged. Lower lr, enable clip_max_norm, or check the data.")
+        check_finite_loss(loss_value, reduced, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None and scaler.is_enabled():

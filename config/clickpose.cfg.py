@@ -1,6 +1,7 @@
 # Click-Pose (ICCV 2023) on COCO: every key and default of the reference config, plus this
 # implementation's own switches at the end (their defaults reproduce the reference).
 _base_ = ['coco_transformer.py']
+_defines_keys_ = True  # this file introduces the keys below (configs built on it may only change them)
 
 # ---- optimisation ----------------------------------------------------------------------------
 batch_size = 2

@@ -103,7 +103,8 @@ def build_dataset(image_set: str, args, *, skip_unreadable: Optional[bool] = Non
     return CocoKeypointDataset(
         ann_file, img_folder, metadata, transforms=transforms, image_set=image_set, keypoint_field=keypoint_field(args),
         filter_images=training or bool(getattr(args, "noc_filter", False)),
-        skip_unreadable=training if skip_unreadable is None else skip_unreadable, spec=spec)
+        skip_unreadable=training if skip_unreadable is None else skip_unreadable, spec=spec,
+        check_image_size=not getattr(args, "trust_image_sizes", False))
 
 
 def build_evaluator(dataset: CocoKeypointDataset, args=None, output_dir: Optional[Union[str, Path]] = None,

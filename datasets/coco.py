@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
@@ -155,24 +156,86 @@ def load_annotations(ann_file: Path, num_keypoints: int, keypoint_field: str = "
     for key in ("images", "annotations"):
         _require(isinstance(data.get(key), list), ann_file, f"field '{key}'", "missing or not a list")
     select_keypoint_field(data, keypoint_field, ann_file)
-    for i, img in enumerate(data["images"]):
-        for key in ("id", "file_name"):
-            _require(isinstance(img, dict) and key in img, ann_file, f"images[{i}]", f"missing field '{key}'")
-    for i, ann in enumerate(data["annotations"]):
-        where = f"annotations[{i}] (id {ann.get('id') if isinstance(ann, dict) else '?'})"
-        _require(isinstance(ann, dict), ann_file, where, "not an object")
-        for key in ("image_id", "bbox", "keypoints", "category_id"):
-            _require(key in ann, ann_file, where, f"missing field '{key}'")
-        _require(len(ann["bbox"]) == 4, ann_file, where, f"field 'bbox' has {len(ann['bbox'])} values, expected 4")
-        _require(len(ann["keypoints"]) == 3 * num_keypoints, ann_file, where,
-                 f"field 'keypoints' has {len(ann['keypoints'])} values, expected {3 * num_keypoints} "
-                 f"({num_keypoints} keypoints x 3); is this the right dataset_file / keypoint layout?")
+    validate_annotations(data, ann_file, num_keypoints)
     data.setdefault("categories", [{"id": 1, "name": "person", "supercategory": "person"}])
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+_FIX = "fix the file (or regenerate it)"
+
+
+def _numeric_rows(rows: list, ann_file: Path, anns: list, field: str, length: int) -> None:
+    """Every row is a list of ``length`` finite numbers; the first bad one is named by annotation id."""
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != length:
+            got = f"{len(row)} values" if isinstance(row, (list, tuple)) else f"the value {row!r:.40}"
+            hint = (f" ({length // 3} keypoints x 3); is this the right dataset_file / keypoint layout?"
+                    if field == "keypoints" else f" numbers; {_FIX}")
+            raise AnnotationFormatError(f"{ann_file}: annotation id {anns[i]['id']}: field '{field}' has {got}, "
+                                        f"expected {length}{hint}")
+    if not rows:
+        return
+    values = np.array(rows)
+    if values.dtype.kind not in "iuf":  # a string or null somewhere
+        bad = next(i for i, row in enumerate(rows) if not all(isinstance(v, (int, float)) for v in row))
+        raise AnnotationFormatError(f"{ann_file}: annotation id {anns[bad]['id']}: field '{field}' holds a value "
+                                    f"that is not a number ({rows[bad]!r:.80}); {_FIX}")
+    finite = np.isfinite(values.astype(np.float64)).all(axis=1)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise AnnotationFormatError(f"{ann_file}: annotation id {anns[bad]['id']}: field '{field}' holds NaN or "
+                                    f"infinity; {_FIX} or remove the annotation")
+
+
+def _unique_ids(items: list, ann_file: Path, kind: str) -> None:
+    seen: dict = {}
+    for i, item in enumerate(items):
+        key = item["id"]
+        if key in seen:
+            raise AnnotationFormatError(
+                f"{ann_file}: {kind} id {key} appears twice ({kind}s[{seen[key]}] and {kind}s[{i}]): every {kind} "
+                "needs its own id (merged files? renumber the ids of one of them); otherwise results are scored "
+                "against the wrong ground truth")
+        seen[key] = i
+
+
+def _check_records(items: list, ann_file: Path, kind: str, fields: Sequence[str]) -> None:
+    for i, item in enumerate(items):
+        where = f"{kind}s[{i}]" + (f" (id {item.get('id')})" if isinstance(item, dict) and "id" in item else "")
+        _require(isinstance(item, dict), ann_file, where, "not an object")
+        for key in fields:
+            _require(key in item, ann_file, where, f"missing field '{key}'")
+        _require(isinstance(item["id"], int) and not isinstance(item["id"], bool), ann_file, where,
+                 f"field 'id' must be an integer, got {item['id']!r:.40}")
+
+
+def validate_annotations(data: dict, ann_file: Path, num_keypoints: int) -> None:
+    """Refuse a keypoint file that would silently corrupt labels or metrics: missing fields, duplicate image or
+    annotation ids, annotations of images that do not exist, and boxes, keypoints or areas that are not finite
+    numbers of the right count (caught here, not later as a diverged training). Errors name the file and id."""
+    images, anns = data["images"], data["annotations"]
+    _check_records(images, ann_file, "image", ("id", "file_name"))
+    _check_records(anns, ann_file, "annotation", ("id", "image_id", "bbox", "keypoints", "category_id"))
+    _unique_ids(images, ann_file, "image")
+    _unique_ids(anns, ann_file, "annotation")
+    image_ids = {img["id"] for img in images}
+    for ann in anns:
+        _require(ann["image_id"] in image_ids, ann_file, f"annotation id {ann['id']}",
+                 f"its image_id {ann['image_id']!r} is not in 'images'; add the image or remove the annotation")
+    _numeric_rows([a["bbox"] for a in anns], ann_file, anns, "bbox", 4)
+    _numeric_rows([a["keypoints"] for a in anns], ann_file, anns, "keypoints", 3 * num_keypoints)
+    with_area = [a for a in anns if "area" in a]
+    _numeric_rows([[a["area"]] for a in with_area], ann_file, with_area, "area", 1)
+    for ann in with_area:
+        # OKS divides by the area: a labelled person needs a positive one
+        positive = ann["area"] > 0 or ann.get("iscrowd", 0) or labelled_count(ann) == 0
+        _require(ann["area"] >= 0 and positive, ann_file, f"annotation id {ann['id']}",
+                 f"field 'area' is {ann['area']}, expected a positive number (the person's segment area in pixels); "
+                 "fix it or remove the field (the box area is used then)")
 
 
 def labelled_count(ann: dict) -> int:
@@ -223,6 +286,17 @@ def read_image(path: Path) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {path}: {err}") from err
 
 
+def check_image_size(ann_file: Path, info: dict, image: Image.Image, path: Path) -> None:
+    """The decoded image has the annotation file's width and height (when the file gives them)."""
+    expected = (info.get("width"), info.get("height"))
+    if None in expected or expected == image.size:
+        return
+    raise AnnotationFormatError(
+        f"{ann_file}: image id {info['id']}: {path} is {image.width}x{image.height} pixels but the file says "
+        f"{expected[0]}x{expected[1]}, so its boxes and keypoints may belong to another picture. Fix the image or "
+        "width/height in the file; to use the images as they are, pass --trust_image_sizes")
+
+
 class CocoKeypointDataset(torch.utils.data.Dataset):
     """COCO-format people with keypoints.
 
@@ -230,16 +304,18 @@ class CocoKeypointDataset(torch.utils.data.Dataset):
     ``ids`` (image ids in dataset order, Python ints), ``metadata``, ``spec``, ``keypoint_field`` (the annotation
     field read as ``keypoints``).
     ``skip_unreadable``: an unreadable image is skipped with a warning (training) instead of raising (evaluation);
-    ``num_skipped`` counts the skips.
+    ``num_skipped`` counts the skips. ``check_image_size``: an image whose size differs from the file's
+    width/height is an error (boxes and keypoints would not fit it); False uses the image as read.
     """
 
     def __init__(self, ann_file: Path, img_folder: Path, metadata: KeypointMetadata, *,
                  transforms: Optional[Callable] = None, image_set: str = "train", filter_images: bool = True,
-                 skip_unreadable: bool = False, spec: Optional[DatasetSpec] = None, keypoint_field: str = "keypoints"):
+                 skip_unreadable: bool = False, spec: Optional[DatasetSpec] = None, keypoint_field: str = "keypoints",
+                 check_image_size: bool = True):
         self.ann_file, self.img_folder = Path(ann_file), Path(img_folder)
         self.metadata, self.spec, self.transforms = metadata, spec, transforms
         self.image_set, self.skip_unreadable, self.num_skipped = image_set, skip_unreadable, 0
-        self.keypoint_field = keypoint_field
+        self.keypoint_field, self.check_image_size = keypoint_field, check_image_size
         self.coco = load_annotations(self.ann_file, metadata.num_keypoints, keypoint_field)
         all_ids = sorted(self.coco.imgs)
         self.ids: list[int] = [i for i in all_ids if has_keypoints(self.coco, i)] if filter_images else all_ids
@@ -254,6 +330,8 @@ class CocoKeypointDataset(torch.utils.data.Dataset):
         """Untransformed RGB image and pixel-space target (boxes xyxy, keypoints (N, K, 3))."""
         image_id = self.ids[index]
         image = read_image(self.image_path(index))
+        if self.check_image_size:
+            check_image_size(self.ann_file, self.coco.imgs[image_id], image, self.image_path(index))
         target = annotations_to_target(self.coco.imgToAnns.get(image_id, []), image_id, image.width, image.height,
                                        self.metadata.num_keypoints)
         return image, target

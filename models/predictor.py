@@ -25,7 +25,7 @@ class Predictor:
 
     def __init__(self, config: str | Path, checkpoint: Optional[str | Path] = None, device: str = "cpu",
                  options: Optional[Mapping[str, Any]] = None, score_threshold: float = 0.0,
-                 top_k: Optional[int] = None, use_ema: bool = False):
+                 top_k: Optional[int] = None, use_ema: bool = False, trust_checkpoint: bool = False):
         from datasets import get_metadata
         from datasets.transforms import build_transforms_from_args
         from models import build_model
@@ -39,7 +39,8 @@ class Predictor:
         args = apply_config_to_args(cfg, argparse.Namespace())
         self.args = args
         self.device = torch.device(device)
-        ckpt = read_checkpoint(checkpoint) if checkpoint is not None else None
+        # trust_checkpoint: full unpickling, which can run code: only for files the user trusts
+        ckpt = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
         # the keypoint layout the checkpoint was trained with, else the config's dataset layout
         recorded = ckpt.get("keypoint_metadata") if ckpt is not None else None
         self.metadata = KeypointMetadata.from_dict(recorded) if recorded else get_metadata(args)

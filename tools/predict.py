@@ -31,6 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out-dir", default="predictions")
     parser.add_argument("--score-threshold", type=float, default=0.3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="load a checkpoint holding Python objects beyond tensors with full unpickling, which "
+                             "can run code: only for files you trust")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -39,7 +42,15 @@ def main(argv=None) -> int:
     from models.predictor import Predictor
     from util.visualize import draw_people, save_rgb
 
-    predictor = Predictor(args.config, args.checkpoint, device=args.device, score_threshold=args.score_threshold)
+    from util.checkpoint import CheckpointError
+    from util.config import ConfigError
+
+    try:
+        predictor = Predictor(args.config, args.checkpoint, device=args.device, score_threshold=args.score_threshold,
+                              trust_checkpoint=args.trust_checkpoint)
+    except (CheckpointError, ConfigError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     people = predictor.predict(args.image)
     if args.click:
         people = predictor.correct(clicks=args.click)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .distributed import save_on_master
+from .distributed import all_gather, save_on_master
 
 log = logging.getLogger("clickpose")
 
@@ -26,29 +26,59 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, or does not fit the model; the message says which and why."""
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file on the CPU. Files holding only a state dict are wrapped as ``{'model': ...}``."""
+# What a checkpoint may hold without the user's opt-in: tensors, containers, numbers, strings, and the
+# argparse.Namespace of the run's arguments (ours and the original's released checkpoints).
+SAFE_GLOBALS = [argparse.Namespace]
+TRUST_HINT = ("Only if you trust the file's origin, load it with full unpickling: --trust_checkpoint (main.py, "
+              "tools/predict.py) or Predictor(..., trust_checkpoint=True)")
+
+
+def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
+    """Load a checkpoint file on the CPU with ``torch.load(weights_only=True)``.
+
+    A file that needs more than tensors and an ``argparse.Namespace`` is refused (unpickling it could run any code)
+    unless ``trust`` is set: the user's explicit opt-in. Files holding only a state dict become ``{'model': ...}``.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    _check_readable(path)
     try:
-        # Our checkpoints and the reference's hold an argparse.Namespace besides tensors.
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as safe_exc:
-        try:
+        if trust:
+            log.warning(f"loading {path} with full unpickling (trust_checkpoint): it can run code")
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated or not a torch file at all
-            raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from safe_exc
-        log.warning(f"{path} holds Python objects beyond tensors and args; it was loaded with full unpickling "
-                    "(only do this for files you trust)")
+        else:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if trust:
+            raise CheckpointError(f"could not read checkpoint {path}: {exc}") from exc
+        raise CheckpointError(f"{path} holds Python objects beyond tensors and the run's arguments, so it was not "
+                              f"loaded (unpickling it could run code): {_refused_global(exc)}. If it is a state "
+                              f"dict you made, save it again with plain tensors. {TRUST_HINT}") from None
     except Exception as exc:  # truncated or not a torch file
-        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
+        raise CheckpointError(f"could not read checkpoint {path}: {type(exc).__name__}: {exc}. The file is damaged "
+                              "or not a PyTorch checkpoint; copy or download it again") from exc
     if isinstance(ckpt, Mapping) and "model" not in ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         ckpt = {"model": dict(ckpt)}
     if not isinstance(ckpt, Mapping) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a Click-Pose checkpoint: expected a dict with a 'model' state dict")
     return dict(ckpt)
+
+
+def _check_readable(path: Path) -> None:
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file; give the .pth file inside it")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): an interrupted copy or a full disk; copy or "
+                              "download it again")
+
+
+def _refused_global(exc: Exception) -> str:
+    """The first line of torch's refusal, which names the object type that is not allowed."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines if "GLOBAL" in line or "Unsupported" in line]
+    return (named or lines or ["unsupported content"])[0].rstrip(".")
 
 
 def strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> dict[str, torch.Tensor]:
@@ -115,8 +145,12 @@ def _as_python_state(state: Any) -> tuple:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_scheduler=None, epoch: int = -1,
                     args: Optional[argparse.Namespace] = None, ema_model: Optional[nn.Module] = None,
-                    with_rng: bool = True) -> None:
-    """Write a checkpoint atomically on rank 0 (a crash leaves the previous file intact)."""
+                    with_rng: bool = True, extra: Optional[Mapping[str, Any]] = None) -> None:
+    """Write a checkpoint atomically on rank 0 (a crash leaves the previous file intact).
+
+    ``with_rng`` stores every rank's random state (a collective: all ranks must call this); ``extra`` adds keys
+    (plain numbers, strings, tensors).
+    """
     ckpt: dict[str, Any] = {"model": model.state_dict(), "epoch": epoch, "args": args}
     layout = getattr(model, "keypoint_metadata", None)
     if layout is not None:  # the keypoint layout it was trained with, as plain lists (weights_only loads it)
@@ -128,8 +162,27 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_sched
     if ema_model is not None:
         ckpt["ema_model"] = ema_model.state_dict()
     if with_rng:
-        ckpt["rng_state"] = rng_state()
+        states = all_gather(rng_state())
+        ckpt["rng_state"] = states[0]
+        if len(states) > 1:
+            ckpt["rng_state_per_rank"] = states
+    ckpt.update(extra or {})
     save_on_master(ckpt, path)
+
+
+def restore_rng_state(ckpt: Mapping[str, Any], rank: int, world_size: int) -> bool:
+    """Continue this rank's random streams from ``ckpt``; False (and a warning) when it holds none for this rank."""
+    per_rank = ckpt.get("rng_state_per_rank")
+    if per_rank is not None and len(per_rank) == world_size:
+        set_rng_state(per_rank[rank])
+        return True
+    if per_rank is None and world_size == 1 and "rng_state" in ckpt:
+        set_rng_state(ckpt["rng_state"])
+        return True
+    saved = len(per_rank) if per_rank is not None else (1 if "rng_state" in ckpt else 0)
+    log.warning(f"the checkpoint holds random states of {saved} process(es), this run has {world_size}: the random "
+                "streams restart from the seed, so the resumed run is not identical to an uninterrupted one")
+    return False
 
 
 class preserve_rng:

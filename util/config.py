@@ -4,8 +4,10 @@ A config file is plain Python; its public module-level names are the keys. ``_ba
 them, relative to the file) lists configs to start from: the child's keys win, a key defined by two different
 bases is an error, and a dict value with ``_delete_=True`` replaces the base's dict instead of merging into it.
 
-Unlike the reference, overrides are validated: an unknown key is an error that lists the closest known keys, and a
-boolean key only accepts a boolean (``human_feedback=FLASE`` fails instead of silently becoming a truthy string).
+Unlike the reference, values are validated: a key that a config file (with bases) or ``--options`` sets but no base
+defines is an error naming the closest known keys; a value must have its default's type (a boolean key only accepts
+a boolean, so ``human_feedback=FLASE`` fails instead of becoming a truthy string; an int key an int; a list key a
+list; a key whose default is None anything); ``check_ranges`` refuses values outside their valid range.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import argparse
 import ast
 import copy
 import difflib
+import math
 import os
 import runpy
 import types
@@ -23,6 +26,9 @@ from addict import Dict as AttrDict
 
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
+# A config file with bases may only set keys its bases define (a misspelt key is an error), unless it sets
+# ``_defines_keys_ = True``: then it introduces keys (as clickpose.cfg.py over its augmentation base).
+DEFINES_KEY = "_defines_keys_"
 
 
 class ConfigError(ValueError):
@@ -67,6 +73,7 @@ def _load_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"could not execute config file {path}: {type(exc).__name__}: {exc}") from exc
     cfg = _public_globals(namespace)
     bases = cfg.pop(BASE_KEY, [])
+    defines_keys = bool(cfg.pop(DEFINES_KEY, False))
     if isinstance(bases, str):
         bases = [bases]
     merged_bases: dict[str, Any] = {}
@@ -80,7 +87,18 @@ def _load_file(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
                                   f"of {path}; define it in only one")
             owner[key] = base_path
         merged_bases.update(base_cfg)
+    if bases:
+        _check_against_bases(cfg, merged_bases, path, defines_keys)
     return _merge_into(cfg, merged_bases)
+
+
+def _check_against_bases(cfg: dict[str, Any], bases: Mapping[str, Any], path: Path, defines_keys: bool) -> None:
+    for key, value in cfg.items():
+        if key in bases:
+            cfg[key] = check_value(key, bases[key], value, source=str(path))
+        elif not defines_keys:
+            raise ConfigError(f"{path}: key '{key}' is not defined by its base configs.{_closest(key, bases)} "
+                              f"(a file that introduces new keys sets {DEFINES_KEY} = True)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -92,9 +110,42 @@ def _closest(key: str, known: Iterable[str]) -> str:
     return f" Did you mean: {', '.join(matches)}?" if matches else ""
 
 
-def _check_override(path: str, old: Any, new: Any) -> None:
-    if isinstance(old, bool) and not isinstance(new, bool):
-        raise ConfigError(f"'{path}' is a boolean option but got {new!r}; use true or false (any case)")
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean (true or false)"
+    for types_, name in ((int, "an integer"), (float, "a number"), (str, "a string"), ((list, tuple), "a list"),
+                         (dict, "a dict")):
+        if isinstance(value, types_):
+            return name
+    return type(value).__name__
+
+
+def check_value(key: str, default: Any, value: Any, source: str = "--options") -> Any:
+    """``value`` if it has the type of ``default`` (an int is a valid float; a default of None takes anything),
+    else a one-line ``ConfigError`` naming the key, the expected type and the value."""
+    if default is None or type(default) not in (bool, int, float, str, list, tuple, dict):
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ConfigError(f"{source}: '{key}' must be {_kind(default)} (default {default!r}), got {value!r}")
+    return value
+
+
+def _check_override(path: str, old: Any, new: Any) -> Any:
+    if isinstance(old, str) and new is None:
+        return "none"  # --options parses 'none' as None; a string key means the word (click_freeze=none)
+    if isinstance(old, (list, tuple)) and new is not None and not isinstance(new, (list, tuple, dict)):
+        new = [new]  # one item of a list key (--options pem_error_types=jitter)
+    return check_value(path, old, new)
 
 
 def _set_dotted(cfg: dict[str, Any], dotted: str, value: Any, strict: bool) -> None:
@@ -107,9 +158,7 @@ def _set_dotted(cfg: dict[str, Any], dotted: str, value: Any, strict: bool) -> N
             raise ConfigError(f"unknown config key '{path}'.{_closest(part, node.keys())} "
                               "(new keys belong in a config file, not in --options)")
         if last:
-            if strict:
-                _check_override(path, node[part], value)
-            node[part] = value
+            node[part] = _check_override(path, node[part], value) if strict else value
         else:
             if part not in node or node[part] is None:
                 node[part] = {}
@@ -164,7 +213,7 @@ class Config:
 
     # -- overrides ---------------------------------------------------------------------------------------------
     def merge_from_dict(self, options: Mapping[str, Any], strict: bool = True) -> None:
-        """Apply ``{dotted.key: value}`` overrides. ``strict`` rejects unknown keys and non-boolean booleans."""
+        """Apply ``{dotted.key: value}`` overrides. ``strict`` rejects unknown keys and values of another type."""
         data = self._cfg.to_dict()
         for key, value in options.items():
             _set_dotted(data, key, value, strict)
@@ -286,3 +335,37 @@ def apply_config_to_args(cfg: Config, args: argparse.Namespace) -> argparse.Name
                               "config key or pass the value on the command line")
         setattr(args, key, value)
     return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ranges: values whose type is right but that would fail late (a division by zero after an epoch's training) or
+# silently (no epoch trained). Only keys present are checked, so a config without one is fine.
+
+AT_LEAST: dict[str, float] = {
+    "epochs": 1, "lr_drop": 1, "save_checkpoint_interval": 1, "batch_size": 1, "lr": 0, "lr_backbone": 0,
+    "weight_decay": 0, "clip_max_norm": 0, "hidden_dim": 1, "nheads": 1, "dim_feedforward": 1, "enc_layers": 0,
+    "dec_layers": 1, "num_queries": 1, "num_select": 1, "num_group": 1, "num_body_points": 1, "dn_number": 0,
+    "max_clicks": 1, "ema_epoch": 0, "data_aug_max_size": 1, "num_feature_levels": 1,
+}
+AT_MOST: dict[str, float] = {"ema_decay": 1.0}
+NON_EMPTY_LISTS = ("data_aug_scales", "data_aug_scales2_resize", "data_aug_scales2_crop", "noc_thresholds")
+
+
+def check_ranges(values: Mapping[str, Any]) -> None:
+    """One-line ``ConfigError`` for the first value out of its range (numbers must also be finite)."""
+    for key, low in AT_LEAST.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (value >= low and
+                                                                                    math.isfinite(value)):
+            raise ConfigError(f"'{key}' must be a finite number >= {low}, got {value!r} "
+                              f"(e.g. --options {key}={max(int(low), 1)})")
+    for key, high in AT_MOST.items():
+        value = values.get(key)
+        if isinstance(value, (int, float)) and not 0 <= value <= high:
+            raise ConfigError(f"'{key}' must be between 0 and {high}, got {value!r}")
+    for key in NON_EMPTY_LISTS:
+        if key in values and isinstance(values[key], (list, tuple)) and not values[key]:
+            raise ConfigError(f"'{key}' must not be an empty list (its base config's value is a good start)")
+    if values.get("lr_drop_list") is not None and not all(
+            isinstance(v, int) and v >= 1 for v in values["lr_drop_list"]):
+        raise ConfigError(f"'lr_drop_list' must hold epochs >= 1, got {values['lr_drop_list']!r}")

@@ -7,14 +7,18 @@ below reads it implicitly.
 from __future__ import annotations
 
 import builtins
+import datetime
 import os
-import tempfile
 from argparse import Namespace
-from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
 import torch.distributed as dist
+
+from .files import atomic_write
+
+
+DEFAULT_TIMEOUT_S = 600.0  # seconds a collective waits for a missing rank (torch's default: 1800)
 
 
 def is_dist_avail_and_initialized() -> bool:
@@ -94,7 +98,10 @@ def init_distributed_mode(args: Namespace, environ: Optional[Mapping[str, str]] 
         raise RuntimeError("distributed launch without MASTER_ADDR/MASTER_PORT: start with torchrun or "
                            "torch.distributed.launch, or export MASTER_ADDR and MASTER_PORT (SLURM: the first node)")
     print(f"| distributed init (rank {args.rank}/{args.world_size}, backend {backend}): {args.dist_url}", flush=True)
-    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
+    # a rank that dies or hangs makes the others fail after this long, instead of torch's default 30 minutes
+    timeout = datetime.timedelta(seconds=float(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_S)))
+    dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank,
+                            timeout=timeout)
     dist.barrier()
     setup_for_distributed(args.rank == 0)
 
@@ -106,6 +113,15 @@ def all_gather(data: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, data)
     return gathered
+
+
+def broadcast_object(data: Any, src: int = 0) -> Any:
+    """Rank ``src``'s value on every rank (``data`` itself without a process group): one decision for all ranks."""
+    if get_world_size() == 1:
+        return data
+    box = [data]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 def reduce_dict(values: Mapping[str, torch.Tensor], average: bool = True) -> dict[str, torch.Tensor]:
@@ -123,20 +139,8 @@ def reduce_dict(values: Mapping[str, torch.Tensor], average: bool = True) -> dic
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
+    """``torch.save`` to a temporary file in the same folder, then rename: a crash never leaves a truncated file."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_on_master(obj: Any, path: str | os.PathLike) -> None:

@@ -109,8 +109,8 @@ class HungarianMatcher(nn.Module):
         sizes = [len(t["labels"]) for t in targets]
         flat = torch.cat([c.reshape(-1) for c in costs]).float().cpu().numpy()
         if not np.isfinite(flat).all():
-            raise ValueError("HungarianMatcher: the matching cost has NaN/inf entries; the model's predictions "
-                             "(pred_logits/pred_boxes/pred_keypoints) are not finite, i.e. training diverged")
+            raise ValueError("HungarianMatcher: the matching cost has NaN/inf entries: the predictions (pred_logits/"
+                             "pred_boxes/pred_keypoints) or the targets (boxes, keypoints, area) are not finite")
         results, start = [], 0
         for cost, cost_means in zip(costs, means):
             block = flat[start:start + cost.numel()].reshape(cost.shape)

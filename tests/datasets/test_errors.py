@@ -106,3 +106,90 @@ def test_unreadable_image_skipped_in_training_fatal_in_evaluation(tmp_path, synt
     val.image_path(0).write_bytes(b"")
     with pytest.raises(UnreadableImageError, match=str(val.image_path(0))):
         val[0]
+
+
+# ---- issue 13: files that would silently corrupt labels or metrics are refused on load ----------------------------
+
+def _val(synthetic_root) -> dict:
+    return json.loads((synthetic_root / "annotations" / "person_keypoints_val2017.json").read_text())
+
+
+def _load_val(tmp_path, synthetic_root, make_args, data, **overrides):
+    root = _root_with_val_json(tmp_path, synthetic_root, json.dumps(data))
+    return build_dataset("val", make_args("coco", root, **overrides))
+
+
+def _mutations():
+    def dup_ann(d):
+        d["annotations"][1]["id"] = d["annotations"][0]["id"]
+
+    def dup_img(d):
+        d["images"].append(dict(d["images"][0], file_name=d["images"][1]["file_name"]))
+
+    def orphan(d):
+        d["annotations"][0]["image_id"] = 987654
+
+    def nan_kp(d):
+        d["annotations"][0]["keypoints"][3] = float("nan")
+
+    def null_kp(d):
+        d["annotations"][0]["keypoints"] = None
+
+    def str_kp(d):
+        d["annotations"][0]["keypoints"][0] = "12"
+
+    def no_id(d):
+        del d["annotations"][0]["id"]
+
+    def inf_box(d):
+        d["annotations"][0]["bbox"][2] = float("inf")
+
+    def area(value):
+        def set_area(d):
+            d["annotations"][0]["area"] = value
+        return set_area
+
+    return [
+        ("duplicate annotation id", dup_ann, r"annotation id (\d+) appears twice .*renumber"),
+        ("duplicate image id", dup_img, r"image id (\d+) appears twice"),
+        ("annotation of a missing image", orphan, r"annotation id \d+: its image_id 987654 is not in 'images'"),
+        ("NaN keypoint", nan_kp, r"annotation id \d+: field 'keypoints' holds NaN or infinity"),
+        ("null keypoints", null_kp, r"annotation id \d+: field 'keypoints' has the value None, expected 51"),
+        ("string keypoint", str_kp, r"annotation id \d+: field 'keypoints' holds a value that is not a number"),
+        ("annotation without id", no_id, r"annotations\[0\]: missing field 'id'"),
+        ("infinite box", inf_box, r"annotation id \d+: field 'bbox' holds NaN or infinity"),
+        ("area 0", area(0), r"annotation id \d+: field 'area' is 0, expected a positive number"),
+        ("area -5", area(-5), r"field 'area' is -5"),
+        ("area NaN", area(float("nan")), r"field 'area' holds NaN"),
+    ]
+
+
+@pytest.mark.parametrize("name, mutate, message", _mutations(), ids=[m[0] for m in _mutations()])
+def test_corrupt_annotation_file_is_refused_naming_file_and_id(tmp_path, synthetic_root, make_args, name, mutate,
+                                                               message):
+    data = _val(synthetic_root)
+    mutate(data)
+    with pytest.raises(AnnotationFormatError, match=r"person_keypoints_val2017.json: .*" + message) as info:
+        _load_val(tmp_path, synthetic_root, make_args, data)
+    assert "Traceback" not in str(info.value)
+
+
+def test_zero_area_of_an_unlabelled_person_is_accepted(tmp_path, synthetic_root, make_args):
+    data = _val(synthetic_root)
+    ann = data["annotations"][0]
+    ann["keypoints"][2::3] = [0] * (len(ann["keypoints"]) // 3)
+    ann["num_keypoints"], ann["area"] = 0, 0
+    assert len(_load_val(tmp_path, synthetic_root, make_args, data)) == len(data["images"])
+
+
+def test_image_size_that_differs_from_the_file_is_an_error_unless_trusted(tmp_path, synthetic_root, make_args):
+    data = _val(synthetic_root)
+    data["images"][0]["width"] += 7
+    dataset = _load_val(tmp_path, synthetic_root, make_args, data)
+    index = dataset.ids.index(data["images"][0]["id"])
+    with pytest.raises(AnnotationFormatError, match=rf"image id {data['images'][0]['id']}: .* but the file says "
+                                                    r".*--trust_image_sizes"):
+        dataset[index]
+    trusted = build_dataset("val", make_args("coco", tmp_path / "coco", trust_image_sizes=True))
+    image, target = trusted[index]
+    assert target["image_id"].item() == data["images"][0]["id"]

@@ -81,3 +81,83 @@ def test_rng_state_roundtrip_through_a_file(tmp_path):
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     set_rng_state(torch.load(tmp_path / "r.pth", weights_only=True)["rng"])
     assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == expected
+
+
+# ---- issue 13: no code runs from a checkpoint unless the user opts in --------------------------------------------
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_checkpoint_with_a_pickle_payload_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    torch.save({"model": _model().state_dict(), "epoch": 1, "extra": Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match=r"evil.pth holds Python objects .* not loaded .*GLOBAL .*open.*"
+                                              r"--trust_checkpoint.*trust_checkpoint=True") as info:
+        read_checkpoint(path)
+    assert not marker.exists()
+    assert "\n" not in str(info.value)
+
+
+def test_trust_opt_in_loads_with_full_unpickling(tmp_path):
+    marker = tmp_path / "marker"
+    torch.save({"model": _model().state_dict(), "extra": Payload(marker)}, tmp_path / "mine.pth")
+    ckpt = read_checkpoint(tmp_path / "mine.pth", trust=True)
+    assert marker.exists() and set(ckpt["model"]) == set(_model().state_dict())
+
+
+def test_original_release_format_loads_without_opt_in(tmp_path):
+    """The original's checkpoints: tensors (model, optimizer, scheduler state) and an argparse.Namespace of
+    plain values, lists and dicts."""
+    model = _model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    args = argparse.Namespace(lr=1e-4, lr_drop_list=[33, 45], dn_attn_mask_type_list=["match2dn", "dn2dn"],
+                              data_aug_scale_overlap=None, cfg={"a": 1}, device="cuda", resume="")
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 5).state_dict(), "epoch": 59, "args": args,
+                "ema_model": model.state_dict()}, tmp_path / "release.pth")
+    ckpt = read_checkpoint(tmp_path / "release.pth")
+    assert ckpt["args"].lr_drop_list == [33, 45] and ckpt["epoch"] == 59 and "state" in ckpt["optimizer"]
+
+
+@pytest.mark.parametrize("kind, message", [("empty", "is empty (0 bytes)"), ("directory", "is a directory"),
+                                           ("truncated", "damaged or not a PyTorch checkpoint")])
+def test_unusable_files_say_why(tmp_path, kind, message):
+    path = tmp_path / "c.pth"
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        torch.save({"model": _model().state_dict()}, path)
+        path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        read_checkpoint(path)
+
+
+def test_each_rank_restores_its_own_random_state():
+    from util.checkpoint import restore_rng_state
+
+    states = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        states.append(rng_state())
+    expected = []
+    for state in states:
+        set_rng_state(state)
+        expected.append(float(torch.rand(1)))
+    ckpt = {"rng_state": states[0], "rng_state_per_rank": states}
+    for rank in (1, 0):
+        torch.manual_seed(99)
+        assert restore_rng_state(ckpt, rank, 2)
+        assert float(torch.rand(1)) == expected[rank]
+    assert not restore_rng_state(ckpt, 0, 4)  # another world size: the streams restart (with a warning)
+    assert restore_rng_state({"rng_state": states[1]}, 0, 1) and float(torch.rand(1)) == expected[1]

@@ -113,7 +113,7 @@ def test_base_merging_child_wins_delete_and_lists(tmp_path):
 def test_single_string_base_and_nested_bases(tmp_path):
     (tmp_path / "root.py").write_text("a = 1\nb = 2\n")
     (tmp_path / "mid.py").write_text("_base_ = 'root.py'\nb = 3\n")
-    (tmp_path / "leaf.py").write_text("_base_ = ['mid.py']\nc = 4\n")
+    (tmp_path / "leaf.py").write_text("_base_ = ['mid.py']\n_defines_keys_ = True\nc = 4\n")
     assert Config.fromfile(tmp_path / "leaf.py").to_dict() == {"a": 1, "b": 3, "c": 4}
 
 
@@ -161,3 +161,68 @@ def test_config_keys_become_args_and_collisions_fail():
     assert args.lr == 0.1 and args.epochs == 3
     with pytest.raises(ConfigError, match="collides.*--seed"):
         apply_config_to_args(Config({"seed": 3}), argparse.Namespace(seed=1))
+
+
+# ---- issue 13: values type-checked against the defaults, misspelt keys in files, ranges ----------------------
+
+CLICKPOSE = REPO / "config" / "clickpose.cfg.py"
+
+
+@pytest.mark.parametrize("option, message", [
+    ("epochs=abc", r"'epochs' must be an integer \(default 50\), got 'abc'"),
+    ("hidden_dim=None", r"'hidden_dim' must be an integer .* got None"),
+    ("lr=true", r"'lr' must be a number"),
+    ("epochs=2.5", r"'epochs' must be an integer"),
+    ("data_aug_max_size=[1,2]", r"'data_aug_max_size' must be an integer .* got \[1, 2\]"),
+])
+def test_override_of_another_type_is_a_one_line_error(option, message):
+    cfg = Config.fromfile(CLICKPOSE)
+    with pytest.raises(ConfigError, match=message) as info:
+        cfg.merge_from_dict(parse_options([option]))
+    assert "\n" not in str(info.value)
+
+
+def test_override_conversions_that_keep_meaning():
+    cfg = Config.fromfile(CLICKPOSE)
+    cfg.merge_from_dict(parse_options(["lr=1", "pem_error_types=jitter", "click_freeze=none", "backbone_weights=x"]))
+    assert cfg.lr == 1 and cfg.pem_error_types == ["jitter"] and cfg.click_freeze == "none"
+    assert cfg.backbone_weights == "x"  # a default of None takes any value
+
+
+def test_misspelt_key_in_a_config_file_names_the_closest_key(tmp_path):
+    (tmp_path / "mine.py").write_text(f"_base_ = ['{CLICKPOSE}']\nlr_dorp = 5\n")
+    with pytest.raises(ConfigError, match=r"mine.py: key 'lr_dorp' is not defined by its base configs. Did you "
+                                          r"mean: lr_drop"):
+        Config.fromfile(tmp_path / "mine.py")
+
+
+def test_wrong_type_in_a_config_file_names_the_file(tmp_path):
+    (tmp_path / "mine.py").write_text(f"_base_ = ['{CLICKPOSE}']\nepochs = '12'\n")
+    with pytest.raises(ConfigError, match=r"mine.py: 'epochs' must be an integer"):
+        Config.fromfile(tmp_path / "mine.py")
+
+
+def test_every_shipped_config_passes_the_checks():
+    from util.config import check_ranges
+
+    for path in sorted((REPO / "config").glob("*.py")):
+        check_ranges(Config.fromfile(path).to_dict())
+
+
+@pytest.mark.parametrize("option, message", [
+    ("lr_drop=0", "'lr_drop' must be a finite number >= 1, got 0"),
+    ("save_checkpoint_interval=0", "'save_checkpoint_interval' must be"),
+    ("epochs=-1", "'epochs' must be a finite number >= 1, got -1"),
+    ("batch_size=0", "'batch_size'"),
+    ("lr=inf", "'lr' must be a finite number"),
+    ("ema_decay=1.5", "'ema_decay' must be between 0 and 1.0"),
+    ("data_aug_scales=[]", "'data_aug_scales' must not be an empty list"),
+    ("lr_drop_list=0,5", "'lr_drop_list' must hold epochs >= 1"),
+])
+def test_values_out_of_range_are_refused(option, message):
+    from util.config import check_ranges
+
+    cfg = Config.fromfile(CLICKPOSE)
+    cfg.merge_from_dict(parse_options([option]))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        check_ranges(cfg.to_dict())
