@@ -238,6 +238,11 @@ class Predictor:
                          last["pred_logits"][0].sigmoid().max(-1).values.cpu(), confidence, "user")
 
     # ---- one image at a time (the original API) ----------------------------------------------------------------
+    @property
+    def session(self) -> Optional[PoseSession]:
+        """The session of the last ``predict`` (the one ``correct`` works on)."""
+        return self._session
+
     def predict(self, image: ImageLike) -> list[dict[str, Any]]:
         """Detect people. Returns dicts with 'index' (use it in ``correct``), 'score', 'box' (x0, y0, x1, y1),
         'keypoints' (K, 3) as (x, y, confidence) in pixels and more (see ``PoseSession.people``), best first."""
