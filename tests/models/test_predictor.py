@@ -149,13 +149,15 @@ def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint):
             (old["pinned"], old["visibility"], old["deleted"], old["source"])
 
 
-def test_dropped_encoder_state_is_rebuilt_with_the_same_result(image_and_checkpoint, tmp_path):
+def test_dropped_encoder_state_is_rebuilt_with_the_same_result(image_and_checkpoint):
+    from PIL import Image
+
     image, ckpt = image_and_checkpoint
     predictor = Predictor(CONFIG, ckpt, options=OPTIONS, max_cached_states=1)
     kept = predictor.open(image)
     expected = kept.refine([(0, 3, 25.0, 35.0)])
     dropped = predictor.open(image)
-    other = predictor.open(np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(image)))  # evicts `dropped`
+    other = predictor.open(np.asarray(Image.open(image)))  # an array, not a path: evicts `dropped`
     assert dropped.state is None and other.state is not None
     again = dropped.refine([(0, 3, 25.0, 35.0)])
     np.testing.assert_allclose(_xy(again, 0), _xy(expected, 0), atol=1e-4)
