@@ -45,13 +45,19 @@ def list_images(folder: str | Path) -> list[Path]:
 
 
 def keypoint_metadata(args: argparse.Namespace):
-    """Names, skeleton, flip pairs and OKS sigmas of the model's keypoints (the one place that decides them)."""
-    from datasets import get_metadata
+    """Names, skeleton, flip pairs and OKS sigmas of the model's keypoints (the one place that decides them): the
+    config's ``custom_keypoint_names`` layout when set, else the built-in layout with ``num_body_points``."""
+    from datasets.metadata import build_custom_metadata, default_metadata_for_num_keypoints
 
-    metadata = get_metadata(args)
+    names = getattr(args, "custom_keypoint_names", None)
+    if names:
+        metadata = build_custom_metadata(names, getattr(args, "custom_flip_pairs", None) or (),
+                                         getattr(args, "custom_sigmas", None), getattr(args, "custom_skeleton", None) or ())
+    else:
+        metadata = default_metadata_for_num_keypoints(args.num_body_points)
     if metadata.num_keypoints != args.num_body_points:
-        raise ValueError(f"the config's keypoint layout has {metadata.num_keypoints} keypoints but the model "
-                         f"num_body_points={args.num_body_points}")
+        raise ValueError(f"the config names {metadata.num_keypoints} keypoints (custom_keypoint_names) but the model "
+                         f"has num_body_points={args.num_body_points}")
     return metadata
 
 

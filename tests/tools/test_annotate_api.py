@@ -278,3 +278,35 @@ def test_cli_refuses_bad_arguments(tmp_path):
     result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "annotate.py"), str(tmp_path / "none")],
                             capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 2 and "missing --config, --checkpoint" in result.stderr
+
+
+def test_any_keypoint_layout_crowdpose_14(annotate_assets, tmp_path):
+    """Names, skeleton and left/right pairs come from the model's layout, not from a hard-coded 17."""
+    from pycocotools.coco import COCO
+
+    from datasets.metadata import CROWDPOSE_KEYPOINTS
+    from models.predictor import Predictor
+
+    from .conftest import ANNOTATE_CONFIG, ANNOTATE_OPTIONS, make_checkpoint
+
+    options = {**ANNOTATE_OPTIONS, "num_body_points": 14}
+    predictor = Predictor(ANNOTATE_CONFIG, make_checkpoint(tmp_path / "k14.pth", options), options=options)
+    workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", predictor, threshold=0.0)
+    client = TestClient(create_app(workspace))
+    meta = ok(client.get("/api/meta"))
+    assert meta["keypoint_names"] == list(CROWDPOSE_KEYPOINTS.keypoint_names) and [0, 1] in meta["flip_pairs"]
+    state = ok(client.post("/api/open", json={"image": "a.jpg"}))
+    index = state["people"][0]["index"]
+    assert len(state["people"][0]["keypoints"]) == 14
+    state = ok(client.post("/api/refine", json={"image": "a.jpg", "clicks": [
+        {"person": index, "keypoint": 12, "x": 40.0, "y": 30.0}]}))  # 'head'
+    np.testing.assert_allclose(by_index(state, index)["keypoints"][12][:2], [40.0, 30.0], atol=1e-3)
+    before = by_index(state, index)["keypoints"]
+    swapped = by_index(ok(client.post("/api/swap", json={"image": "a.jpg", "person": index})), index)["keypoints"]
+    assert swapped[0] == before[1] and swapped[12] == before[12]  # shoulders swap, the head stays
+    coco = COCO(str(workspace.path))
+    category = coco.loadCats(coco.getCatIds())[0]
+    assert category["keypoints"] == list(CROWDPOSE_KEYPOINTS.keypoint_names)
+    assert category["skeleton"] == [[a + 1, b + 1] for a, b in CROWDPOSE_KEYPOINTS.skeleton]
+    assert all(len(a["keypoints"]) == 42 for a in coco.dataset["annotations"])
+    predictor.close()
