@@ -63,6 +63,7 @@ def bind(port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise SystemExit(f"error: cannot listen on 127.0.0.1:{port} ({exc}); pick another --port") from exc
+    sock.listen(128)  # listening before the URL is printed: early requests wait instead of being refused
     return sock
 
 
