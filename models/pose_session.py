@@ -272,6 +272,7 @@ class PoseSession:
         return Poses(boxes=boxes, keypoints=keypoints / scale,
                      scores=column("score", torch.ones(count), torch.float32),
                      confidence=column("confidence", ones, torch.float32),
-                     pinned=column("pinned", ones * 0, torch.bool), visibility=column("visibility", ones * 2, torch.long),
+                     pinned=column("pinned", ones * 0, torch.bool),
+                     visibility=column("visibility", ones * 2, torch.long),
                      deleted=column("deleted", torch.zeros(count), torch.bool),
                      touched=column("touched", torch.ones(count), torch.bool), sources=sources)

@@ -52,7 +52,8 @@ def keypoint_metadata(args: argparse.Namespace):
     names = getattr(args, "custom_keypoint_names", None)
     if names:
         metadata = build_custom_metadata(names, getattr(args, "custom_flip_pairs", None) or (),
-                                         getattr(args, "custom_sigmas", None), getattr(args, "custom_skeleton", None) or ())
+                                         getattr(args, "custom_sigmas", None),
+                                         getattr(args, "custom_skeleton", None) or ())
     else:
         metadata = default_metadata_for_num_keypoints(args.num_body_points)
     if metadata.num_keypoints != args.num_body_points:
@@ -236,8 +237,8 @@ class Predictor:
         box = box.to(self.device)
         content = decoder.keypoint_embed.weight.view(decoder.num_group, self.num_keypoints, -1)[0]
         start = (inverse_sigmoid(box[:, None, :2]) + decoder.pose_embed[-1](content)[..., :2]).sigmoid()
-        result = self.model.refine(self._state_of(session), box[None], start[None], torch.zeros(0, 5, device=self.device),
-                                   click_freeze="all")
+        no_clicks = torch.zeros(0, 5, device=self.device)
+        result = self.model.refine(self._state_of(session), box[None], start[None], no_clicks, click_freeze="all")
         last = result.layers[-1]
         confidence = self._confidence(result, start[None], [session.size])[0]
         return new_poses(last["pred_boxes"][0].cpu(), keypoint_xy(last["pred_keypoints"], self.num_keypoints)[0].cpu(),

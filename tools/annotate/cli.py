@@ -82,7 +82,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not images.is_dir():
         print(f"error: image folder not found: {images}", file=sys.stderr)
         return 2
-    annotations = Path(args.annotations) if args.annotations else images.resolve().parent / f"{images.resolve().name}_keypoints.json"
+    folder = images.resolve()
+    annotations = Path(args.annotations) if args.annotations else folder.parent / f"{folder.name}_keypoints.json"
     predictor = Predictor(args.config, args.checkpoint, device=args.device)
     try:
         workspace = Workspace(images, annotations, predictor, threshold=args.threshold,

@@ -75,6 +75,12 @@ def create_app(workspace: Workspace) -> FastAPI:
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
+    _reading_routes(app, workspace)
+    _editing_routes(app, workspace)
+    return app
+
+
+def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
     @app.get("/api/meta")
     def meta() -> dict[str, Any]:
         """Keypoint layout (names, skeleton, left/right pairs), the annotation file and the default threshold."""
@@ -96,6 +102,13 @@ def create_app(workspace: Workspace) -> FastAPI:
         """The image's bytes (only names from /api/images)."""
         return FileResponse(workspace.paths[workspace.check_name(name)])
 
+    @app.get("/api/effort")
+    def effort_log() -> dict[str, Any]:
+        """Clicks, rounds and seconds per image and in total (see tools/annotate/effort.py)."""
+        return workspace.effort_summary()
+
+
+def _editing_routes(app: FastAPI, workspace: Workspace) -> None:
     @app.post("/api/open")
     def open_image(body: ImageBody) -> dict[str, Any]:
         """Predict (first time) or resume an image and make it the current one; prefetches the next image."""
@@ -145,10 +158,3 @@ def create_app(workspace: Workspace) -> FastAPI:
     def save() -> dict[str, Any]:
         """Write the annotation file now (every change already does)."""
         return {"saved": str(workspace.save())}
-
-    @app.get("/api/effort")
-    def effort_log() -> dict[str, Any]:
-        """Clicks, rounds and seconds per image and in total (see tools/annotate/effort.py)."""
-        return workspace.effort_summary()
-
-    return app

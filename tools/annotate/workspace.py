@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Sequence
 from PIL import Image
 
 from models.pose_session import PoseSession
-from models.predictor import Predictor, list_images
+from models.predictor import IMAGE_SUFFIXES, Predictor, list_images
 from tools.annotate import effort, store
 
 STATUSES = ("todo", "in_progress", "done")
@@ -31,7 +31,7 @@ class Workspace:
         self.root = Path(images_dir).resolve()
         self.paths = {p.relative_to(self.root).as_posix(): p for p in list_images(self.root)}
         if not self.paths:
-            raise FileNotFoundError(f"no images ({', '.join(s for s in ('.jpg', '.png'))} ...) found under {self.root}")
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}")
         self.names = list(self.paths)
         self.path = Path(annotations).resolve()
         self.predictor = predictor
@@ -68,7 +68,8 @@ class Workspace:
             if name not in self.records and name in by_name:  # another tool's labels: review them, keep their ids
                 mine = [a for a in annotations if a.get("image_id") == self.image_ids[name]]
                 if mine:
-                    self.records[name] = {"status": "todo", "threshold": self.threshold, "effort": effort.new_image_log(),
+                    self.records[name] = {"status": "todo", "threshold": self.threshold,
+                                          "effort": effort.new_image_log(),
                                           "people": store.people_from_annotations(mine, pin_existing)}
         self._next_ann_id = max([a.get("id") for a in annotations if isinstance(a.get("id"), int)] +
                                 [p.get("ann_id") or 0 for r in self.records.values() for p in r.get("people", [])]
