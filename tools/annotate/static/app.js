@@ -14,7 +14,7 @@ const image = new Image();
 
 const app = {
   meta: null, images: [], name: null, view: null, threshold: 0.3,
-  selected: { person: null, keypoint: 0 }, mode: "idle", drag: null, box: null,
+  selected: { person: null, keypoint: 0 }, armed: false, mode: "idle", drag: null, box: null,
   busy: false, lastLatencyMs: null, latencies: [], lastModelMs: null, ready: false, redraws: 0,
 };
 window.annotator = app;  // for the browser test and for debugging
@@ -161,7 +161,7 @@ function drawKeypoint(p, k, x, y, selectedPerson) {
   ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 1.5;
   ctx.beginPath(); ctx.arc(x, y, r + 3, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * p.confidence[k]); ctx.stroke();
   if (selectedPerson && k === app.selected.keypoint) {
-    ctx.strokeStyle = "#ffff00"; ctx.lineWidth = 2;
+    ctx.strokeStyle = "#ffff00"; ctx.lineWidth = app.armed ? 3 : 1.5;
     ctx.beginPath(); ctx.arc(x, y, r + 7, 0, 2 * Math.PI); ctx.stroke();
   }
 }
@@ -198,7 +198,7 @@ function panel() {
     menu.value = String(p.visibility[k]);
     menu.onchange = () => act("/api/visibility", { person: p.index, keypoint: k, visibility: Number(menu.value) });
     row.insertCell().appendChild(menu);
-    row.onclick = (e) => { if (e.target.tagName !== "SELECT") select(p.index, k); };
+    row.onclick = (e) => { if (e.target.tagName !== "SELECT") select(p.index, k, true); };
   });
 }
 
@@ -215,12 +215,12 @@ function show(state, started = null) {
   }
   app.drag = null;
   layout(); draw(); panel();
-  if (started !== null) {  // latency: mouse release -> poses redrawn on screen (after the next frame is painted)
-    requestAnimationFrame(() => {
+  if (started !== null) {  // latency: mouse release -> poses redrawn (the canvas is drawn; measured once painted)
+    requestAnimationFrame(() => setTimeout(() => {
       app.lastLatencyMs = performance.now() - started; app.latencies.push(app.lastLatencyMs);
       app.lastModelMs = state.model_ms;
       report(`refined in ${app.lastLatencyMs.toFixed(0)} ms (model ${state.model_ms.toFixed(0)} ms) · saved`);
-    });
+    }, 0));
   } else {
     report(`${state.image}: ${shownPeople().length} people shown · saved to ${app.meta.annotations}`);
   }
@@ -249,9 +249,12 @@ function step(delta) {
   if (next >= 0 && next < names.length) openImage(names[next]);
 }
 
-function select(index, keypoint) {
+// armed: the selected keypoint was chosen on purpose (clicked, keys, list); the next click on the image places it
+function select(index, keypoint, armed = false) {
   app.selected = { person: index, keypoint: keypoint ?? 0 };
+  app.armed = armed && index !== null;
   draw(); panel();
+  if (app.armed) report(`click where ${app.meta.keypoint_names[app.selected.keypoint]} of #${index} belongs (Esc cancels)`);
 }
 
 function cyclePerson(delta) {
@@ -264,12 +267,13 @@ function cyclePerson(delta) {
 function cycleKeypoint(delta) {
   if (app.selected.person === null) return;
   const count = app.meta.keypoint_names.length;
-  select(app.selected.person, (app.selected.keypoint + delta + count) % count);
+  select(app.selected.person, (app.selected.keypoint + delta + count) % count, true);
 }
 
 function place(index, keypoint, x, y, started) {
   [x, y] = clampToImage([x, y]);
   app.selected = { person: index, keypoint };
+  app.armed = false;
   return act("/api/refine", { clicks: [{ person: index, keypoint, x, y }] }, started);
 }
 
@@ -326,14 +330,14 @@ window.addEventListener("mouseup", (e) => {
     if (Math.hypot(sx - drag.startX, sy - drag.startY) > 2) {
       const [x, y] = toImage(sx, sy);
       place(drag.person, drag.keypoint, x, y, started);
-    } else { app.drag = null; draw(); }
+    } else { app.drag = null; select(drag.person, drag.keypoint, true); }  // a click on a keypoint arms it
     return;
   }
   if (app.pressed) {  // a click on the image, not on a keypoint
     app.pressed = null;
     if (e.target !== canvas) return;
     const boxHit = hitBox(sx, sy);
-    if (app.selected.person !== null && (boxHit === null || boxHit === app.selected.person)) {
+    if (app.armed && (boxHit === null || boxHit === app.selected.person)) {
       const [x, y] = toImage(sx, sy);  // select-and-click: the selected keypoint goes here
       place(app.selected.person, app.selected.keypoint, x, y, started);
     } else if (boxHit !== null) { select(boxHit, 0); }
@@ -364,7 +368,7 @@ window.addEventListener("keydown", (e) => {
     case "s": handled(); withPerson((index) => act("/api/swap", { person: index })); break;
     case "z": handled(); act("/api/undo"); break;
     case "y": handled(); act("/api/redo"); break;
-    case "Escape": app.mode = "idle"; app.box = null; app.drag = null; canvas.style.cursor = "crosshair"; draw(); break;
+    case "Escape": app.mode = "idle"; app.armed = false; app.box = null; app.drag = null; canvas.style.cursor = "crosshair"; draw(); break;
     default: break;
   }
 });
