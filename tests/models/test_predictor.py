@@ -39,9 +39,17 @@ def image_and_checkpoint(tmp_path_factory):
     return image, root / "ckpt.pth"
 
 
-def test_predict_then_clicks_are_pinned_and_others_move(image_and_checkpoint):
-    image, ckpt = image_and_checkpoint
-    predictor = Predictor(CONFIG, ckpt, options=OPTIONS)
+@pytest.fixture(scope="module")
+def shared_predictor(image_and_checkpoint):
+    """One loaded model for the tests that start with predict/open (each opens its own session)."""
+    predictor = Predictor(CONFIG, image_and_checkpoint[1], options=OPTIONS)
+    yield predictor
+    predictor.close()
+
+
+def test_predict_then_clicks_are_pinned_and_others_move(image_and_checkpoint, shared_predictor):
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
     people = predictor.predict(image)
     assert len(people) == 4 and people == sorted(people, key=lambda p: -p["score"])
     width, height = predictor.session.size
@@ -93,11 +101,11 @@ def _xy(people, index):
     return np.asarray(next(p for p in people if p["index"] == index)["keypoints"])[:, :2]
 
 
-def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_checkpoint):
+def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_checkpoint, shared_predictor):
     """The refinement groups are independent: re-running only the clicked person gives it the same poses as
     re-running everyone (Predictor.correct), and leaves the others untouched."""
-    image, ckpt = image_and_checkpoint
-    predictor = Predictor(CONFIG, ckpt, options=OPTIONS)
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
     everyone = predictor.predict(image)
     target = everyone[1]["index"]
     click = (target, 5, 30.0, 40.0)
@@ -111,9 +119,9 @@ def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_
             assert np.abs(_xy(all_people, person["index"]) - np.asarray(person["keypoints"])[:, :2]).max() > 1e-3
 
 
-def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint):
-    image, ckpt = image_and_checkpoint
-    predictor = Predictor(CONFIG, ckpt, options=OPTIONS)
+def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint, shared_predictor):
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
     session = predictor.open(image)
     start = session.people()
     assert not session.can_undo and len(start) == 4
@@ -163,13 +171,13 @@ def test_dropped_encoder_state_is_rebuilt_with_the_same_result(image_and_checkpo
     np.testing.assert_allclose(_xy(again, 0), _xy(expected, 0), atol=1e-4)
 
 
-def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, tmp_path):
+def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, shared_predictor, tmp_path):
     from PIL import Image, ImageOps
 
-    image, ckpt = image_and_checkpoint
+    image, _ = image_and_checkpoint
     mirrored = tmp_path / "mirrored.jpg"  # same size: batching pads nothing, so results must match
     ImageOps.mirror(Image.open(image)).save(mirrored, quality=95)
-    predictor = Predictor(CONFIG, ckpt, options=OPTIONS)
+    predictor = shared_predictor
     single = [predictor.predict(image), predictor.predict(mirrored)]
     predictor.prefetch(mirrored)
     assert str(mirrored.resolve()) in predictor._pending
@@ -190,4 +198,3 @@ def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, tm
                                        np.asarray([p["keypoints"] for p in single[i]]), atol=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
         predictor.predict_batch([image], batch_size=0)
-    predictor.close()
