@@ -383,7 +383,12 @@ $("swap").onclick = () => withPerson((index) => act("/api/swap", { person: index
 $("undo").onclick = () => act("/api/undo");
 $("redo").onclick = () => act("/api/redo");
 $("threshold").addEventListener("input", (e) => { app.threshold = Number(e.target.value); draw(); panel(); });
-$("threshold").addEventListener("change", (e) => act("/api/threshold", { threshold: Number(e.target.value) }));
+$("threshold").addEventListener("change", (e) => {
+  e.target.blur();  // keys go back to the canvas shortcuts
+  act("/api/threshold", { threshold: Number(e.target.value) });
+});
+// a clicked button gives the focus back, so Enter/Space do not press it again
+document.querySelectorAll("button").forEach((b) => b.addEventListener("click", () => b.blur()));
 window.addEventListener("resize", () => { layout(); draw(); });
 
 (async function start() {
