@@ -124,11 +124,9 @@ class Predictor:
     def _predict_images(self, images: Sequence[ImageLike]) -> list[_Prediction]:
         """One batched forward pass; per image the top ``top_k`` people and their keypoint confidence."""
         from models.clickpose.feedback import keypoint_xy, select_top
-        from util.misc import nested_tensor_from_tensor_list
 
         pils = [self._load(image) for image in images]
-        samples = nested_tensor_from_tensor_list([self.transform(pil, None)[0].to(self.device) for pil in pils])
-        outputs, state = self.model(samples, return_state=True)
+        outputs, state = self.model(self._samples(pils), return_state=True)
         top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
         keypoints = keypoint_xy(top["pred_keypoints"], self.num_keypoints)
         # a refinement without clicks gives the second estimate that confidence compares against
@@ -195,15 +193,15 @@ class Predictor:
         if session.state is None:
             if session.image is None:
                 raise RuntimeError("this session has no image to encode (made by predict_batch)")
-            session.state = self.model(self._samples([session.image]), return_state=True)[1]
+            session.state = self.model(self._samples([self._load(session.image)]), return_state=True)[1]
         self._hold(session)
         return session.state
 
-    def _samples(self, images: Sequence[ImageLike]):
+    def _samples(self, pils: Sequence[Image.Image]):
+        """The model's input: the validation transform of each image, padded into one batch."""
         from util.misc import nested_tensor_from_tensor_list
 
-        return nested_tensor_from_tensor_list([self.transform(self._load(i), None)[0].to(self.device)
-                                               for i in images])
+        return nested_tensor_from_tensor_list([self.transform(pil, None)[0].to(self.device) for pil in pils])
 
     # ---- the model calls of a session --------------------------------------------------------------------------
     @torch.no_grad()
