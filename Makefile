@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ops test demo clean-venv env gpu-check
+.PHONY: venv ops test demo clean-venv env gpu-check browser annotate
 
 venv: $(STAMP)
 
@@ -21,13 +21,30 @@ $(STAMP): requirements.txt
 ops: $(STAMP)
 	$(PY) -m models.clickpose.ops.build
 
-test: ops
+test: ops browser
 	$(PY) -m pytest -q
+
+# Headless Chromium + chromedriver from Debian's packages for the annotation tool's browser test. Without apt or
+# root this only warns, and that test skips saying why.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "[browser] apt-get could not install chromium: the browser test will skip"; \
+	else echo "[browser] chromium/chromedriver missing and apt-get unavailable (needs root): the browser test will skip"; fi
 
 # The demo runs without the compiled kernel too (pure-PyTorch path, slower): a failed build only warns here.
 demo: $(STAMP)
 	$(MAKE) --no-print-directory ops || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
 	$(PY) tools/demo.py --out demo_output --data data_synthetic
+
+# The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first).
+ANNOTATE_PORT ?= 8765
+annotate: $(STAMP)
+	@test -f demo_output/train/checkpoint.pth && test -d data_synthetic/images/val2017 || \
+		{ echo "make annotate needs the demo's trained model: run 'make demo' first (it writes demo_output/train/checkpoint.pth and data_synthetic/)"; exit 1; }
+	$(PY) tools/annotate.py data_synthetic/images/val2017 --config config/demo.cfg.py \
+		--checkpoint demo_output/train/checkpoint.pth --annotations demo_output/annotations_val2017.json --port $(ANNOTATE_PORT)
 
 env: $(STAMP)
 	$(PY) tools/env_report.py

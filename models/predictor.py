@@ -6,18 +6,67 @@
 
 A session keeps the image's encoder state, so a correction runs only the box+keypoint decoder layers. Clicked
 keypoints stay exactly where clicked (``click_freeze='all'``), through later corrections too.
+
+For a tool that works on many images (``tools/annotate``): ``open(image)`` returns a :class:`PoseSession` per image
+(people, pinned clicks, visibility flags, undo/redo; see ``models/pose_session.py``), ``prefetch(image)`` predicts
+the next image in the background, and ``predict_batch(images)`` / ``predict_folder(folder)`` predict many images
+in batches. The encoder states of the ``max_cached_states`` most recently used sessions are kept; older sessions
+keep their poses and re-encode their image when refined again.
 """
 from __future__ import annotations
 
 import argparse
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import Tensor
+
+from models.pose_session import PoseSession, Poses, keypoint_confidence, new_poses
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder not found: {root}")
+    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def keypoint_metadata(args: argparse.Namespace, checkpoint: Optional[Mapping[str, Any]] = None):
+    """Names, skeleton, flip pairs and OKS sigmas of the model's keypoints (the one place that decides them): the
+    layout the checkpoint was trained with when it records one, else the config's (its dataset's, or its custom_*
+    keys, or the built-in layout with ``num_body_points`` keypoints)."""
+    from datasets import get_metadata
+    from util.keypoint_metadata import KeypointMetadata
+
+    recorded = checkpoint.get("keypoint_metadata") if checkpoint is not None else None
+    if recorded:
+        return KeypointMetadata.from_dict(recorded)
+    if getattr(args, "dataset_file", None) is None:
+        # a config names no dataset: its custom_* keys, else the built-in layout with num_body_points keypoints
+        args = argparse.Namespace(**{**vars(args), "dataset_file": "custom"})
+    return get_metadata(args)
+
+
+@dataclass
+class _Prediction:
+    """One image's model output, before it becomes a session: poses in [0, 1], encoder state, (width, height)."""
+
+    poses: Poses
+    state: Any
+    size: tuple[int, int]
 
 
 class Predictor:
@@ -25,13 +74,12 @@ class Predictor:
 
     def __init__(self, config: str | Path, checkpoint: Optional[str | Path] = None, device: str = "cpu",
                  options: Optional[Mapping[str, Any]] = None, score_threshold: float = 0.0,
-                 top_k: Optional[int] = None, use_ema: bool = False, trust_checkpoint: bool = False):
-        from datasets import get_metadata
+                 top_k: Optional[int] = None, use_ema: bool = False, max_cached_states: int = 4,
+                 trust_checkpoint: bool = False):
         from datasets.transforms import build_transforms_from_args
         from models import build_model
         from util.checkpoint import load_model_weights, read_checkpoint
         from util.config import Config, apply_config_to_args
-        from util.keypoint_metadata import KeypointMetadata
 
         cfg = Config.fromfile(config)
         if options:
@@ -41,9 +89,7 @@ class Predictor:
         self.device = torch.device(device)
         # trust_checkpoint: full unpickling, which can run code: only for files the user trusts
         ckpt = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
-        # the keypoint layout the checkpoint was trained with, else the config's dataset layout
-        recorded = ckpt.get("keypoint_metadata") if ckpt is not None else None
-        self.metadata = KeypointMetadata.from_dict(recorded) if recorded else get_metadata(args)
+        self.metadata = keypoint_metadata(args, ckpt)
         args.num_body_points = self.metadata.num_keypoints  # a recorded layout sets the model's keypoint count
         self.model, _, _ = build_model(args, self.metadata)
         if ckpt is not None:
@@ -54,9 +100,14 @@ class Predictor:
         self.num_keypoints = args.num_body_points
         self.score_threshold = score_threshold
         self.top_k = top_k or args.num_group_refine
-        self._session: Optional[dict[str, Any]] = None
+        self.max_cached_states = max(1, max_cached_states)
+        self._sigmas = torch.tensor(self.metadata.sigmas, dtype=torch.float32)
+        self._session: Optional[PoseSession] = None
+        self._held: OrderedDict[int, PoseSession] = OrderedDict()  # sessions holding an encoder state, LRU order
+        self._pending: OrderedDict[str, Future] = OrderedDict()
+        self._worker: Optional[ThreadPoolExecutor] = None
 
-    # ---------------------------------------------------------------------------------------------------------
+    # ---- images ----------------------------------------------------------------------------------------------
     @staticmethod
     def _load(image: ImageLike) -> Image.Image:
         if isinstance(image, (str, Path)):
@@ -71,29 +122,142 @@ class Predictor:
         return image.convert("RGB")
 
     @torch.no_grad()
-    def predict(self, image: ImageLike) -> list[dict[str, Any]]:
-        """Detect people. Returns dicts with 'index' (use it in ``correct``), 'score', 'box' (x0, y0, x1, y1) and
-        'keypoints' (K, 3) as (x, y, score) in pixels, best first."""
+    def _predict_images(self, images: Sequence[ImageLike]) -> list[_Prediction]:
+        """One batched forward pass; per image the top ``top_k`` people and their keypoint confidence."""
         from models.clickpose.feedback import keypoint_xy, select_top
+
+        pils = [self._load(image) for image in images]
+        outputs, state = self.model(self._samples(pils), return_state=True)
+        top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
+        keypoints = keypoint_xy(top["pred_keypoints"], self.num_keypoints)
+        # a refinement without clicks gives the second estimate that confidence compares against
+        check = self.model.refine(state, top["pred_boxes"], keypoints, torch.zeros(0, 5, device=self.device),
+                                  click_freeze="all")
+        confidence = self._confidence(check, keypoints, [pil.size for pil in pils])
+        scores = top["pred_logits"].sigmoid().max(-1).values
+        predictions = []
+        for i, pil in enumerate(pils):
+            size = pil.size
+            poses = new_poses(top["pred_boxes"][i].cpu(), keypoints[i].cpu(), scores[i].cpu(),
+                              confidence[i], "model")
+            predictions.append(_Prediction(poses, state if len(pils) == 1 else None, size))
+        return predictions
+
+    def _confidence(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """(B, R, K) keypoint confidence of a refinement: its last layer against the layer before (or against its
+        input when it has one layer); see :func:`models.pose_session.keypoint_confidence`."""
+        from models.clickpose.feedback import keypoint_xy
+
+        layers = result.layers
+        after = keypoint_xy(layers[-1]["pred_keypoints"], self.num_keypoints).cpu()
+        before = keypoint_xy(layers[-2]["pred_keypoints"], self.num_keypoints) if len(layers) > 1 else keypoints_in
+        boxes, before = layers[-1]["pred_boxes"].cpu(), before.cpu()
+        return torch.stack([keypoint_confidence(before[i], after[i], boxes[i], self._sigmas, size)
+                            for i, size in enumerate(sizes)])
+
+    # ---- sessions --------------------------------------------------------------------------------------------
+    @staticmethod
+    def _key(image: ImageLike) -> Optional[str]:
+        return str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
+
+    def prefetch(self, image: str | Path) -> None:
+        """Start predicting ``image`` in a background thread; a later ``open(image)`` picks the result up."""
+        key = self._key(image)
+        if key is None or key in self._pending:
+            return
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickpose-prefetch")
+        self._pending[key] = self._worker.submit(lambda: self._predict_images([key])[0])
+        while len(self._pending) > MAX_PENDING:
+            self._pending.popitem(last=False)[1].cancel()
+
+    def open(self, image: ImageLike, people: Optional[Sequence[dict[str, Any]]] = None) -> PoseSession:
+        """A new session on ``image``: the model's people, or ``people`` as saved by ``PoseSession.to_record``
+        (resuming earlier work: the model only encodes the image)."""
+        future = self._pending.pop(self._key(image), None) if self._key(image) else None
+        prediction = future.result() if future is not None else self._predict_images([image])[0]
+        poses = prediction.poses
+        if people is not None:
+            poses = PoseSession.poses_from_record(people, prediction.size, self.num_keypoints)
+        session = PoseSession(self, image, prediction.size, poses, prediction.state)
+        self._hold(session)
+        return session
+
+    def _hold(self, session: PoseSession) -> None:
+        """Mark ``session``'s encoder state as recently used; drop the states of the least recently used."""
+        self._held.pop(id(session), None)
+        self._held[id(session)] = session
+        while len(self._held) > self.max_cached_states:
+            self._held.popitem(last=False)[1].state = None
+
+    def _state_of(self, session: PoseSession):
+        if session.state is None:
+            if session.image is None:
+                raise RuntimeError("this session has no image to encode (made by predict_batch)")
+            session.state = self.model(self._samples([self._load(session.image)]), return_state=True)[1]
+        self._hold(session)
+        return session.state
+
+    def _samples(self, pils: Sequence[Image.Image]):
+        """The model's input: the validation transform of each image, padded into one batch."""
         from util.misc import nested_tensor_from_tensor_list
 
-        pil = self._load(image)
-        width, height = pil.size
-        tensor, _ = self.transform(pil, None)
-        samples = nested_tensor_from_tensor_list([tensor.to(self.device)])
-        outputs, state = self.model(samples, return_state=True)
-        top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
-        self._session = {
-            "state": state, "size": (width, height), "logits": top["pred_logits"], "boxes": top["pred_boxes"],
-            "keypoints": keypoint_xy(top["pred_keypoints"], self.num_keypoints), "pinned": None,
-            "visibility": top["pred_keypoints"][..., 2 * self.num_keypoints:],
-        }
-        return self._people()
+        return nested_tensor_from_tensor_list([self.transform(pil, None)[0].to(self.device) for pil in pils])
+
+    # ---- the model calls of a session --------------------------------------------------------------------------
+    @torch.no_grad()
+    def run_refinement(self, session: PoseSession, rows: Sequence[int], clicks: Sequence[Sequence[float]]
+                       ) -> dict[str, Tensor]:
+        """Refine people ``rows`` of a session with ``clicks`` ``[row position in rows, keypoint, x, y]`` (x, y in
+        [0, 1]). Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors)."""
+        from models.clickpose.feedback import keypoint_xy
+
+        poses, index = session.poses, torch.tensor(list(rows), dtype=torch.long)
+        keypoints = poses.keypoints[index][None].to(self.device)
+        click_rows = torch.tensor(clicks, dtype=torch.float32, device=self.device).reshape(-1, 4)
+        result = self.model.refine(self._state_of(session), poses.boxes[index][None].to(self.device), keypoints,
+                                   [click_rows], click_freeze="all", pinned=poses.pinned[index][None].to(self.device))
+        last = result.layers[-1]
+        pinned = result.pinned[0].cpu()
+        corrected = keypoint_xy(result.corrected["pred_keypoints"], self.num_keypoints)
+        confidence = self._confidence(result, corrected, [session.size])[0]
+        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": keypoint_xy(last["pred_keypoints"],
+                                                                               self.num_keypoints)[0].cpu(),
+                "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
 
     @torch.no_grad()
+    def propose_person(self, session: PoseSession, box: Tensor) -> Poses:
+        """A person from a user's box (1, 4) cxcywh in [0, 1]: the keypoints start where the model's learned
+        keypoint queries put them in a box (what its decoder does for a detected box), then one refinement."""
+        from models.clickpose.feedback import keypoint_xy
+        from util.misc import inverse_sigmoid
+
+        decoder = self.model.transformer.decoder
+        box = box.to(self.device)
+        content = decoder.keypoint_embed.weight.view(decoder.num_group, self.num_keypoints, -1)[0]
+        start = (inverse_sigmoid(box[:, None, :2]) + decoder.pose_embed[-1](content)[..., :2]).sigmoid()
+        no_clicks = torch.zeros(0, 5, device=self.device)
+        result = self.model.refine(self._state_of(session), box[None], start[None], no_clicks, click_freeze="all")
+        last = result.layers[-1]
+        confidence = self._confidence(result, start[None], [session.size])[0]
+        return new_poses(last["pred_boxes"][0].cpu(), keypoint_xy(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
+                         last["pred_logits"][0].sigmoid().max(-1).values.cpu(), confidence, "user")
+
+    # ---- one image at a time (the original API) ----------------------------------------------------------------
+    @property
+    def session(self) -> Optional[PoseSession]:
+        """The session of the last ``predict`` (the one ``correct`` works on)."""
+        return self._session
+
+    def predict(self, image: ImageLike) -> list[dict[str, Any]]:
+        """Detect people. Returns dicts with 'index' (use it in ``correct``), 'score', 'box' (x0, y0, x1, y1),
+        'keypoints' (K, 3) as (x, y, confidence) in pixels and more (see ``PoseSession.people``), best first."""
+        self._session = self.open(image)
+        return self._session.people(self.score_threshold)
+
     def correct(self, person: Optional[int] = None, keypoint: Optional[int] = None, x: Optional[float] = None,
                 y: Optional[float] = None, clicks: Optional[Iterable[Sequence[float]]] = None) -> list[dict[str, Any]]:
-        """Move keypoints to where the user clicked (pixels) and re-predict everything else.
+        """Move keypoints to where the user clicked (pixels) and re-predict everything else (every person).
 
         Give one click as ``person, keypoint, x, y`` or several as ``clicks=[(person, keypoint, x, y), ...]``.
         """
@@ -104,28 +268,31 @@ class Predictor:
             given.append((person, keypoint, x, y))
         if not given or any(None in click for click in given):
             raise ValueError("a click needs person, keypoint, x and y")
-        width, height = self._session["size"]
-        rows = torch.tensor([[p, k, cx / width, cy / height] for p, k, cx, cy in given], dtype=torch.float32,
-                            device=self.device)
-        session = self._session
-        result = self.model.refine(session["state"], session["boxes"], session["keypoints"], [rows],
-                                   click_freeze="all", pinned=session["pinned"], logits=session["logits"])
-        last = result.layers[-1]
-        session["boxes"] = last["pred_boxes"]
-        session["keypoints"] = last["pred_keypoints"][..., :2 * self.num_keypoints].unflatten(-1, (-1, 2))
-        session["visibility"] = last["pred_keypoints"][..., 2 * self.num_keypoints:]
-        session["pinned"] = result.pinned
-        return self._people()
+        self._session.refine(given, only_clicked=False)
+        return self._session.people(self.score_threshold)
 
-    def _people(self) -> list[dict[str, Any]]:
-        from util.box_ops import box_cxcywh_to_xyxy
+    # ---- many images -------------------------------------------------------------------------------------------
+    def predict_batch(self, images: Sequence[ImageLike], batch_size: int = 4) -> list[list[dict[str, Any]]]:
+        """``predict`` for many images, ``batch_size`` per forward pass (images are padded to a common size, so
+        results can differ from one-at-a-time prediction by float noise). One people list per image."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        people = []
+        for start in range(0, len(images), batch_size):
+            for prediction in self._predict_images(images[start:start + batch_size]):
+                people.append(PoseSession(self, None, prediction.size, prediction.poses).people(self.score_threshold))
+        return people
 
-        session = self._session
-        width, height = session["size"]
-        scale = torch.tensor([width, height], dtype=torch.float32, device=self.device)
-        scores = session["logits"][0].sigmoid().max(-1).values
-        boxes = box_cxcywh_to_xyxy(session["boxes"][0]) * scale.repeat(2)
-        keypoints = torch.cat((session["keypoints"][0] * scale, session["visibility"][0][..., None]), -1)
-        people = [{"index": i, "score": float(scores[i]), "box": boxes[i].tolist(), "keypoints": keypoints[i].tolist()}
-                  for i in range(len(scores)) if float(scores[i]) >= self.score_threshold]
-        return sorted(people, key=lambda p: -p["score"])
+    def predict_folder(self, folder: str | Path, batch_size: int = 4) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+        """(image path, people) for every image under ``folder`` (see :func:`list_images`), in batches."""
+        files = list_images(folder)
+        for start in range(0, len(files), batch_size):
+            chunk = files[start:start + batch_size]
+            yield from zip(chunk, self.predict_batch(chunk, batch_size))
+
+    def close(self) -> None:
+        """Stop the background worker (pending predictions are dropped)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+        self._pending.clear()

@@ -123,12 +123,13 @@ def _compiled_backend(device: str) -> str:
 
 def build_model(sizes: Sizes, with_criterion: bool = False):
     """The configured model (random weights: nothing is downloaded) on the run's device; (model, criterion, args)."""
+    from datasets import get_metadata
     from models import build_model as build
     from util.config import Config
     args = argparse.Namespace(**Config.fromfile(REPO / sizes.config).to_dict())
     args.device = sizes.device
     args.human_feedback = True
-    model, criterion, _ = build(args)
+    model, criterion, _ = build(args, get_metadata(args))
     model.to(sizes.device)
     return model, (criterion.to(sizes.device) if with_criterion else None), args
 

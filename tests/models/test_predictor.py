@@ -41,12 +41,20 @@ def image_and_checkpoint(tmp_path_factory):
     return image, root / "ckpt.pth"
 
 
-def test_predict_then_clicks_are_pinned_and_others_move(image_and_checkpoint):
-    image, ckpt = image_and_checkpoint
-    predictor = Predictor(CONFIG, ckpt, options=OPTIONS)
+@pytest.fixture(scope="module")
+def shared_predictor(image_and_checkpoint):
+    """One loaded model for the tests that start with predict/open (each opens its own session)."""
+    predictor = Predictor(CONFIG, image_and_checkpoint[1], options=OPTIONS)
+    yield predictor
+    predictor.close()
+
+
+def test_predict_then_clicks_are_pinned_and_others_move(image_and_checkpoint, shared_predictor):
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
     people = predictor.predict(image)
     assert len(people) == 4 and people == sorted(people, key=lambda p: -p["score"])
-    width, height = predictor._session["size"]
+    width, height = predictor.session.size
     person = people[0]
     assert np.asarray(person["keypoints"]).shape == (17, 3) and len(person["box"]) == 4
     before = np.asarray(person["keypoints"])[:, :2]
@@ -68,8 +76,10 @@ def test_errors_are_clear(image_and_checkpoint, tmp_path):
     with pytest.raises(OSError, match="cannot read image"):
         predictor.predict(tmp_path / "missing.jpg")
     predictor.predict(image)
-    with pytest.raises(ValueError, match="prediction index outside"):
+    with pytest.raises(ValueError, match="person 99 does not exist"):
         predictor.correct(person=99, keypoint=0, x=1, y=1)
+    with pytest.raises(ValueError, match="outside the"):
+        predictor.correct(person=0, keypoint=0, x=-5, y=1)
     with pytest.raises(ValueError, match="person, keypoint, x and y"):
         predictor.correct(person=0, keypoint=0, x=1)
 
@@ -87,3 +97,106 @@ def test_predict_tool_writes_image_and_json(image_and_checkpoint, tmp_path):
     clicked = next(p for p in payload["people"] if p["index"] == 0)
     np.testing.assert_allclose(clicked["keypoints"][5][:2], [10.0, 12.0], atol=1e-3)
     assert (tmp_path / "out" / f"{image.stem}_poses.jpg").stat().st_size > 1000
+
+
+def _xy(people, index):
+    return np.asarray(next(p for p in people if p["index"] == index)["keypoints"])[:, :2]
+
+
+def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_checkpoint, shared_predictor):
+    """The refinement groups are independent: re-running only the clicked person gives it the same poses as
+    re-running everyone (Predictor.correct), and leaves the others untouched."""
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
+    everyone = predictor.predict(image)
+    target = everyone[1]["index"]
+    click = (target, 5, 30.0, 40.0)
+    all_people = predictor.correct(clicks=[click])
+    session = predictor.open(image)
+    only = session.refine([click])
+    np.testing.assert_allclose(_xy(only, target), _xy(all_people, target), atol=1e-4)
+    for person in everyone:
+        if person["index"] != target:
+            np.testing.assert_array_equal(_xy(only, person["index"]), np.asarray(person["keypoints"])[:, :2])
+            assert np.abs(_xy(all_people, person["index"]) - np.asarray(person["keypoints"])[:, :2]).max() > 1e-3
+
+
+def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint, shared_predictor):
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
+    session = predictor.open(image)
+    start = session.people()
+    assert not session.can_undo and len(start) == 4
+    first = start[0]["index"]
+    session.refine([(first, 9, 20.0, 30.0)])
+    session.set_visibility(first, 9, 1)
+    session.swap_left_right(first)  # keypoint 9 (left wrist) and its flags move to 10 (right wrist)
+    moved = next(p for p in session.people() if p["index"] == first)
+    np.testing.assert_allclose(moved["keypoints"][10][:2], [20.0, 30.0], atol=1e-3)
+    assert moved["pinned"][10] and not moved["pinned"][9] and moved["visibility"][10] == 1
+    added = session.add_person([5.0, 5.0, 60.0, 90.0])
+    assert added == 4 and session.people(include_deleted=True)[0]["source"] in ("model", "user")
+    session.delete_person(first)
+    assert first not in [p["index"] for p in session.people()]
+    with pytest.raises(ValueError, match="was deleted"):
+        session.refine([(first, 0, 1.0, 1.0)])
+    record = session.to_record()
+    assert [p["index"] for p in record] == list(range(5)) and record[first]["deleted"]
+    for _ in range(5):
+        session.undo()
+    assert not session.can_undo and session.people() == start
+    with pytest.raises(ValueError, match="nothing to undo"):
+        session.undo()
+    for _ in range(5):
+        session.redo()
+    assert [p["index"] for p in session.people()] == [p["index"] for p in session.people(include_deleted=True)
+                                                      if not p["deleted"]]
+    resumed = predictor.open(image, people=record)
+    for old, new in zip(record, resumed.to_record()):
+        np.testing.assert_allclose(np.asarray(new["keypoints"])[:, :2], np.asarray(old["keypoints"])[:, :2],
+                                   atol=1e-3)
+        assert (new["pinned"], new["visibility"], new["deleted"], new["source"]) == \
+            (old["pinned"], old["visibility"], old["deleted"], old["source"])
+
+
+def test_dropped_encoder_state_is_rebuilt_with_the_same_result(image_and_checkpoint):
+    from PIL import Image
+
+    image, ckpt = image_and_checkpoint
+    predictor = Predictor(CONFIG, ckpt, options=OPTIONS, max_cached_states=1)
+    kept = predictor.open(image)
+    expected = kept.refine([(0, 3, 25.0, 35.0)])
+    dropped = predictor.open(image)
+    other = predictor.open(np.asarray(Image.open(image)))  # an array, not a path: evicts `dropped`
+    assert dropped.state is None and other.state is not None
+    again = dropped.refine([(0, 3, 25.0, 35.0)])
+    np.testing.assert_allclose(_xy(again, 0), _xy(expected, 0), atol=1e-4)
+
+
+def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, shared_predictor, tmp_path):
+    from PIL import Image, ImageOps
+
+    image, _ = image_and_checkpoint
+    mirrored = tmp_path / "mirrored.jpg"  # same size: batching pads nothing, so results must match
+    ImageOps.mirror(Image.open(image)).save(mirrored, quality=95)
+    predictor = shared_predictor
+    single = [predictor.predict(image), predictor.predict(mirrored)]
+    predictor.prefetch(mirrored)
+    assert str(mirrored.resolve()) in predictor._pending
+    prefetched = predictor.open(mirrored)
+    assert not predictor._pending
+    np.testing.assert_allclose(np.asarray([p["keypoints"] for p in prefetched.people()]),
+                               np.asarray([p["keypoints"] for p in single[1]]), atol=1e-4)
+    batched = predictor.predict_batch([image, mirrored], batch_size=2)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for path in (image, mirrored):
+        (folder / path.name).write_bytes(path.read_bytes())
+    by_folder = dict(predictor.predict_folder(folder, batch_size=2))
+    for i, path in enumerate((image, mirrored)):
+        for got in (batched[i], by_folder[folder / path.name]):
+            assert [p["index"] for p in got] == [p["index"] for p in single[i]]
+            np.testing.assert_allclose(np.asarray([p["keypoints"] for p in got]),
+                                       np.asarray([p["keypoints"] for p in single[i]]), atol=1e-3)
+    with pytest.raises(ValueError, match="batch_size"):
+        predictor.predict_batch([image], batch_size=0)

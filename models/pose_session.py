@@ -1,0 +1,278 @@
+"""One image's interactive annotation state: its people, the user's clicks and flags, and undo/redo.
+
+A :class:`PoseSession` is opened by :meth:`models.predictor.Predictor.open`. Every edit replaces the session's
+:class:`Poses` with a new value (tensors are never changed in place), so undo/redo are stacks of earlier values.
+People keep their row ('index') for the whole session: deleting a person only flags it, so undo restores it and
+indices sent by a client stay valid. Coordinates in and out are pixels of the original image.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+
+if TYPE_CHECKING:
+    from models.predictor import Predictor
+
+COCO_VISIBILITY = (0, 1, 2)  # not labelled, labelled but occluded, labelled and visible
+SOURCES = ("model", "user", "file")  # who proposed the person: the model, a box drawn by the user, a loaded file
+MAX_UNDO = 200
+
+
+@dataclass(frozen=True)
+class Poses:
+    """Everyone in one image (R rows, K keypoints), normalised to [0, 1] by the image size."""
+
+    boxes: Tensor  # (R, 4) cx, cy, w, h
+    keypoints: Tensor  # (R, K, 2) x, y
+    scores: Tensor  # (R,) person score (the model's, or 1 for people loaded from a file)
+    confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (see keypoint_confidence)
+    pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
+    visibility: Tensor  # (R, K) long, COCO flags 0/1/2
+    deleted: Tensor  # (R,) bool
+    touched: Tensor  # (R,) bool: edited by the user, kept whatever the score threshold
+    sources: tuple[str, ...] = field(default=())
+
+    @property
+    def num_people(self) -> int:
+        return self.boxes.shape[0]
+
+    def rows(self, index: Tensor | Sequence[int], **changes: Tensor) -> "Poses":
+        """A copy with rows ``index`` of the named fields replaced by ``changes`` (out of place)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        updated = {}
+        for name, value in changes.items():
+            current = getattr(self, name).clone()
+            current[index] = value.to(current.dtype)
+            updated[name] = current
+        return replace(self, **updated)
+
+    def append(self, other: "Poses") -> "Poses":
+        tensors = {name: torch.cat((getattr(self, name), getattr(other, name))) for name in TENSOR_FIELDS}
+        return Poses(**tensors, sources=self.sources + other.sources)
+
+
+TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched")
+
+
+def new_poses(boxes: Tensor, keypoints: Tensor, scores: Tensor, confidence: Tensor, source: str,
+              pinned: Optional[Tensor] = None, visibility: Optional[Tensor] = None) -> Poses:
+    """Poses of R new people: every keypoint visible (2) and unpinned unless given."""
+    rows, num_keypoints = keypoints.shape[:2]
+    flags = torch.zeros(rows, dtype=torch.bool, device=boxes.device)
+    return Poses(boxes=boxes, keypoints=keypoints, scores=scores, confidence=confidence,
+                 pinned=pinned if pinned is not None else torch.zeros(rows, num_keypoints, dtype=torch.bool,
+                                                                        device=boxes.device),
+                 visibility=visibility if visibility is not None else torch.full(
+                     (rows, num_keypoints), 2, dtype=torch.long, device=boxes.device),
+                 deleted=flags, touched=flags if source == "model" else ~flags, sources=(source,) * rows)
+
+
+def keypoint_confidence(before: Tensor, after: Tensor, boxes: Tensor, sigmas: Tensor, size: tuple[int, int]) -> Tensor:
+    """How much the model agrees with itself about each keypoint, in [0, 1].
+
+    The model has no keypoint-confidence head (its visibility slot is a constant), so confidence is the OKS term
+    ``exp(-d^2 / (2 s^2 (2 sigma)^2))`` between two successive estimates of the keypoint (the last two refinement
+    layers, or the refinement's input and output when it has one layer), with s^2 the box area in pixels: a
+    keypoint the model keeps moving is one it is unsure about. before/after: (..., K, 2) in [0, 1]; boxes (..., 4).
+    """
+    scale = torch.tensor(size, dtype=before.dtype, device=before.device)
+    squared = (((after - before) * scale) ** 2).sum(-1)
+    area = (boxes[..., 2] * boxes[..., 3] * scale.prod()).clamp(min=1.0)[..., None]
+    return torch.exp(-squared / (2 * area * (2 * sigmas) ** 2))
+
+
+class PoseSession:
+    """One image's people and the user's edits on them; see the module docstring."""
+
+    def __init__(self, predictor: "Predictor", image: Any, size: tuple[int, int], poses: Poses, state: Any = None):
+        self.predictor = predictor
+        self.image = image  # what to re-encode from when the cached encoder state was dropped
+        self.size = size  # (width, height) of the original image
+        self.state = state  # the model's encoder state of this image (None until needed again)
+        self.poses = poses
+        self._undo: list[Poses] = []
+        self._redo: list[Poses] = []
+
+    # ---- reading ---------------------------------------------------------------------------------------------
+    @property
+    def can_undo(self) -> bool:
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        return bool(self._redo)
+
+    def _scale(self) -> Tensor:
+        return torch.tensor(self.size, dtype=torch.float32, device=self.poses.boxes.device)
+
+    def people(self, score_threshold: float = 0.0, include_deleted: bool = False) -> list[dict[str, Any]]:
+        """People in pixels, best score first: 'index', 'score', 'box' (x0, y0, x1, y1), 'keypoints' (K, 3) as
+        (x, y, confidence), 'confidence', 'visibility' (COCO 0/1/2), 'pinned', 'source', 'touched', 'deleted'.
+        People below ``score_threshold`` are left out unless the user touched them."""
+        poses, scale = self.poses, self._scale()
+        boxes = (box_cxcywh_to_xyxy(poses.boxes) * scale.repeat(2)).tolist()
+        keypoints = torch.cat((poses.keypoints * scale, poses.confidence[..., None]), -1).tolist()
+        people = []
+        for i in range(poses.num_people):
+            score, touched, deleted = float(poses.scores[i]), bool(poses.touched[i]), bool(poses.deleted[i])
+            if (deleted and not include_deleted) or (score < score_threshold and not touched):
+                continue
+            people.append({"index": i, "score": score, "box": boxes[i], "keypoints": keypoints[i],
+                           "confidence": poses.confidence[i].tolist(), "visibility": poses.visibility[i].tolist(),
+                           "pinned": poses.pinned[i].tolist(), "source": poses.sources[i], "touched": touched,
+                           "deleted": deleted})
+        return sorted(people, key=lambda p: -p["score"])
+
+    # ---- checks ----------------------------------------------------------------------------------------------
+    def _person(self, person: Any) -> int:
+        count = self.poses.num_people
+        if isinstance(person, bool) or not isinstance(person, numbers.Integral) or not 0 <= person < count:
+            raise ValueError(f"person {person!r} does not exist: people are numbered 0..{count - 1} ('index')")
+        if bool(self.poses.deleted[person]):
+            raise ValueError(f"person {person} was deleted (undo restores it)")
+        return int(person)
+
+    def _keypoint(self, keypoint: Any) -> int:
+        count = self.poses.keypoints.shape[1]
+        if isinstance(keypoint, bool) or not isinstance(keypoint, numbers.Integral) or not 0 <= keypoint < count:
+            raise ValueError(f"keypoint {keypoint!r} does not exist: keypoints are numbered 0..{count - 1}")
+        return int(keypoint)
+
+    def _point(self, x: Any, y: Any) -> tuple[float, float]:
+        width, height = self.size
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y)):
+            raise ValueError(f"a position needs finite numbers x, y (pixels), got {x!r}, {y!r}")
+        if not (0 <= x <= width and 0 <= y <= height):
+            raise ValueError(f"position ({x}, {y}) is outside the {width}x{height} image")
+        return float(x), float(y)
+
+    def _commit(self, poses: Poses) -> None:
+        self._undo = (self._undo + [self.poses])[-MAX_UNDO:]
+        self._redo = []
+        self.poses = poses
+
+    # ---- edits -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def refine(self, clicks: Iterable[Sequence[Any]], only_clicked: bool = True) -> list[dict[str, Any]]:
+        """Place keypoints where the user clicked and let the model re-predict the rest.
+
+        clicks: ``(person, keypoint, x, y)`` in pixels. Clicked keypoints stay where they are put, through later
+        refinements too. ``only_clicked``: re-run only the clicked people (the refinement groups are independent,
+        so the others would only drift); False re-runs everyone not deleted (``Predictor.correct``).
+        """
+        given = [(self._person(p), self._keypoint(k), *self._point(x, y)) for p, k, x, y in clicks]
+        if not given:
+            raise ValueError("refine needs at least one click (person, keypoint, x, y)")
+        poses = self.poses
+        clicked_people = sorted({p for p, _, _, _ in given})
+        rows = clicked_people if only_clicked else [i for i in range(poses.num_people) if not poses.deleted[i]]
+        local = {row: n for n, row in enumerate(rows)}
+        width, height = self.size
+        click_rows = [[local[p], k, x / width, y / height] for p, k, x, y in given]
+        result = self.predictor.run_refinement(self, rows, click_rows)
+        clicked = torch.zeros_like(poses.pinned)
+        for p, k, _, _ in given:
+            clicked[p, k] = True
+        # a keypoint the user places is labelled: 'not labelled' becomes 'visible'; 'occluded' stays
+        visibility = torch.where(clicked & (poses.visibility == 0), torch.full_like(poses.visibility, 2),
+                                 poses.visibility)
+        touched = poses.touched.clone()
+        touched[clicked_people] = True
+        updated = poses.rows(rows, boxes=result["boxes"], keypoints=result["keypoints"],
+                             confidence=result["confidence"], pinned=result["pinned"])
+        self._commit(replace(updated, visibility=visibility, touched=touched))
+        return self.people()
+
+    @torch.no_grad()
+    def add_person(self, box: Sequence[float]) -> int:
+        """Add a missed person from a box (x0, y0, x1, y1) in pixels: the model proposes its keypoints by refining
+        from the box. Returns the new person's index."""
+        if len(box) != 4:
+            raise ValueError(f"a box is [x0, y0, x1, y1] in pixels, got {list(box)!r}")
+        x0, y0 = self._point(box[0], box[1])
+        x1, y1 = self._point(box[2], box[3])
+        x0, x1, y0, y1 = min(x0, x1), max(x0, x1), min(y0, y1), max(y0, y1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            raise ValueError(f"the box {list(box)} is too small: draw it around the whole person (>= 2 pixels)")
+        width, height = self.size
+        norm = torch.tensor([[x0 / width, y0 / height, x1 / width, y1 / height]], device=self.poses.boxes.device)
+        added = self.predictor.propose_person(self, box_xyxy_to_cxcywh(norm))
+        self._commit(self.poses.append(added))
+        return self.poses.num_people - 1
+
+    def delete_person(self, person: int) -> None:
+        person = self._person(person)
+        self._commit(self.poses.rows([person], deleted=torch.ones(1, dtype=torch.bool)))
+
+    def set_visibility(self, person: int, keypoint: int, visibility: int) -> None:
+        """COCO visibility of one keypoint: 0 not labelled, 1 labelled but occluded, 2 labelled and visible."""
+        person, keypoint = self._person(person), self._keypoint(keypoint)
+        if isinstance(visibility, bool) or visibility not in COCO_VISIBILITY:
+            raise ValueError(f"visibility must be 0 (not labelled), 1 (occluded) or 2 (visible), got {visibility!r}")
+        flags = self.poses.visibility[person].clone()
+        flags[keypoint] = visibility
+        self._commit(self.poses.rows([person], visibility=flags[None], touched=torch.ones(1, dtype=torch.bool)))
+
+    def swap_left_right(self, person: int) -> None:
+        """Exchange every left/right keypoint pair of one person (a person seen from behind)."""
+        person = self._person(person)
+        order = torch.tensor(self.predictor.metadata.flip_permutation(), dtype=torch.long)
+        poses = self.poses
+        self._commit(poses.rows([person], **{name: getattr(poses, name)[person][order][None]
+                                             for name in ("keypoints", "confidence", "pinned", "visibility")},
+                                touched=torch.ones(1, dtype=torch.bool)))
+
+    def undo(self) -> None:
+        if not self._undo:
+            raise ValueError("nothing to undo")
+        self._redo.append(self.poses)
+        self.poses = self._undo.pop()
+
+    def redo(self) -> None:
+        if not self._redo:
+            raise ValueError("nothing to redo")
+        self._undo.append(self.poses)
+        self.poses = self._redo.pop()
+
+    # ---- persistence -----------------------------------------------------------------------------------------
+    def to_record(self) -> list[dict[str, Any]]:
+        """Every person (deleted ones too, so undo survives a restart as far as deletions go) as plain JSON data,
+        in row order: position i is the person with 'index' i, as :meth:`poses_from_record` reads it back."""
+        return sorted(self.people(include_deleted=True), key=lambda p: p["index"])
+
+    @staticmethod
+    def poses_from_record(people: Sequence[dict[str, Any]], size: tuple[int, int], num_keypoints: int) -> Poses:
+        """Inverse of :meth:`to_record` (pixels -> normalised). Missing optional fields get defaults."""
+        scale = torch.tensor(size, dtype=torch.float32)
+        count = len(people)
+        if count == 0:
+            return new_poses(torch.zeros(0, 4), torch.zeros(0, num_keypoints, 2), torch.zeros(0),
+                             torch.zeros(0, num_keypoints), "model")
+        keypoints = torch.tensor([[kp[:2] for kp in p["keypoints"]] for p in people], dtype=torch.float32)
+        if keypoints.shape[1:] != (num_keypoints, 2):
+            raise ValueError(f"saved people have {keypoints.shape[1]} keypoints, the model {num_keypoints}")
+        boxes = box_xyxy_to_cxcywh(torch.tensor([p["box"] for p in people], dtype=torch.float32) / scale.repeat(2))
+        ones = torch.ones(count, num_keypoints)
+
+        def column(name: str, default: Tensor, dtype: torch.dtype) -> Tensor:
+            return torch.tensor([p[name] for p in people], dtype=dtype) if all(name in p for p in people) \
+                else default.to(dtype)
+
+        sources = tuple(p.get("source", "file") for p in people)
+        bad = [s for s in sources if s not in SOURCES]
+        if bad:
+            raise ValueError(f"unknown person source {bad[0]!r}: expected one of {SOURCES}")
+        return Poses(boxes=boxes, keypoints=keypoints / scale,
+                     scores=column("score", torch.ones(count), torch.float32),
+                     confidence=column("confidence", ones, torch.float32),
+                     pinned=column("pinned", ones * 0, torch.bool),
+                     visibility=column("visibility", ones * 2, torch.long),
+                     deleted=column("deleted", torch.zeros(count), torch.bool),
+                     touched=column("touched", torch.ones(count), torch.bool), sources=sources)

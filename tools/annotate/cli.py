@@ -1,0 +1,103 @@
+"""Command line of the annotation tool.
+
+    python tools/annotate.py IMAGES --config CFG --checkpoint CKPT [--annotations FILE.json] [--port N]
+    python tools/annotate.py --summary FILE.json      # the effort log of an annotation file
+
+Serves the page on 127.0.0.1 only and prints its URL. Every change is saved at once to the annotation file
+(default: IMAGES_keypoints.json beside the folder); starting again on the same file resumes where you were, and
+an existing COCO keypoints file (from any tool) opens for review.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="?", help="folder of images (searched recursively)")
+    parser.add_argument("--config", help="model config file (e.g. config/clickpose.cfg.py)")
+    parser.add_argument("--checkpoint", help="trained weights (.pth)")
+    parser.add_argument("--annotations", help="COCO keypoints file to write (and resume from, or review)")
+    parser.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: any free port)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threshold", type=float, default=0.3, help="initial person score threshold")
+    parser.add_argument("--no-pin-existing", action="store_true",
+                        help="let refinement move keypoints loaded from an existing file (default: they stay)")
+    parser.add_argument("--summary", metavar="FILE.json", help="print the effort log of an annotation file and exit")
+    args = parser.parse_args(argv)
+    if args.summary is None:
+        missing = [flag for flag, value in (("IMAGES", args.images), ("--config", args.config),
+                                             ("--checkpoint", args.checkpoint)) if not value]
+        if missing:
+            parser.error(f"missing {', '.join(missing)} (or use --summary FILE.json)")
+    return args
+
+
+def print_summary(path: Path) -> int:
+    from tools.annotate import effort, store
+
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"error: cannot read {path}: {exc}", file=sys.stderr)
+        return 2
+    tool = data.get(store.TOOL_KEY) if isinstance(data, dict) else None
+    if not tool:
+        print(f"error: {path} has no effort log (it was not written by the annotation tool)", file=sys.stderr)
+        return 2
+    print(effort.format_summary(effort.summarize(tool.get("images", {}), len(data.get("images", [])) or None)))
+    return 0
+
+
+def bind(port: int) -> socket.socket:
+    """A listening socket on 127.0.0.1 only (never on other interfaces)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise SystemExit(f"error: cannot listen on 127.0.0.1:{port} ({exc}); pick another --port") from exc
+    sock.listen(128)  # listening before the URL is printed: early requests wait instead of being refused
+    return sock
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    if args.summary:
+        return print_summary(Path(args.summary))
+    import uvicorn
+
+    from models.predictor import Predictor
+    from tools.annotate.server import create_app
+    from tools.annotate.store import AnnotationFileError
+    from tools.annotate.workspace import Workspace
+
+    images = Path(args.images)
+    if not images.is_dir():
+        print(f"error: image folder not found: {images}", file=sys.stderr)
+        return 2
+    folder = images.resolve()
+    annotations = Path(args.annotations) if args.annotations else folder.parent / f"{folder.name}_keypoints.json"
+    predictor = Predictor(args.config, args.checkpoint, device=args.device)
+    try:
+        workspace = Workspace(images, annotations, predictor, threshold=args.threshold,
+                              pin_existing=not args.no_pin_existing)
+    except (AnnotationFileError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    sock = bind(args.port)
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    print(f"{len(workspace.names)} images, annotations saved to {workspace.path}\nopen {url}  (Ctrl+C to stop)",
+          flush=True)
+    server = uvicorn.Server(uvicorn.Config(create_app(workspace), log_level="warning"))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        predictor.close()
+    return 0

@@ -1,0 +1,160 @@
+"""The JSON API and the page, over a :class:`Workspace` (the API is documented in docs/annotate.md).
+
+Images are named by their path relative to the image folder, exactly as ``GET /api/images`` lists them; any other
+name is refused with 404, so no file outside the folder (or the annotation file the tool writes) can be reached.
+Malformed requests get 422 (FastAPI's validation, naming the field), impossible edits 400, both with a message.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from tools.annotate.workspace import UnknownImageError, Workspace
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+
+
+class ImageBody(_Body):
+    image: str = Field(description="image name as listed by GET /api/images")
+
+
+class Click(_Body):
+    person: int = Field(ge=0, description="the person's 'index'")
+    keypoint: int = Field(ge=0)
+    x: float = Field(description="pixels of the original image")
+    y: float
+
+
+class RefineBody(ImageBody):
+    clicks: Annotated[list[Click], Field(min_length=1)]
+
+
+class PersonBody(ImageBody):
+    person: int = Field(ge=0)
+
+
+class VisibilityBody(PersonBody):
+    keypoint: int = Field(ge=0)
+    visibility: Literal[0, 1, 2] = Field(description="COCO: 0 not labelled, 1 occluded, 2 visible")
+
+
+class BoxBody(ImageBody):
+    box: Annotated[list[float], Field(min_length=4, max_length=4, description="x0, y0, x1, y1 in pixels")]
+
+
+class ThresholdBody(ImageBody):
+    threshold: float = Field(ge=0.0, le=1.0)
+
+
+class AcceptBody(ImageBody):
+    done: bool = True
+
+
+def create_app(workspace: Workspace) -> FastAPI:
+    app = FastAPI(title="Click-Pose annotation tool", docs_url="/api/docs", redoc_url=None)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.exception_handler(UnknownImageError)
+    async def unknown_image(_: Request, exc: UnknownImageError) -> JSONResponse:
+        return JSONResponse(status_code=404, content={"detail": str(exc)})
+
+    @app.exception_handler(ValueError)
+    async def bad_edit(_: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"detail": str(exc)})
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    _reading_routes(app, workspace)
+    _editing_routes(app, workspace)
+    return app
+
+
+def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
+    @app.get("/api/meta")
+    def meta() -> dict[str, Any]:
+        """Keypoint layout (names, skeleton, left/right pairs), the annotation file and the default threshold."""
+        md = workspace.metadata
+        return {"keypoint_names": list(md.keypoint_names), "skeleton": [list(p) for p in md.skeleton],
+                "flip_pairs": [list(p) for p in md.flip_pairs], "annotations": str(workspace.path),
+                "threshold": workspace.threshold}
+
+    @app.get("/api/images")
+    def images() -> dict[str, Any]:
+        """Every image in order with its status; the image to resume at; progress."""
+        with workspace.lock:
+            rows = [{"image": name, "status": workspace.records.get(name, {}).get("status", "todo")}
+                    for name in workspace.names]
+            return {"images": rows, "current": workspace.current, "progress": workspace.progress()}
+
+    @app.get("/api/file/{name:path}")
+    def image_file(name: str) -> FileResponse:
+        """The image's bytes (only names from /api/images)."""
+        return FileResponse(workspace.paths[workspace.check_name(name)])
+
+    @app.get("/api/effort")
+    def effort_log() -> dict[str, Any]:
+        """Clicks, rounds and seconds per image and in total (see tools/annotate/effort.py)."""
+        return workspace.effort_summary()
+
+
+def _editing_routes(app: FastAPI, workspace: Workspace) -> None:
+    @app.post("/api/open")
+    def open_image(body: ImageBody) -> dict[str, Any]:
+        """Predict (first time) or resume an image and make it the current one; prefetches the next image."""
+        return workspace.open(body.image)
+
+    @app.post("/api/refine")
+    def refine(body: RefineBody) -> dict[str, Any]:
+        """Place keypoints (person, keypoint, x, y) and let the model refine those people's other keypoints."""
+        return workspace.refine(body.image, [(c.person, c.keypoint, c.x, c.y) for c in body.clicks])
+
+    @app.post("/api/visibility")
+    def visibility(body: VisibilityBody) -> dict[str, Any]:
+        return workspace.set_visibility(body.image, body.person, body.keypoint, body.visibility)
+
+    @app.post("/api/add_person")
+    def add_person(body: BoxBody) -> dict[str, Any]:
+        """A missed person from its box: the model proposes the keypoints."""
+        return workspace.add_person(body.image, body.box)
+
+    @app.post("/api/delete_person")
+    def delete_person(body: PersonBody) -> dict[str, Any]:
+        return workspace.delete_person(body.image, body.person)
+
+    @app.post("/api/swap")
+    def swap(body: PersonBody) -> dict[str, Any]:
+        """Exchange a person's left and right keypoints."""
+        return workspace.swap_left_right(body.image, body.person)
+
+    @app.post("/api/undo")
+    def undo(body: ImageBody) -> dict[str, Any]:
+        return workspace.undo(body.image)
+
+    @app.post("/api/redo")
+    def redo(body: ImageBody) -> dict[str, Any]:
+        return workspace.redo(body.image)
+
+    @app.post("/api/threshold")
+    def threshold(body: ThresholdBody) -> dict[str, Any]:
+        return workspace.set_threshold(body.image, body.threshold)
+
+    @app.post("/api/accept")
+    def accept(body: AcceptBody) -> dict[str, Any]:
+        """Mark the image done (``done: false`` reopens it)."""
+        return workspace.accept(body.image, body.done)
+
+    @app.post("/api/save")
+    def save() -> dict[str, Any]:
+        """Write the annotation file now (every change already does)."""
+        return {"saved": str(workspace.save())}

@@ -1,0 +1,401 @@
+// The annotation page: draws the server's people on the image and turns mouse and keys into API calls.
+// Every change goes to the server (which saves it at once); the page keeps no data of its own.
+"use strict";
+
+const SIDE_COLOURS = { left: "#60a5fa", right: "#fb923c", centre: "#4ade80" };
+const PERSON_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
+  "#bcf60c", "#fabebe", "#008080", "#e6beff"];
+const HIT_RADIUS = 10;  // screen pixels
+
+const $ = (id) => document.getElementById(id);
+const canvas = $("canvas");
+const ctx = canvas.getContext("2d");
+const image = new Image();
+
+const app = {
+  meta: null, images: [], name: null, view: null, threshold: 0.3,
+  selected: { person: null, keypoint: 0 }, armed: false, mode: "idle", drag: null, box: null,
+  busy: false, lastLatencyMs: null, latencies: [], lastModelMs: null, ready: false, redraws: 0,
+};
+window.annotator = app;  // for the browser test and for debugging
+
+// ---- server --------------------------------------------------------------------------------------------------
+let queue = Promise.resolve();
+function call(path, body) {  // one request at a time, in order
+  const run = async () => {
+    app.busy = true;
+    try {
+      const response = await fetch(path, body === undefined ? {} : {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      const data = await response.json();
+      if (!response.ok) {
+        const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+        throw new Error(`${response.status}: ${detail}`);
+      }
+      return data;
+    } finally { app.busy = false; }
+  };
+  const result = queue.then(run);
+  queue = result.catch(() => {});
+  return result;
+}
+
+function report(text, error = false) {
+  $("status").textContent = text;
+  $("status").className = error ? "error" : "";
+}
+
+async function act(path, extra = {}, started = null) {
+  try {
+    const state = await call(path, { image: app.name, ...extra });
+    show(state, started);
+    return state;
+  } catch (err) { report(err.message, true); }
+}
+
+// ---- geometry ------------------------------------------------------------------------------------------------
+function layout() {
+  const rect = canvas.getBoundingClientRect();
+  canvas.width = rect.width; canvas.height = rect.height;
+  if (!app.state) return;
+  const scale = Math.min(rect.width / app.state.width, rect.height / app.state.height);
+  app.view = { scale, x: (rect.width - app.state.width * scale) / 2, y: (rect.height - app.state.height * scale) / 2 };
+}
+const toScreen = (x, y) => [app.view.x + x * app.view.scale, app.view.y + y * app.view.scale];
+const toImage = (sx, sy) => [(sx - app.view.x) / app.view.scale, (sy - app.view.y) / app.view.scale];
+const clampToImage = ([x, y]) => [Math.min(Math.max(x, 0), app.state.width), Math.min(Math.max(y, 0), app.state.height)];
+
+function sideOf(k) {
+  for (const [l, r] of app.meta.flip_pairs) { if (k === l) return "left"; if (k === r) return "right"; }
+  return "centre";
+}
+function shownPeople() {
+  return app.state ? app.state.people.filter((p) => p.touched || p.score >= app.threshold) : [];
+}
+function person(index) { return app.state.people.find((p) => p.index === index); }
+
+function keypointScreen(index, k) {  // used by the browser test
+  const p = person(index);
+  const rect = canvas.getBoundingClientRect();
+  const [x, y] = toScreen(p.keypoints[k][0], p.keypoints[k][1]);
+  return { x, y, left: rect.left + x, top: rect.top + y };
+}
+app.keypointScreen = keypointScreen;
+
+function hitKeypoint(sx, sy) {
+  let best = null;
+  for (const p of shownPeople()) {
+    p.keypoints.forEach((kp, k) => {
+      const [x, y] = toScreen(kp[0], kp[1]);
+      const d = Math.hypot(x - sx, y - sy);
+      const preferred = p.index === app.selected.person ? 0.5 : 0;  // ties go to the selected person
+      if (d <= HIT_RADIUS && (!best || d - preferred < best.d)) best = { person: p.index, keypoint: k, d: d - preferred };
+    });
+  }
+  return best;
+}
+function hitBox(sx, sy) {
+  const [x, y] = toImage(sx, sy);
+  const inside = shownPeople().filter((p) => x >= p.box[0] && x <= p.box[2] && y >= p.box[1] && y <= p.box[3]);
+  inside.sort((a, b) => (a.box[2] - a.box[0]) * (a.box[3] - a.box[1]) - (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]));
+  return inside.length ? inside[0].index : null;
+}
+
+// ---- drawing -------------------------------------------------------------------------------------------------
+function draw() {
+  ctx.clearRect(0, 0, canvas.width, canvas.height);
+  if (!app.state || !app.view) return;
+  ctx.drawImage(image, app.view.x, app.view.y, app.state.width * app.view.scale, app.state.height * app.view.scale);
+  const people = shownPeople();
+  people.forEach((p) => drawPerson(p));
+  if (app.box) {
+    ctx.strokeStyle = "#ffffff"; ctx.setLineDash([6, 4]); ctx.lineWidth = 1.5;
+    ctx.strokeRect(app.box.x0, app.box.y0, app.box.x1 - app.box.x0, app.box.y1 - app.box.y0);
+    ctx.setLineDash([]);
+  }
+  app.redraws += 1;
+}
+
+function drawPerson(p) {
+  const selectedPerson = p.index === app.selected.person;
+  const points = p.keypoints.map((kp, k) => {
+    if (app.drag && app.drag.person === p.index && app.drag.keypoint === k) return [app.drag.sx, app.drag.sy];
+    return toScreen(kp[0], kp[1]);
+  });
+  const colour = PERSON_COLOURS[p.index % PERSON_COLOURS.length];
+  const [bx0, by0] = toScreen(p.box[0], p.box[1]);
+  const [bx1, by1] = toScreen(p.box[2], p.box[3]);
+  ctx.strokeStyle = colour; ctx.lineWidth = selectedPerson ? 2.5 : 1; ctx.globalAlpha = selectedPerson ? 1 : 0.7;
+  ctx.strokeRect(bx0, by0, bx1 - bx0, by1 - by0);
+  ctx.fillStyle = colour; ctx.font = "12px system-ui";
+  ctx.fillText(`#${p.index} ${p.score.toFixed(2)}${p.source === "model" ? "" : " " + p.source}`, bx0 + 2, by0 - 3);
+  ctx.globalAlpha = 1;
+  ctx.lineWidth = selectedPerson ? 3 : 2;
+  for (const [a, b] of app.meta.skeleton) {
+    if (p.visibility[a] === 0 || p.visibility[b] === 0) continue;
+    const sa = sideOf(a), sb = sideOf(b);
+    ctx.strokeStyle = SIDE_COLOURS[sa === sb ? sa : "centre"];
+    ctx.beginPath(); ctx.moveTo(...points[a]); ctx.lineTo(...points[b]); ctx.stroke();
+  }
+  points.forEach(([x, y], k) => drawKeypoint(p, k, x, y, selectedPerson));
+}
+
+function drawKeypoint(p, k, x, y, selectedPerson) {
+  const r = selectedPerson ? 5 : 4;
+  const colour = SIDE_COLOURS[sideOf(k)];
+  const visibility = p.visibility[k];
+  ctx.lineWidth = 1.5;
+  if (visibility === 0) {  // not labelled: a grey cross
+    ctx.strokeStyle = "#aaaaaa";
+    ctx.beginPath(); ctx.moveTo(x - r, y - r); ctx.lineTo(x + r, y + r); ctx.moveTo(x + r, y - r); ctx.lineTo(x - r, y + r);
+    ctx.stroke();
+  } else if (p.pinned[k]) {  // placed by the user: a square
+    ctx.fillStyle = colour; ctx.strokeStyle = "#ffffff";
+    ctx.fillRect(x - r, y - r, 2 * r, 2 * r); ctx.strokeRect(x - r, y - r, 2 * r, 2 * r);
+  } else {
+    ctx.beginPath(); ctx.arc(x, y, r, 0, 2 * Math.PI);
+    if (visibility === 1) { ctx.strokeStyle = colour; ctx.setLineDash([2, 2]); ctx.stroke(); ctx.setLineDash([]); }
+    else { ctx.fillStyle = colour; ctx.fill(); ctx.strokeStyle = "#000000"; ctx.lineWidth = 0.8; ctx.stroke(); }
+  }
+  // confidence: an arc around the keypoint, full circle = 1
+  ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 1.5;
+  ctx.beginPath(); ctx.arc(x, y, r + 3, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * p.confidence[k]); ctx.stroke();
+  if (selectedPerson && k === app.selected.keypoint) {
+    ctx.strokeStyle = "#ffff00"; ctx.lineWidth = app.armed ? 3 : 1.5;
+    ctx.beginPath(); ctx.arc(x, y, r + 7, 0, 2 * Math.PI); ctx.stroke();
+  }
+}
+
+// ---- side panel ----------------------------------------------------------------------------------------------
+function panel() {
+  const s = app.state;
+  $("image-name").textContent = `${s.position + 1} / ${app.images.length}  ${s.image}`;
+  $("image-status").textContent = s.status.replace("_", " ");
+  $("image-status").className = `status ${s.status}`;
+  $("progress").max = s.progress.total; $("progress").value = s.progress.done;
+  $("progress-text").textContent = `done ${s.progress.done} / ${s.progress.total}`;
+  $("threshold").value = app.threshold; $("threshold-value").textContent = app.threshold.toFixed(2);
+  $("undo").disabled = !s.can_undo; $("redo").disabled = !s.can_redo;
+  const list = $("people"); list.innerHTML = "";
+  for (const p of s.people) {
+    const li = document.createElement("li");
+    const hidden = !(p.touched || p.score >= app.threshold);
+    li.textContent = `#${p.index}  score ${p.score.toFixed(2)}  ${p.source}${p.touched ? " ✎" : ""}${hidden ? " (below threshold)" : ""}`;
+    li.className = (p.index === app.selected.person ? "selected " : "") + (hidden ? "dim" : "");
+    li.onclick = () => select(p.index, app.selected.keypoint);
+    list.appendChild(li);
+  }
+  const table = $("keypoints"); table.innerHTML = "";
+  const p = app.selected.person === null ? null : person(app.selected.person);
+  if (!p) return;
+  app.meta.keypoint_names.forEach((name, k) => {
+    const row = table.insertRow();
+    row.className = k === app.selected.keypoint ? "selected" : "";
+    row.insertCell().innerHTML = `<span class="${sideOf(k)}">●</span> ${name}${p.pinned[k] ? " ■" : ""}`;
+    row.insertCell().innerHTML = `<div class="bar" title="confidence ${p.confidence[k].toFixed(2)}"><div style="width:${Math.round(100 * p.confidence[k])}%"></div></div>`;
+    const menu = document.createElement("select");
+    [["2", "visible"], ["1", "occluded"], ["0", "not labelled"]].forEach(([v, label]) => menu.add(new Option(label, v)));
+    menu.value = String(p.visibility[k]);
+    menu.onchange = () => act("/api/visibility", { person: p.index, keypoint: k, visibility: Number(menu.value) });
+    row.insertCell().appendChild(menu);
+    row.onclick = (e) => { if (e.target.tagName !== "SELECT") select(p.index, k, true); };
+  });
+}
+
+function show(state, started = null) {
+  const sameImage = app.state && app.state.image === state.image;
+  app.state = state;
+  if (!sameImage) app.threshold = state.threshold;
+  if (app.selected.person !== null && !state.people.some((p) => p.index === app.selected.person && !p.deleted)) {
+    app.selected.person = null;
+  }
+  if (app.selected.person === null) {
+    const first = shownPeople()[0];
+    app.selected = { person: first ? first.index : null, keypoint: 0 };
+  }
+  app.drag = null;
+  layout(); draw(); panel();
+  if (started !== null) {  // latency: mouse release -> poses redrawn (the canvas is drawn; measured once painted)
+    requestAnimationFrame(() => setTimeout(() => {
+      app.lastLatencyMs = performance.now() - started; app.latencies.push(app.lastLatencyMs);
+      app.lastModelMs = state.model_ms;
+      report(`refined in ${app.lastLatencyMs.toFixed(0)} ms (model ${state.model_ms.toFixed(0)} ms) · saved`);
+    }, 0));
+  } else {
+    report(`${state.image}: ${shownPeople().length} people shown · saved to ${app.meta.annotations}`);
+  }
+}
+
+// ---- actions -------------------------------------------------------------------------------------------------
+async function openImage(name) {
+  try {
+    report(`opening ${name}…`);
+    app.ready = false;
+    const state = await call("/api/open", { image: name });
+    app.name = name; app.state = null;
+    await new Promise((resolve, reject) => {
+      image.onload = resolve; image.onerror = () => reject(new Error(`cannot load image ${name}`));
+      image.src = `/api/file/${name.split("/").map(encodeURIComponent).join("/")}`;
+    });
+    app.selected = { person: null, keypoint: 0 };
+    show(state);
+    app.ready = true;
+  } catch (err) { report(err.message, true); }
+}
+
+function step(delta) {
+  const names = app.images.map((i) => i.image);
+  const next = names.indexOf(app.name) + delta;
+  if (next >= 0 && next < names.length) openImage(names[next]);
+}
+
+// armed: the selected keypoint was chosen on purpose (clicked, keys, list); the next click on the image places it
+function select(index, keypoint, armed = false) {
+  app.selected = { person: index, keypoint: keypoint ?? 0 };
+  app.armed = armed && index !== null;
+  draw(); panel();
+  if (app.armed) report(`click where ${app.meta.keypoint_names[app.selected.keypoint]} of #${index} belongs (Esc cancels)`);
+}
+
+function cyclePerson(delta) {
+  const people = shownPeople().map((p) => p.index);
+  if (!people.length) return;
+  const at = people.indexOf(app.selected.person);
+  select(people[(at + delta + people.length) % people.length], app.selected.keypoint);
+}
+
+function cycleKeypoint(delta) {
+  if (app.selected.person === null) return;
+  const count = app.meta.keypoint_names.length;
+  select(app.selected.person, (app.selected.keypoint + delta + count) % count, true);
+}
+
+function place(index, keypoint, x, y, started) {
+  [x, y] = clampToImage([x, y]);
+  app.selected = { person: index, keypoint };
+  app.armed = false;
+  return act("/api/refine", { clicks: [{ person: index, keypoint, x, y }] }, started);
+}
+
+function withPerson(fn) {
+  if (app.selected.person === null) { report("select a person first (Tab)", true); return; }
+  fn(app.selected.person);
+}
+
+async function accept() {
+  await act("/api/accept", { done: true });
+  const images = await call("/api/images");
+  app.images = images.images;
+  step(1);
+}
+
+// ---- mouse ---------------------------------------------------------------------------------------------------
+function mousePos(e) { const rect = canvas.getBoundingClientRect(); return [e.clientX - rect.left, e.clientY - rect.top]; }
+
+canvas.addEventListener("mousedown", (e) => {
+  if (!app.state || e.button !== 0) return;
+  const [sx, sy] = mousePos(e);
+  if (app.mode === "box") { app.box = { x0: sx, y0: sy, x1: sx, y1: sy }; return; }
+  const hit = hitKeypoint(sx, sy);
+  if (hit) {
+    app.selected = { person: hit.person, keypoint: hit.keypoint };
+    app.drag = { person: hit.person, keypoint: hit.keypoint, sx, sy, startX: sx, startY: sy };
+    draw(); panel();
+  } else {
+    app.pressed = { sx, sy };
+  }
+});
+
+canvas.addEventListener("mousemove", (e) => {
+  const [sx, sy] = mousePos(e);
+  if (app.box) { app.box.x1 = sx; app.box.y1 = sy; draw(); }
+  else if (app.drag) { app.drag.sx = sx; app.drag.sy = sy; draw(); }
+});
+
+window.addEventListener("mouseup", (e) => {
+  const started = performance.now();
+  const [sx, sy] = mousePos(e);
+  if (app.box) {
+    const { x0, y0, x1, y1 } = app.box;
+    app.box = null; app.mode = "idle"; canvas.style.cursor = "crosshair";
+    const [ix0, iy0] = clampToImage(toImage(Math.min(x0, x1), Math.min(y0, y1)));
+    const [ix1, iy1] = clampToImage(toImage(Math.max(x0, x1), Math.max(y0, y1)));
+    act("/api/add_person", { box: [ix0, iy0, ix1, iy1] }, started).then((state) => {
+      if (state) { const added = Math.max(...state.people.map((p) => p.index)); select(added, 0); }
+    });
+    return;
+  }
+  if (app.drag) {
+    const drag = app.drag;
+    if (Math.hypot(sx - drag.startX, sy - drag.startY) > 2) {
+      const [x, y] = toImage(sx, sy);
+      place(drag.person, drag.keypoint, x, y, started);
+    } else { app.drag = null; select(drag.person, drag.keypoint, true); }  // a click on a keypoint arms it
+    return;
+  }
+  if (app.pressed) {  // a click on the image, not on a keypoint
+    app.pressed = null;
+    if (e.target !== canvas) return;
+    const boxHit = hitBox(sx, sy);
+    if (app.armed && (boxHit === null || boxHit === app.selected.person)) {
+      const [x, y] = toImage(sx, sy);  // select-and-click: the selected keypoint goes here
+      place(app.selected.person, app.selected.keypoint, x, y, started);
+    } else if (boxHit !== null) { select(boxHit, 0); }
+  }
+});
+
+// ---- keys ----------------------------------------------------------------------------------------------------
+window.addEventListener("keydown", (e) => {
+  if (!app.state || e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
+  const key = e.key, ctrl = e.ctrlKey || e.metaKey;
+  const handled = () => e.preventDefault();
+  if (ctrl && (key === "z" || key === "Z")) { handled(); act(e.shiftKey ? "/api/redo" : "/api/undo"); return; }
+  if (ctrl && key === "y") { handled(); act("/api/redo"); return; }
+  if (ctrl) return;
+  switch (key) {
+    case "ArrowRight": case "n": handled(); step(1); break;
+    case "ArrowLeft": case "p": handled(); step(-1); break;
+    case "Tab": handled(); cyclePerson(e.shiftKey ? -1 : 1); break;
+    case "]": case "ArrowDown": handled(); cycleKeypoint(1); break;
+    case "[": case "ArrowUp": handled(); cycleKeypoint(-1); break;
+    case "0": case "1": case "2":
+      handled();
+      withPerson((index) => act("/api/visibility", { person: index, keypoint: app.selected.keypoint, visibility: Number(key) }));
+      break;
+    case "Enter": case "a": handled(); accept(); break;
+    case "b": handled(); app.mode = "box"; canvas.style.cursor = "cell"; report("drag a box around the missed person (Esc cancels)"); break;
+    case "Delete": case "Backspace": case "x": handled(); withPerson((index) => act("/api/delete_person", { person: index })); break;
+    case "s": handled(); withPerson((index) => act("/api/swap", { person: index })); break;
+    case "z": handled(); act("/api/undo"); break;
+    case "y": handled(); act("/api/redo"); break;
+    case "Escape": app.mode = "idle"; app.armed = false; app.box = null; app.drag = null; canvas.style.cursor = "crosshair"; draw(); break;
+    default: break;
+  }
+});
+
+// ---- buttons, slider, start ----------------------------------------------------------------------------------
+$("prev").onclick = () => step(-1);
+$("next").onclick = () => step(1);
+$("accept").onclick = accept;
+$("add").onclick = () => { app.mode = "box"; canvas.style.cursor = "cell"; report("drag a box around the missed person"); };
+$("delete").onclick = () => withPerson((index) => act("/api/delete_person", { person: index }));
+$("swap").onclick = () => withPerson((index) => act("/api/swap", { person: index }));
+$("undo").onclick = () => act("/api/undo");
+$("redo").onclick = () => act("/api/redo");
+$("threshold").addEventListener("input", (e) => { app.threshold = Number(e.target.value); draw(); panel(); });
+$("threshold").addEventListener("change", (e) => {
+  e.target.blur();  // keys go back to the canvas shortcuts
+  act("/api/threshold", { threshold: Number(e.target.value) });
+});
+// a clicked button gives the focus back, so Enter/Space do not press it again
+document.querySelectorAll("button").forEach((b) => b.addEventListener("click", () => b.blur()));
+window.addEventListener("resize", () => { layout(); draw(); });
+
+(async function start() {
+  try {
+    app.meta = await call("/api/meta");
+    const listing = await call("/api/images");
+    app.images = listing.images;
+    await openImage(listing.current);
+  } catch (err) { report(err.message, true); }
+})();

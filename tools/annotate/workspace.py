@@ -1,0 +1,223 @@
+"""The annotation work on one image folder: sessions per image, the effort log, and saving after every change.
+
+All methods that change anything hold one lock, apply the change to the image's ``PoseSession``, update the effort
+log and rewrite the annotation file atomically before returning, so a killed browser or server loses nothing.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from PIL import Image
+
+from models.pose_session import PoseSession
+from models.predictor import IMAGE_SUFFIXES, Predictor, list_images
+from tools.annotate import effort, store
+
+STATUSES = ("todo", "in_progress", "done")
+
+
+class UnknownImageError(LookupError):
+    """An image name that is not one of the folder's images (this is also how path traversal is refused)."""
+
+
+class Workspace:
+    """See the module docstring. ``clock`` is injectable for tests of the effort log."""
+
+    def __init__(self, images_dir: str | Path, annotations: str | Path, predictor: Predictor,
+                 threshold: float = 0.3, pin_existing: bool = True, clock: Callable[[], float] = time.monotonic):
+        self.root = Path(images_dir).resolve()
+        self.paths = {p.relative_to(self.root).as_posix(): p for p in list_images(self.root)}
+        if not self.paths:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {self.root}")
+        self.names = list(self.paths)
+        self.path = Path(annotations).resolve()
+        self.predictor = predictor
+        self.metadata = predictor.metadata
+        self.lock = threading.RLock()
+        self.clock = clock
+        self.sessions: dict[str, PoseSession] = {}
+        self._last_action: Optional[tuple[str, float]] = None
+        self._sizes: dict[str, tuple[int, int]] = {}
+        self._load(threshold, pin_existing)
+
+    # ---- the file ------------------------------------------------------------------------------------------------
+    def _load(self, threshold: float, pin_existing: bool) -> None:
+        data = store.read_document(self.path, self.metadata.keypoint_names) if self.path.exists() else {}
+        tool = data.get(store.TOOL_KEY) or {}
+        self.records: dict[str, dict[str, Any]] = {name: rec for name, rec in (tool.get("images") or {}).items()
+                                                   if name in self.paths}
+        self.threshold = float(tool.get("threshold", threshold))
+        self.current = tool.get("current") if tool.get("current") in self.paths else self.names[0]
+        images = data.get("images", [])
+        by_name = {image.get("file_name"): image for image in images}
+        self.image_ids = {name: by_name[name]["id"] for name in self.names if name in by_name}
+        ours = set(self.image_ids.values())
+        self.foreign_images = [image for image in images if image.get("id") not in ours]
+        annotations = data.get("annotations", [])
+        self.foreign_annotations = [a for a in annotations if a.get("image_id") not in ours]
+        self.category = store.category(self.metadata.keypoint_names, self.metadata.skeleton,
+                                       (data.get("categories") or [None])[0])
+        next_id = max([i for i in self.image_ids.values() if isinstance(i, int)] +
+                      [i.get("id") for i in self.foreign_images if isinstance(i.get("id"), int)] + [0]) + 1
+        for name in self.names:
+            if name not in self.image_ids:
+                self.image_ids[name], next_id = next_id, next_id + 1
+            if name not in self.records and name in by_name:  # another tool's labels: review them, keep their ids
+                mine = [a for a in annotations if a.get("image_id") == self.image_ids[name]]
+                if mine:
+                    self.records[name] = {"status": "todo", "threshold": self.threshold,
+                                          "effort": effort.new_image_log(),
+                                          "people": store.people_from_annotations(mine, pin_existing)}
+        self._next_ann_id = max([a.get("id") for a in annotations if isinstance(a.get("id"), int)] +
+                                [p.get("ann_id") or 0 for r in self.records.values() for p in r.get("people", [])]
+                                + [0]) + 1
+
+    def size(self, name: str) -> tuple[int, int]:
+        if name not in self._sizes:
+            with Image.open(self.paths[name]) as image:
+                self._sizes[name] = image.size
+        return self._sizes[name]
+
+    def document(self) -> dict[str, Any]:
+        """The whole annotation file as it is saved (see ``store``)."""
+        images, annotations = list(self.foreign_images), list(self.foreign_annotations)
+        for name in self.names:
+            width, height = self.size(name)
+            images.append({"id": self.image_ids[name], "file_name": name, "width": width, "height": height})
+            record = self.records.get(name)
+            for person in (record or {}).get("people", []):
+                if not person["deleted"] and (person["touched"] or person["score"] >= record["threshold"]):
+                    if not person.get("ann_id"):
+                        person["ann_id"], self._next_ann_id = self._next_ann_id, self._next_ann_id + 1
+                    annotations.append(store.annotation(person, person["ann_id"], self.image_ids[name],
+                                                        self.category["id"], (width, height)))
+        return {"info": {"description": "keypoints annotated with the Click-Pose annotation tool"},
+                "images": images, "annotations": annotations, "categories": [self.category],
+                store.TOOL_KEY: {"version": store.FORMAT_VERSION, "images_dir": str(self.root), "current": self.current,
+                                 "threshold": self.threshold, "images": self.records}}
+
+    def save(self) -> Path:
+        with self.lock:
+            store.write_json_atomic(self.path, self.document())
+            return self.path
+
+    # ---- sessions ------------------------------------------------------------------------------------------------
+    def check_name(self, name: str) -> str:
+        if name not in self.paths:
+            raise UnknownImageError(f"no image named {name!r} in {self.root} (names come from GET /api/images)")
+        return name
+
+    def session(self, name: str) -> PoseSession:
+        """The image's session, opened (predicted, or resumed from the file) on first use."""
+        name = self.check_name(name)
+        if name not in self.sessions:
+            record = self.records.get(name)
+            saved = record.get("people") if record else None
+            self.sessions[name] = self.predictor.open(self.paths[name], saved)
+            if record is None:
+                self.records[name] = {"status": "in_progress", "threshold": self.threshold,
+                                      "effort": effort.new_image_log(), "people": []}
+            self._sync(name)
+        return self.sessions[name]
+
+    def _sync(self, name: str) -> None:
+        """Copy the session's people into the record (keeping annotation ids) and save."""
+        # rows keep their position in the record (to_record is in row order), so annotation ids follow positions
+        ids = [p.get("ann_id") for p in self.records[name].get("people", [])]
+        people = self.sessions[name].to_record()
+        for person in people:
+            person["ann_id"] = ids[person["index"]] if person["index"] < len(ids) else None
+        self.records[name]["people"] = people
+        self.save()
+
+    def state(self, name: str) -> dict[str, Any]:
+        """What the page draws: the image's people (all scores; the page applies the threshold) and status."""
+        session, record = self.session(name), self.records[name]
+        width, height = session.size
+        return {"image": name, "position": self.names.index(name), "width": width, "height": height,
+                "status": record["status"], "threshold": record["threshold"], "people": session.people(),
+                "can_undo": session.can_undo, "can_redo": session.can_redo, "progress": self.progress()}
+
+    def progress(self) -> dict[str, int]:
+        done = sum(1 for rec in self.records.values() if rec.get("status") == "done")
+        return {"done": done, "total": len(self.names)}
+
+    # ---- actions -------------------------------------------------------------------------------------------------
+    def _act(self, name: str, change: Callable[[PoseSession], Any], edit: Optional[str] = None,
+             person: Optional[int] = None, clicks: Optional[dict[int, int]] = None) -> dict[str, Any]:
+        with self.lock:
+            session = self.session(name)
+            started = time.perf_counter()
+            change(session)
+            model_ms = (time.perf_counter() - started) * 1000
+            now = self.clock()
+            since = now - self._last_action[1] if self._last_action and self._last_action[0] == name else 0.0
+            self._last_action = (name, now)
+            record = self.records[name]
+            effort.record(record["effort"], since, person, edit, clicks)
+            if record["status"] == "todo":
+                record["status"] = "in_progress"
+            self._sync(name)
+            return {**self.state(name), "model_ms": round(model_ms, 2)}
+
+    def open(self, name: str) -> dict[str, Any]:
+        """Show an image: predicted (or taken from the prefetch) on first use; the next image is prefetched."""
+        with self.lock:
+            self.check_name(name)
+            self.current = name
+            self._last_action = (name, self.clock())
+            state = self.state(name)  # opens and saves
+            following = self.names.index(name) + 1
+            if following < len(self.names) and self.names[following] not in self.sessions:
+                self.predictor.prefetch(self.paths[self.names[following]])
+            return state
+
+    def refine(self, name: str, clicks: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        counts: dict[int, int] = {}
+        for click in clicks:
+            counts[click[0]] = counts.get(click[0], 0) + 1
+        return self._act(name, lambda s: s.refine(clicks), clicks=counts)
+
+    def set_visibility(self, name: str, person: int, keypoint: int, visibility: int) -> dict[str, Any]:
+        return self._act(name, lambda s: s.set_visibility(person, keypoint, visibility), "visibility", person)
+
+    def add_person(self, name: str, box: Sequence[float]) -> dict[str, Any]:
+        return self._act(name, lambda s: s.add_person(box), "add_person")
+
+    def delete_person(self, name: str, person: int) -> dict[str, Any]:
+        return self._act(name, lambda s: s.delete_person(person), "delete_person", person)
+
+    def swap_left_right(self, name: str, person: int) -> dict[str, Any]:
+        return self._act(name, lambda s: s.swap_left_right(person), "swap", person)
+
+    def undo(self, name: str) -> dict[str, Any]:
+        return self._act(name, lambda s: s.undo(), "undo")
+
+    def redo(self, name: str) -> dict[str, Any]:
+        return self._act(name, lambda s: s.redo(), "redo")
+
+    def set_threshold(self, name: str, threshold: float) -> dict[str, Any]:
+        """The score threshold of one image (people below it, untouched, are not written); also the default for
+        images opened later."""
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
+        with self.lock:
+            self.session(name)
+            self.records[name]["threshold"] = self.threshold = float(threshold)
+            self.save()
+            return self.state(name)
+
+    def accept(self, name: str, done: bool = True) -> dict[str, Any]:
+        """Mark an image done (or back in progress)."""
+        def mark(_: PoseSession) -> None:
+            self.records[name]["status"] = "done" if done else "in_progress"
+        with self.lock:
+            self.session(name)
+            return self._act(name, mark, "accept")
+
+    def effort_summary(self) -> dict[str, Any]:
+        with self.lock:
+            return effort.summarize(self.records, len(self.names))
