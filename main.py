@@ -207,6 +207,35 @@ class EpochSeededSampler:
         return self.length
 
 
+def evaluate_interactive(net, postprocess, loader, dataset, args, device, output_dir, writer, log_fn) -> dict:
+    """NoC and AP after k clicks in one pass (``engine.evaluate_interactive``), then the report files and, when a
+    TensorBoard ``writer`` is given, its scalars (``util.noc_report``). Returns the stats for log.txt."""
+    import copy
+
+    import engine
+    from datasets import build_evaluator
+    from datasets.oks_ap import PerImageKeypointAP
+    from util.distributed import is_main_process
+    from util.noc_report import write_interactive_report
+
+    refined = args.num_group_refine * args.num_classes
+    if postprocess.num_select > refined:  # the reference needs num_select=20 here (it crashes otherwise)
+        postprocess = copy.copy(postprocess)
+        postprocess.num_select = refined
+    threshold_env = getattr(args, "noc_threshold_env", None)  # NoC_thr: set by resolve_environment when present
+    thresholds = list(args.noc_thresholds) + ([threshold_env] if threshold_env is not None else [])
+    report_evaluator = build_evaluator(dataset, args, output_dir)
+    results = engine.evaluate_interactive(
+        net, postprocess, loader, PerImageKeypointAP(report_evaluator.coco_gt, sigmas=dataset.metadata.sigmas), device,
+        max_clicks=args.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
+        report_evaluator=report_evaluator, round_evaluator_factory=None if report_evaluator.backend == "coco" else
+        lambda: build_evaluator(dataset, args, iou_types=("keypoints",), log=None), log_fn=log_fn)
+    if output_dir is not None and is_main_process():
+        compat = {float(threshold_env): args.noc_save_path} if threshold_env is not None and args.noc_save_path else {}
+        write_interactive_report(output_dir, results, tb_writer=writer, click_list_paths=compat, printer=log_fn)
+    return results.log_stats()
+
+
 def run(args, logger) -> int:
     """Build everything from ``args`` and train, or evaluate with ``--eval``."""
     import datetime
@@ -282,22 +311,27 @@ def run(args, logger) -> int:
     log_fn = logger.info if args.save_log else print
     max_iters = 15 if args.debug else None
 
-    def evaluate_model(net):
+    def evaluate_model(net, writer=None):
         with preserve_rng():
-            return _evaluate_model(net)
+            return _evaluate_model(net, writer)
 
-    def _evaluate_model(net):
-        evaluator = build_evaluator(dataset_val, args, output_dir)
+    def _evaluate_model(net, writer):
         if args.feedback_loop_NOC_test or args.feedback_inference:
-            return engine.evaluate_interactive(net, postprocessors, val_loader, dataset_val, args, device,
-                                               output_dir=output_dir, evaluator_factory=lambda: build_evaluator(
-                                                   dataset_val, args, output_dir), log_fn=log_fn)
+            return evaluate_interactive(net, postprocessors["bbox"], val_loader, dataset_val, args, device,
+                                        output_dir, writer, log_fn)
+        evaluator = build_evaluator(dataset_val, args, output_dir)
         return engine.evaluate(net, postprocessors, val_loader, evaluator, device, amp=args.amp, amp_dtype=amp_dtype,
                                max_iters=max_iters, log_fn=log_fn)
 
     if args.eval:
         # the regular weights, as the reference (a best-EMA checkpoint holds the EMA weights as 'model')
-        stats = evaluate_model(model_without_ddp)
+        if output_dir is not None and is_main_process() and (args.feedback_loop_NOC_test or args.feedback_inference):
+            from torch.utils.tensorboard import SummaryWriter  # the interactive metrics go to TensorBoard too
+
+            with SummaryWriter(log_dir=str(output_dir / "tensorboard")) as writer:
+                stats = evaluate_model(model_without_ddp, writer)
+        else:
+            stats = evaluate_model(model_without_ddp)
         if output_dir is not None and is_main_process():
             with open(output_dir / "log.txt", "a") as handle:
                 handle.write(json.dumps({f"test_{k}": v for k, v in stats.items()}, default=float) + "\n")
