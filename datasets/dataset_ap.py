@@ -28,7 +28,7 @@ class DatasetKeypointAP:
     An image added twice keeps its first records (a padded distributed sampler repeats images).
     """
 
-    stat_names = KEYPOINT_STAT_NAMES["coco"]
+    keypoint_stat_names = KEYPOINT_STAT_NAMES["coco"]
 
     def __init__(self) -> None:
         self._parts: list[ImageMatches] = []

@@ -40,7 +40,8 @@ def oracle_round(gt: dict, image_id: int, k: int, num_keypoints: int) -> tuple[n
         x, y, w, h = ann["bbox"]
         guess = np.stack([x + w * rng.random(num_keypoints), y + h * rng.random(num_keypoints)], 1)
         truth = np.where(kp[:, 2:] > 0, kp[:, :2], guess)
-        error = rng.normal(0, 1, (num_keypoints, 2)) * np.sqrt(ann["area"]) * rng.uniform(0.04, 0.3)
+        area = ann.get("area", w * h)  # CrowdPose has no area
+        error = rng.normal(0, 1, (num_keypoints, 2)) * np.sqrt(area) * rng.uniform(0.04, 0.3)
         xy[p] = truth + error * SHRINK ** k
         scores[p] = 0.95 - 0.04 * p
     fakes = slice(len(people(gt, image_id)), len(people(gt, image_id)) + 2)
@@ -102,18 +103,25 @@ def collate(batch):
 
 
 def run_evaluation(gt: dict, image_ids: list[int], batch_size: int, max_clicks: int, thresholds, *,
-                   report_round=None, sampler=None):
+                   report_round=None, sampler=None, backend: str = "coco", sigmas=None):
+    """engine.evaluate_interactive with the oracle, wired as main.py does (CrowdPose: a keypoint evaluator per
+    round)."""
     import engine
     from datasets.evaluation import KeypointEvaluator
     from datasets.oks_ap import PerImageKeypointAP
     from models.clickpose.postprocess import PostProcess
 
+    num_keypoints = len(gt["annotations"][0]["keypoints"]) // 3
     loader = torch.utils.data.DataLoader(ImageList(gt, image_ids), batch_size=batch_size, sampler=sampler,
                                          collate_fn=collate)
+    report = KeypointEvaluator(gt, backend=backend, sigmas=sigmas, log=None)
+    rounds = None if backend == "coco" else (
+        lambda: KeypointEvaluator(gt, backend=backend, sigmas=sigmas, iou_types=("keypoints",), log=None))
     return engine.evaluate_interactive(
-        OracleModel(gt), PostProcess(num_select=QUERIES), loader, PerImageKeypointAP(gt), torch.device("cpu"),
-        max_clicks=max_clicks, thresholds=thresholds, report_round=report_round,
-        report_evaluator=KeypointEvaluator(gt, log=None), log_fn=lambda _: None)
+        OracleModel(gt, num_keypoints), PostProcess(num_select=QUERIES, num_body_points=num_keypoints), loader,
+        PerImageKeypointAP(report.coco_gt, sigmas=sigmas), torch.device("cpu"), max_clicks=max_clicks,
+        thresholds=thresholds, report_round=report_round, report_evaluator=report, round_evaluator_factory=rounds,
+        log_fn=lambda _: None)
 
 
 # ----------------------------------------------------------------------------------------- expected numbers

@@ -289,3 +289,28 @@ def test_interactive_eval_through_main_honours_the_reference_environment(synthet
     tags = set(events.Tags()["scalars"])
     assert {"interactive/NoC@85", "interactive/NoC@50", "interactive/AP_vs_clicks"} <= tags
     assert [e.step for e in events.Scalars("interactive/AP_vs_clicks")] == [0, 1, 2, 3]
+
+
+def test_interactive_oracle_crowdpose_reports_its_own_stats(shared_data, tmp_path):
+    """CrowdPose (14 keypoints): AP after k comes from the CrowdPose scorer, its 9 stats under CrowdPose's names."""
+    from datasets.evaluation import KEYPOINT_STAT_NAMES, evaluate_results_file
+    from datasets.metadata import CROWDPOSE_KEYPOINTS
+    from tests.interactive_oracle import QUERIES, oracle_round, run_evaluation
+    from util.noc_report import write_interactive_report
+
+    gt = json.loads((shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json").read_text())
+    ids = sorted(img["id"] for img in gt["images"])
+    sigmas = CROWDPOSE_KEYPOINTS.sigmas
+    results = run_evaluation(gt, ids, 3, 2, ORACLE_THRESHOLDS, backend="crowdpose", sigmas=sigmas)
+    assert results.stat_names == KEYPOINT_STAT_NAMES["crowdpose"] and len(results.round_stats[2]) == 9
+    for k in range(3):  # the round's stats are the CrowdPose scorer's on the oracle's round-k predictions
+        dets = [{"image_id": i, "category_id": 1, "score": float(s), "keypoints": np.concatenate(
+            [xy, np.ones((14, 1))], 1).reshape(-1).tolist()} for i in ids for xy, s in zip(*oracle_round(gt, i, k, 14))]
+        expected = evaluate_results_file(gt, dets, backend="crowdpose", sigmas=sigmas)
+        np.testing.assert_allclose(results.round_stats[k], expected, rtol=0, atol=1e-6)
+    assert results.round_stats[2][0] > results.round_stats[0][0]
+    assert len(dets) == QUERIES * len(ids)
+    files = write_interactive_report(tmp_path, results, printer=None)
+    row = json.loads(files["json"].read_text())["ap_vs_clicks"][2]
+    assert list(row) == ["clicks", "AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"]
+    assert row["AP_hard"] == pytest.approx(results.round_stats[2][8]) and row["AR"] == results.round_stats[2][3]
