@@ -214,7 +214,6 @@ def evaluate_interactive(net, postprocess, loader, dataset, args, device, output
 
     import engine
     from datasets import build_evaluator
-    from datasets.oks_ap import PerImageKeypointAP
     from util.distributed import is_main_process
     from util.noc_report import write_interactive_report
 
@@ -226,7 +225,7 @@ def evaluate_interactive(net, postprocess, loader, dataset, args, device, output
     thresholds = list(args.noc_thresholds) + ([threshold_env] if threshold_env is not None else [])
     report_evaluator = build_evaluator(dataset, args, output_dir)
     results = engine.evaluate_interactive(
-        net, postprocess, loader, PerImageKeypointAP(report_evaluator.coco_gt, sigmas=dataset.metadata.sigmas), device,
+        net, postprocess, loader, report_evaluator.per_image_ap(), device,
         max_clicks=args.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
         report_evaluator=report_evaluator, round_evaluator_factory=None if report_evaluator.backend == "coco" else
         lambda: build_evaluator(dataset, args, iou_types=("keypoints",), log=None), log_fn=log_fn)

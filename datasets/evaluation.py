@@ -31,6 +31,8 @@ KEYPOINT_STAT_NAMES = {
     "crowdpose": ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"),
 }
 STAT_KEYS = {"bbox": "coco_eval_bbox", "keypoints": "coco_eval_keypoints_detr"}
+# CrowdPose's OKS scale is this share of the GT box area (its annotations have no 'area'; faster-coco-eval's rule)
+CROWDPOSE_SCALE_PER_BOX_AREA = 0.53
 # crowd-index thresholds of the CrowdPose easy / medium / hard split
 CROWD_INDEX_EASY_BELOW = 0.2
 CROWD_INDEX_MEDIUM_BELOW = 0.8
@@ -255,6 +257,17 @@ class KeypointEvaluator:
             self.accumulate()
         self.write_results()
         return {STAT_KEYS[t]: self.stats[t].tolist() for t in self.iou_types}
+
+    def per_image_ap(self):
+        """Per-image keypoint AP (for NoC) on this evaluator's ground truth and sigmas, with its OKS scale: the
+        annotation's area (coco), or 0.53 x the box area as the CrowdPose scorer (crowdpose)."""
+        from datasets.oks_ap import PerImageKeypointAP
+        if self.backend != "crowdpose":
+            return PerImageKeypointAP(self.coco_gt, sigmas=self.sigmas)
+        gt = {key: self.coco_gt.dataset[key] for key in ("images", "categories")}
+        gt["annotations"] = [{**ann, "area": CROWDPOSE_SCALE_PER_BOX_AREA * ann["bbox"][2] * ann["bbox"][3]}
+                             for ann in self.coco_gt.dataset["annotations"]]
+        return PerImageKeypointAP(gt, sigmas=self.sigmas)
 
     def write_results(self) -> list[Path]:
         """Write ``{bbox,keypoints}_results.json`` (scored categories only) on the main process."""

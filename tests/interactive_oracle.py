@@ -108,7 +108,6 @@ def run_evaluation(gt: dict, image_ids: list[int], batch_size: int, max_clicks: 
     round)."""
     import engine
     from datasets.evaluation import KeypointEvaluator
-    from datasets.oks_ap import PerImageKeypointAP
     from models.clickpose.postprocess import PostProcess
 
     num_keypoints = len(gt["annotations"][0]["keypoints"]) // 3
@@ -119,7 +118,7 @@ def run_evaluation(gt: dict, image_ids: list[int], batch_size: int, max_clicks: 
         lambda: KeypointEvaluator(gt, backend=backend, sigmas=sigmas, iou_types=("keypoints",), log=None))
     return engine.evaluate_interactive(
         OracleModel(gt, num_keypoints), PostProcess(num_select=QUERIES, num_body_points=num_keypoints), loader,
-        PerImageKeypointAP(report.coco_gt, sigmas=sigmas), torch.device("cpu"), max_clicks=max_clicks,
+        report.per_image_ap(), torch.device("cpu"), max_clicks=max_clicks,
         thresholds=thresholds, report_round=report_round, report_evaluator=report, round_evaluator_factory=rounds,
         log_fn=lambda _: None)
 
