@@ -155,10 +155,13 @@ def evaluate_interactive(model: nn.Module, postprocess: Callable, data_loader: I
         targets = targets_to(targets, device)
         outputs, state = net(samples.to(device), return_state=True)
         rounds = net.click_rounds(state, outputs, targets, max_clicks)
+        if len(rounds) != max_clicks + 1:
+            raise RuntimeError(f"click_rounds returned {len(rounds)} rounds for max_clicks={max_clicks}; expected "
+                               f"{max_clicks + 1} (round 0 = before any click)")
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         image_ids = [int(t["image_id"]) for t in targets]
         curves = np.zeros((len(targets), max_clicks + 1))
-        for k, round_outputs in enumerate(rounds[:max_clicks + 1]):
+        for k, round_outputs in enumerate(rounds):
             results = postprocess(round_outputs, orig_sizes)
             curves[:, k] = _score_round(per_image_ap, round_scorers[k], image_ids, results)
             if report_evaluator is not None and k == report_round:

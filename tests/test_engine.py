@@ -314,3 +314,19 @@ def test_interactive_oracle_crowdpose_reports_its_own_stats(shared_data, tmp_pat
     row = json.loads(files["json"].read_text())["ap_vs_clicks"][2]
     assert list(row) == ["clicks", "AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"]
     assert row["AP_hard"] == pytest.approx(results.round_stats[2][8]) and row["AR"] == results.round_stats[2][3]
+
+
+def test_interactive_needs_every_round(coco_oracle, monkeypatch):
+    """A model whose click_rounds returns fewer rounds than asked is an error, not silently zero APs."""
+    from tests.interactive_oracle import OracleModel, run_evaluation
+
+    gt, ids, _, _ = coco_oracle
+
+    class ShortRounds(OracleModel):
+        def click_rounds(self, state, outputs, targets, num_rounds):
+            return super().click_rounds(state, outputs, targets, num_rounds)[:-1]
+
+    import tests.interactive_oracle as oracle
+    monkeypatch.setattr(oracle, "OracleModel", ShortRounds)
+    with pytest.raises(RuntimeError, match="returned 4 rounds for max_clicks=4"):
+        run_evaluation(gt, ids, 2, ORACLE_CLICKS, ORACLE_THRESHOLDS)
