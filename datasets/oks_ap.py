@@ -15,13 +15,16 @@ pairs in a few vectorised numpy passes, reproducing pycocotools bit for bit:
 - greedy matching per OKS threshold (best remaining GT, ties to the later GT, regular GT before ignored GT);
   a match to a GT whose annotation id is 0 counts as no match (pycocotools stores the id as the match flag);
 - the 101-point interpolated precision, averaged over all thresholds and categories that have GT.
+
+``evaluate`` also returns the match records of every image in the three area ranges (``ImageMatches``), from which
+``datasets.dataset_ap.DatasetKeypointAP`` computes the dataset-level stats without a second matching pass.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
