@@ -5,11 +5,14 @@ import logging
 import math
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
-from util.distributed import reduce_dict
+from datasets.dataset_ap import DatasetKeypointAP
+from util.distributed import all_gather, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
+from util.noc import InteractiveResults, check_thresholds
 
 log = logging.getLogger("clickpose")
 
@@ -164,90 +167,88 @@ def evaluate(model: nn.Module, postprocessors: Mapping[str, Callable], data_load
 
 
 @torch.no_grad()
-def evaluate_interactive(model: nn.Module, postprocessors: Mapping[str, Callable], data_loader: Iterable,
-                         dataset: Any, args: Any, device: torch.device, *, output_dir: Any = None,
-                         evaluator_factory: Optional[Callable[[], Any]] = None, tb_writer: Any = None,
-                         max_iters: Optional[int] = None, print_freq: int = 10,
-                         log_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Simulated interactive annotation of the whole val set in one pass.
+def evaluate_interactive(model: nn.Module, postprocess: Callable, data_loader: Iterable, per_image_ap: Any,
+                         device: torch.device, *, max_clicks: int, thresholds: Sequence[float],
+                         report_round: Optional[int] = None, report_evaluator: Any = None,
+                         round_evaluator_factory: Optional[Callable[[], Any]] = None, max_iters: Optional[int] = None,
+                         print_freq: int = 10, log_fn: Callable[[str], None] = print) -> InteractiveResults:
+    """Simulated interactive annotation of the whole val set in one pass; returns what it measured.
 
-    Per batch: one model pass, then ``max_clicks`` oracle click rounds on the cached encoder state. Every round's
-    predictions go to (a) the in-memory per-image keypoint AP (for NoC at every threshold) and (b) a dataset-level
-    evaluator for that round (AP after k clicks). Clicks never change earlier rounds, so one pass gives what the
-    reference computes in 3 + 17 separate runs. Works with any batch size and any number of processes.
-
-    Returns stats: ``coco_eval_keypoints_detr`` / ``coco_eval_bbox`` of the round the reference would report
-    (``CLICKPOSE_Click_Number`` clicks, else ``max_clicks``), ``NoC@85``..., ``AP@k`` for every k.
+    Per batch: one model pass (``model(samples, return_state=True)``), then ``max_clicks`` oracle click rounds on
+    the cached state (``model.click_rounds(state, outputs, targets, max_clicks)``, rounds 0..max_clicks). Each
+    round's post-processed predictions are matched once by ``per_image_ap`` (a ``PerImageKeypointAP`` built with
+    the dataset's ground truth and OKS sigmas): that gives the per-image AP (for NoC at every threshold) and the
+    dataset-level keypoint AP after k clicks (``DatasetKeypointAP``). A scorer with other semantics (CrowdPose)
+    comes as ``round_evaluator_factory`` (one keypoint evaluator per round). ``report_evaluator`` (box and keypoint
+    AP, result files) sees round ``report_round`` (default ``max_clicks``). Clicks never change earlier rounds, so
+    one pass gives what the reference computes in 3 + 17 runs; any batch size, any number of processes.
+    Writing reports is the caller's job (``util.noc_report``).
     """
-    import numpy as np
-
-    from datasets.oks_ap import PerImageKeypointAP
-    from util.distributed import all_gather, is_main_process
-    from util.noc_report import write_interactive_report
-
+    thresholds = check_thresholds(thresholds)
+    report_round = max_clicks if report_round is None else min(int(report_round), max_clicks)
+    round_scorers = [round_evaluator_factory() if round_evaluator_factory else DatasetKeypointAP()
+                     for _ in range(max_clicks + 1)]
     model.eval()
     net = model.module if hasattr(model, "module") else model
-    max_clicks = int(args.max_clicks)
-    thresholds = [float(t) for t in args.noc_thresholds]
-    if getattr(args, "noc_threshold_env", None) is not None and args.noc_threshold_env not in thresholds:
-        thresholds.append(float(args.noc_threshold_env))
-    per_image_ap = PerImageKeypointAP(dataset.coco, sigmas=dataset.metadata.sigmas)
-    postprocess = postprocessors["bbox"]
-    num_refine = int(args.num_group_refine)
-    if postprocess.num_select > num_refine * int(args.num_classes):
-        # the reference needs num_select=20 here (it crashes otherwise); use the largest valid value
-        from models.clickpose.postprocess import PostProcess
-
-        postprocess = PostProcess(num_select=num_refine, nms_iou_threshold=args.nms_iou_threshold,
-                                  num_body_points=args.num_body_points)
-    evaluators = [evaluator_factory() for _ in range(max_clicks + 1)] if evaluator_factory else []
-    ap_rows: dict[int, np.ndarray] = {}
+    ap_rows: dict[Any, np.ndarray] = {}
     meters = MetricLogger()
     for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, "Interactive:", log=log_fn)):
-        samples = samples.to(device)
         targets = targets_to(targets, device)
-        outputs, state = net(samples, return_state=True)
+        outputs, state = net(samples.to(device), return_state=True)
         rounds = net.click_rounds(state, outputs, targets, max_clicks)
+        if len(rounds) != max_clicks + 1:
+            raise RuntimeError(f"click_rounds returned {len(rounds)} rounds for max_clicks={max_clicks}; expected "
+                               f"{max_clicks + 1} (round 0 = before any click)")
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         image_ids = [int(t["image_id"]) for t in targets]
         curves = np.zeros((len(targets), max_clicks + 1))
         for k, round_outputs in enumerate(rounds):
             results = postprocess(round_outputs, orig_sizes)
-            curves[:, k] = per_image_ap.images_ap(image_ids, [
-                {key: value.cpu().numpy() for key, value in r.items()} for r in results])
-            if evaluators:
-                evaluators[k].update({i: r for i, r in zip(image_ids, results)})
+            curves[:, k] = _score_round(per_image_ap, round_scorers[k], image_ids, results)
+            if report_evaluator is not None and k == report_round:
+                report_evaluator.update(dict(zip(image_ids, results)))
         for image_id, row in zip(image_ids, curves):
-            ap_rows.setdefault(image_id, row)
+            ap_rows.setdefault(image_id, row)  # DistributedSampler pads with repeats: keep the first
         if max_iters is not None and step + 1 >= max_iters:
             break
-    merged: dict[int, np.ndarray] = {}
+    image_ids, ap_curves = _gather_curves(ap_rows, max_clicks)
+    return InteractiveResults.from_curves(
+        image_ids, ap_curves, thresholds, max_clicks, round_stats=[_round_summary(s) for s in round_scorers],
+        stat_names=tuple(round_scorers[0].keypoint_stat_names),
+        report_round=report_round, report_stats=_summary(report_evaluator) if report_evaluator is not None else {})
+
+
+def _score_round(per_image_ap: Any, scorer: Any, image_ids: list[int], results: list[dict]) -> np.ndarray:
+    """Per-image AP of one round's predictions; the round's dataset-level scorer gets them too."""
+    arrays = [{key: value.detach().cpu().numpy() for key, value in r.items()} for r in results]
+    if isinstance(scorer, DatasetKeypointAP):
+        ap, matches = per_image_ap.evaluate(image_ids, arrays)
+        scorer.add(matches)
+        return ap
+    scorer.update(dict(zip(image_ids, results)))
+    return per_image_ap.images_ap(image_ids, arrays)
+
+
+def _gather_curves(ap_rows: dict[Any, np.ndarray], max_clicks: int) -> tuple[list, np.ndarray]:
+    """Every rank's per-image curves, one per image (first occurrence), ordered by image id."""
+    merged: dict[Any, np.ndarray] = {}
     for part in all_gather(ap_rows):
         for image_id, row in part.items():
-            merged.setdefault(image_id, row)  # DistributedSampler pads with repeats: keep the first
-    stats_per_round = []
-    full_stats = []
-    for evaluator in evaluators:
-        evaluator.synchronize_between_processes()
-        evaluator.accumulate()
-        stats = evaluator.summarize()
-        full_stats.append(stats)
-        stats_per_round.append(stats["coco_eval_keypoints_detr"])
+            merged.setdefault(image_id, row)
     image_ids = sorted(merged)
-    ap_curves = np.stack([merged[i] for i in image_ids]) if image_ids else np.zeros((0, max_clicks + 1))
-    report: dict[str, Any] = {}
-    if is_main_process() and output_dir is not None:
-        compat = {}
-        if getattr(args, "noc_save_path", None) and getattr(args, "noc_threshold_env", None) is not None:
-            compat[float(args.noc_threshold_env)] = args.noc_save_path
-        report = write_interactive_report(output_dir, image_ids, ap_curves, stats_per_round, thresholds, max_clicks,
-                                          tb_writer=tb_writer, click_list_paths=compat, printer=log_fn)
-    from util.noc import noc_summary
+    curves = np.stack([merged[i] for i in image_ids]) if image_ids else np.zeros((0, max_clicks + 1))
+    return image_ids, curves
 
-    summary = report.get("summary") or noc_summary(ap_curves, thresholds, max_clicks)
-    reported = min(int(getattr(args, "click_number_env", None) or max_clicks), max_clicks)
-    out: dict[str, Any] = dict(summary)
-    if full_stats:
-        out.update(full_stats[reported])
-        out.update({f"AP@{k}": float(s[0]) for k, s in enumerate(stats_per_round)})
-    return out
+
+def _summary(evaluator: Any) -> dict[str, Any]:
+    evaluator.synchronize_between_processes()
+    evaluator.accumulate()
+    return evaluator.summarize()
+
+
+def _round_summary(scorer: Any) -> list[float]:
+    """Dataset-level keypoint stats of one round, from either kind of scorer."""
+    if isinstance(scorer, DatasetKeypointAP):
+        scorer.synchronize_between_processes()
+        return scorer.summarize().tolist()
+    return list(_summary(scorer)["coco_eval_keypoints_detr"])

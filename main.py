@@ -446,13 +446,34 @@ def evaluate_model(run: Run, net) -> dict:
 
 
 def run_interactive_evaluation(run: Run, net) -> dict:
+    """NoC and AP after k clicks in one pass (``engine.evaluate_interactive``), then the report files and, when the
+    run has a TensorBoard writer, its scalars (``util.noc_report``). Returns the stats for log.txt."""
+    import copy
+
     import engine
     from datasets import build_evaluator
+    from util.distributed import is_main_process
+    from util.noc_report import write_interactive_report
 
-    args, output_dir = run.args, run.output_dir
-    return engine.evaluate_interactive(net, run.postprocessors, run.val_loader, run.dataset_val, args, run.device,
-                                       output_dir=output_dir, evaluator_factory=lambda: build_evaluator(
-                                           run.dataset_val, args, output_dir), log_fn=run.log_fn)
+    args, output_dir, dataset = run.args, run.output_dir, run.dataset_val
+    postprocess = run.postprocessors["bbox"]
+    refined = args.num_group_refine * args.num_classes
+    if postprocess.num_select > refined:  # the reference needs num_select=20 here (it crashes otherwise)
+        postprocess = copy.copy(postprocess)
+        postprocess.num_select = refined
+    threshold_env = getattr(args, "noc_threshold_env", None)  # NoC_thr: set by resolve_environment when present
+    thresholds = list(args.noc_thresholds) + ([threshold_env] if threshold_env is not None else [])
+    report_evaluator = build_evaluator(dataset, args, output_dir)
+    results = engine.evaluate_interactive(
+        net, postprocess, run.val_loader, report_evaluator.per_image_ap(), run.device,
+        max_clicks=args.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
+        report_evaluator=report_evaluator, round_evaluator_factory=None if report_evaluator.backend == "coco" else
+        lambda: build_evaluator(dataset, args, iou_types=("keypoints",), log=None), log_fn=run.log_fn)
+    if output_dir is not None and is_main_process():
+        compat = {float(threshold_env): args.noc_save_path} if threshold_env is not None and args.noc_save_path else {}
+        write_interactive_report(output_dir, results, tb_writer=run.writer, click_list_paths=compat,
+                                 printer=run.log_fn)
+    return results.log_stats()
 
 
 def evaluate_only(run: Run) -> int:
@@ -460,7 +481,13 @@ def evaluate_only(run: Run) -> int:
     from util.distributed import is_main_process
     from util.files import append_line
 
-    stats = evaluate_model(run, run.model_without_ddp)
+    if run.args.feedback_loop_NOC_test or run.args.feedback_inference:
+        open_tensorboard(run)  # the interactive metrics go to TensorBoard too
+    try:
+        stats = evaluate_model(run, run.model_without_ddp)
+    finally:
+        if run.writer is not None:
+            run.writer.close()
     if run.output_dir is not None and is_main_process():
         append_line(run.output_dir / "log.txt", json.dumps({f"test_{k}": v for k, v in stats.items()}, default=float))
     return 0

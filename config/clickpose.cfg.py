@@ -136,7 +136,7 @@ ema_unique_params = False  # True: update each shared (aliased) tensor once per 
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)
 max_clicks = 17  # rounds of the interactive evaluation
 msda_backend = None  # None = fastest available; 'pytorch' | 'cpu' | 'cuda' to force one
-noc_thresholds = [0.85, 0.90, 0.95]
+noc_thresholds = [0.85, 0.90, 0.95]  # per-image AP thresholds of NoC@85/90/95 (the one home of this default)
 # Pose error modeling: the paper's error types as optional additions to the reference's denoising noise.
 pem_error_prob = 0.1  # per labelled, noised keypoint: chance of one of pem_error_types
 pem_error_types = []  # any of 'jitter', 'miss', 'swap', 'inversion'; [] = the reference's noise only

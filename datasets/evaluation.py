@@ -23,11 +23,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-# names of the numbers in the returned stats lists (log keys keep the reference's names)
+# The one home of the names of the numbers in the stats lists, per scorer, in the scorer's order (log keys keep
+# the reference's names: 'coco_eval_bbox', 'coco_eval_keypoints_detr').
 BBOX_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-COCO_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
-CROWDPOSE_KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+KEYPOINT_STAT_NAMES = {
+    "coco": ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"),
+    "crowdpose": ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"),
+}
 STAT_KEYS = {"bbox": "coco_eval_bbox", "keypoints": "coco_eval_keypoints_detr"}
+# CrowdPose's OKS scale is this share of the GT box area (its annotations have no 'area'; faster-coco-eval's rule)
+CROWDPOSE_SCALE_PER_BOX_AREA = 0.53
 # crowd-index thresholds of the CrowdPose easy / medium / hard split
 CROWD_INDEX_EASY_BELOW = 0.2
 CROWD_INDEX_MEDIUM_BELOW = 0.8
@@ -200,8 +205,7 @@ class KeypointEvaluator:
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.iou_types = tuple(iou_types)
         self.log = log
-        self.keypoint_stat_names = CROWDPOSE_KEYPOINT_STAT_NAMES if backend == "crowdpose" else \
-            COCO_KEYPOINT_STAT_NAMES
+        self.keypoint_stat_names = KEYPOINT_STAT_NAMES[backend]
         self._per_image: dict[int, tuple[list[dict], list[dict]]] = {}
         self._synchronized = False
         self.stats: dict[str, np.ndarray] = {}
@@ -254,8 +258,16 @@ class KeypointEvaluator:
         self.write_results()
         return {STAT_KEYS[t]: self.stats[t].tolist() for t in self.iou_types}
 
-    def named_keypoint_stats(self) -> dict[str, float]:
-        return dict(zip(self.keypoint_stat_names, self.stats["keypoints"].tolist()))
+    def per_image_ap(self):
+        """Per-image keypoint AP (for NoC) on this evaluator's ground truth and sigmas, with its OKS scale: the
+        annotation's area (coco), or 0.53 x the box area as the CrowdPose scorer (crowdpose)."""
+        from datasets.oks_ap import PerImageKeypointAP
+        if self.backend != "crowdpose":
+            return PerImageKeypointAP(self.coco_gt, sigmas=self.sigmas)
+        gt = {key: self.coco_gt.dataset[key] for key in ("images", "categories")}
+        gt["annotations"] = [{**ann, "area": CROWDPOSE_SCALE_PER_BOX_AREA * ann["bbox"][2] * ann["bbox"][3]}
+                             for ann in self.coco_gt.dataset["annotations"]]
+        return PerImageKeypointAP(gt, sigmas=self.sigmas)
 
     def write_results(self) -> list[Path]:
         """Write ``{bbox,keypoints}_results.json`` (scored categories only) on the main process."""

@@ -15,13 +15,17 @@ pairs in a few vectorised numpy passes, reproducing pycocotools bit for bit:
 - greedy matching per OKS threshold (best remaining GT, ties to the later GT, regular GT before ignored GT);
   a match to a GT whose annotation id is 0 counts as no match (pycocotools stores the id as the match flag);
 - the 101-point interpolated precision, averaged over all thresholds and categories that have GT.
+
+``evaluate`` also returns the match records of every image in the three area ranges (``ImageMatches``), from which
+``datasets.dataset_ap.DatasetKeypointAP`` computes the dataset-level stats without a second matching pass.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -30,7 +34,9 @@ from datasets.metadata import default_metadata_for_num_keypoints
 # pycocotools' keypoint parameters (built the same way, so the float values are identical).
 OKS_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
 RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-AREA_RANGE_ALL = (0 ** 2, 1e5 ** 2)
+# pycocotools' keypoint area ranges (all, medium, large), in its order; per-image AP uses only 'all'.
+AREA_RANGES = ((0 ** 2, 1e5 ** 2), (32 ** 2, 96 ** 2), (96 ** 2, 1e5 ** 2))
+AREA_RANGE_ALL = AREA_RANGES[0]
 _EPS = np.spacing(1)
 # Elements of the largest (units, dets, gts, keypoints) float64 block evaluated at once.
 _CHUNK_ELEMENTS = 1 << 21
@@ -87,6 +93,7 @@ class _GroundTruthTable:
         ignore_flat: list[bool] = []
         self.offset = np.zeros(num_units, dtype=np.int64)
         self.count = np.zeros(num_units, dtype=np.int64)
+        file_pos: list[int] = []
         for u, anns in enumerate(rows_per_unit):
             flags = [self._ignored(a) for a in anns]
             order = np.argsort(np.asarray(flags, dtype=np.int64), kind="mergesort")  # regular GT first, stably
@@ -94,9 +101,24 @@ class _GroundTruthTable:
             self.count[u] = len(anns)
             anns_flat.extend(anns[i] for i in order)
             ignore_flat.extend(flags[i] for i in order)
+            file_pos.extend(order.tolist())
         self._build_arrays(anns_flat, ignore_flat, sigmas)
-        unit_of_row = np.repeat(np.arange(num_units), self.count)
-        self.regular_count = np.bincount(unit_of_row[~self.ignore], minlength=num_units)
+        # position in the unit's file order: pycocotools breaks OKS ties by it (stable sort by the ignore flag)
+        self.file_pos = np.asarray(file_pos, dtype=np.int64)
+        self.unit_of_row = np.repeat(np.arange(num_units), self.count)
+        self._regular_counts: dict[tuple[float, float], np.ndarray] = {}
+        self.regular_count = self.regular_count_in(AREA_RANGE_ALL)
+
+    def ignored_in(self, area_range: tuple[float, float]) -> np.ndarray:
+        """(rows,) pycocotools' ``_ignore`` for an area range: crowd, no labelled keypoint, or area outside it."""
+        return self.base_ignore | (self.area < area_range[0]) | (self.area > area_range[1])
+
+    def regular_count_in(self, area_range: tuple[float, float]) -> np.ndarray:
+        """(units,) number of GT that count (are not ignored) in the area range."""
+        if area_range not in self._regular_counts:
+            self._regular_counts[area_range] = np.bincount(self.unit_of_row[~self.ignored_in(area_range)],
+                                                           minlength=self.count.size)
+        return self._regular_counts[area_range]
 
     @staticmethod
     def _ignored(ann: dict) -> bool:
@@ -134,8 +156,10 @@ class _GroundTruthTable:
         # Region for GT without labelled keypoints: the box grown by its size on every side.
         self.x0, self.x1 = boxes[:, 0] - boxes[:, 2], boxes[:, 0] + boxes[:, 2] * 2
         self.y0, self.y1 = boxes[:, 1] - boxes[:, 3], boxes[:, 1] + boxes[:, 3] * 2
-        self.scale = np.asarray([a["area"] for a in anns], dtype=np.float64) + _EPS
+        self.area = np.asarray([a["area"] for a in anns], dtype=np.float64)
+        self.scale = self.area + _EPS
         self.ignore = np.asarray(ignore, dtype=bool)
+        self.base_ignore = np.asarray([bool(a["iscrowd"]) or a["num_keypoints"] == 0 for a in anns], dtype=bool)
         self.crowd = np.asarray([bool(a["iscrowd"]) for a in anns], dtype=bool)
         self.id_nonzero = np.asarray([a.get("id", 0) != 0 for a in anns], dtype=bool)
 
@@ -188,6 +212,15 @@ class PerImageKeypointAP:
         Returns:
             (B,) float64 APs (-1 where the image has no non-ignored GT).
         """
+        return self._run(image_ids, keypoints, scores, labels, with_matches=False)[0]
+
+    def evaluate(self, image_ids: Sequence[Any], keypoints: Any, scores: Any = None,
+                 labels: Any = None) -> tuple[np.ndarray, "ImageMatches"]:
+        """``images_ap`` plus what pycocotools' ``evaluateImg`` records for every entry, category and area range
+        (all, medium, large): the input of dataset-level AP (``datasets.dataset_ap.DatasetKeypointAP``)."""
+        return self._run(image_ids, keypoints, scores, labels, with_matches=True)
+
+    def _run(self, image_ids, keypoints, scores, labels, with_matches: bool):
         keypoints, scores, labels = self._unpack(keypoints, scores, labels)
         num = len(image_ids)
         if not (len(keypoints) == len(scores) == num) or (labels is not None and len(labels) != num):
@@ -195,11 +228,16 @@ class PerImageKeypointAP:
                              "pass one prediction set per image id")
         image_rows = self._image_rows(image_ids)
         result = np.empty(num)
+        parts = []
         for start in range(0, num, _ENTRIES_PER_PASS):
             part = slice(start, start + _ENTRIES_PER_PASS)
             padded = self._pad(keypoints[part], scores[part], None if labels is None else labels[part])
-            result[part] = self._entries_ap(image_rows[part], *padded)
-        return result
+            result[part], matches = self._entries_ap(image_rows[part], *padded, with_matches)
+            parts.append(matches)
+        if not with_matches:
+            return result, None
+        ids = np.asarray([i.item() if hasattr(i, "item") else i for i in image_ids], dtype=object)
+        return result, ImageMatches.concatenate(parts, ids, tuple(self.cat_ids))
 
     def _image_rows(self, image_ids: Sequence[Any]) -> np.ndarray:
         rows = np.empty(len(image_ids), dtype=np.int64)
@@ -212,20 +250,32 @@ class PerImageKeypointAP:
         return rows
 
     def _entries_ap(self, image_rows: np.ndarray, xy: np.ndarray, score: np.ndarray, label: np.ndarray,
-                    present: np.ndarray) -> np.ndarray:
+                    present: np.ndarray, with_matches: bool) -> tuple[np.ndarray, Optional["ImageMatches"]]:
+        """Per-entry AP (area 'all'); with ``with_matches`` every entry is matched in every area range."""
         num_cats, num = len(self.cat_ids), image_rows.size
         single = num_cats == 1
+        ranges = AREA_RANGES if with_matches else (AREA_RANGE_ALL,)
         per_cat = np.full((num_cats, num) if single else (num_cats, num, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size),
                           -1.0)
         valid = np.zeros((num_cats, num), dtype=bool)
+        matches = ImageMatches.empty(num_cats, len(ranges), num, self.max_dets) if with_matches else None
         for j, cat in enumerate(self.cat_ids):
             units = image_rows * num_cats + j
             valid[j] = self.gt.regular_count[units] > 0
-            wanted = np.flatnonzero(valid[j])
-            if wanted.size:
-                in_cat = present[wanted] & (label[wanted] == cat)
-                per_cat[j, wanted] = self._precision(units[wanted], xy[wanted], score[wanted], in_cat, single)
-        return per_cat[0] if single else self._combine_categories(per_cat, valid)
+            wanted = np.arange(num) if with_matches else np.flatnonzero(valid[j])
+            if wanted.size == 0:
+                continue
+            in_cat = present[wanted] & (label[wanted] == cat)
+            det_score, det_valid, matched, dt_ignore = self._match(units[wanted], xy[wanted], score[wanted], in_cat,
+                                                                   ranges)
+            with_gt = valid[j, wanted]
+            precision = self._interpolated_precision(matched[0][with_gt], dt_ignore[0][with_gt],
+                                                     self.gt.regular_count[units[wanted][with_gt]])
+            per_cat[j, wanted[with_gt]] = precision.mean(axis=1) if single else precision
+            if matches is not None:
+                matches.fill(j, det_score, det_valid, matched, dt_ignore,
+                             np.stack([self.gt.regular_count_in(r)[units] for r in ranges]))
+        return (per_cat[0] if single else self._combine_categories(per_cat, valid)), matches
 
     # ------------------------------------------------------------------------------------------ input handling
     def _unpack(self, keypoints: Any, scores: Any, labels: Any) -> tuple[list | np.ndarray, Any, Any]:
@@ -289,17 +339,22 @@ class PerImageKeypointAP:
         return xy, scores, label, np.ones(scores.shape, dtype=bool)
 
     # ---------------------------------------------------------------------------------------------- evaluation
-    def _precision(self, units: np.ndarray, xy: np.ndarray, score: np.ndarray, in_cat: np.ndarray,
-                   average: bool) -> np.ndarray:
-        """(U, T*R) interpolated precision of units that have regular GT (or its (U,) mean when ``average``)."""
+    def _match(self, units: np.ndarray, xy: np.ndarray, score: np.ndarray, in_cat: np.ndarray,
+               ranges: Sequence[tuple[float, float]]) -> tuple[np.ndarray, ...]:
+        """Greedy matching of each unit's top ``max_dets`` detections (of this category) in every area range.
+
+        Returns (U, D) sorted scores and validity, and (A, U, T, D) match and ignore flags (D = detections kept).
+        """
         # Sort each unit's detections of this category by score (stable), others last; keep max_dets.
         order = np.lexsort((-score, ~in_cat), axis=-1)[:, :self.max_dets]
         xy = np.take_along_axis(xy, order[:, :, None, None], axis=1)
         det_valid = np.take_along_axis(in_cat, order, axis=1)
+        det_score = np.take_along_axis(score, order, axis=1)
         det_area = self._keypoint_extent_area(xy)
-        det_outside = (det_area < AREA_RANGE_ALL[0]) | (det_area > AREA_RANGE_ALL[1])
+        ignored = [self.gt.ignored_in(r) for r in ranges]
+        shape = (len(ranges), units.size, OKS_THRESHOLDS.size, det_valid.shape[1])
+        matched, dt_ignore = np.zeros(shape, dtype=bool), np.zeros(shape, dtype=bool)
 
-        out = np.empty(units.size if average else (units.size, OKS_THRESHOLDS.size * RECALL_THRESHOLDS.size))
         counts = self.gt.count[units]
         by_count = np.argsort(counts, kind="stable")  # similar GT counts share a chunk: less padding
         per_unit = max(1, xy.shape[1] * max(1, self.num_keypoints))
@@ -309,10 +364,14 @@ class PerImageKeypointAP:
             while step > 1 and per_unit * step * counts[by_count[min(units.size, start + step) - 1]] > _CHUNK_ELEMENTS:
                 step //= 2
             sel = by_count[start:start + step]
-            precision = self._precision_chunk(units[sel], xy[sel], det_valid[sel], det_outside[sel])
-            out[sel] = precision.mean(axis=1) if average else precision
+            rows, gt_valid = self._gt_rows(units[sel])
+            oks = self._oks(xy[sel], rows, gt_valid)
+            for a, (low, high) in enumerate(ranges):
+                det_outside = (det_area[sel] < low) | (det_area[sel] > high)
+                matched[a, sel], dt_ignore[a, sel] = self._greedy(oks, rows, gt_valid, ignored[a][rows],
+                                                                  det_valid[sel], det_outside)
             start += step
-        return out
+        return det_score, det_valid, matched, dt_ignore
 
     @staticmethod
     def _keypoint_extent_area(xy: np.ndarray) -> np.ndarray:
@@ -360,15 +419,15 @@ class PerImageKeypointAP:
                 oks[u, :, g] = np.exp(-err).sum(axis=-1) / n
         return oks
 
-    def _precision_chunk(self, units: np.ndarray, xy: np.ndarray, det_valid: np.ndarray,
-                         det_outside: np.ndarray) -> np.ndarray:
-        rows, gt_valid = self._gt_rows(units)
+    def _greedy(self, oks: np.ndarray, rows: np.ndarray, gt_valid: np.ndarray, gt_ignored: np.ndarray,
+                det_valid: np.ndarray, det_outside: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """COCOeval.evaluateImg's matching for one area range: (U, T, D) match flags and detection ignore flags."""
         num_units, num_dets = det_valid.shape
-        oks = self._oks(xy, rows, gt_valid)
-        gt_ignore = self.gt.ignore[rows] & gt_valid
-        gt_regular = ~self.gt.ignore[rows] & gt_valid
+        gt_ignore = gt_ignored & gt_valid
+        gt_regular = ~gt_ignored & gt_valid
         crowd = self.gt.crowd[rows]
         id_nonzero = self.gt.id_nonzero[rows]
+        position = np.where(gt_valid, self.gt.file_pos[rows], -1)
         thresholds = np.minimum(OKS_THRESHOLDS, 1 - 1e-10)[None, :, None]
         lowest = thresholds.min()
         num_t = OKS_THRESHOLDS.size
@@ -384,8 +443,9 @@ class PerImageKeypointAP:
                 continue
             o = oks[live, d, None, :]  # (L, 1, G)
             free = (~taken[live] | crowd[live, None, :]) & (o >= thresholds)
-            best, found = _last_best(o, free & gt_regular[live, None, :])
-            best_ig, found_ig = _last_best(o, free & gt_ignore[live, None, :])
+            pos = position[live, None, :]
+            best, found = _last_best(o, free & gt_regular[live, None, :], pos)
+            best_ig, found_ig = _last_best(o, free & gt_ignore[live, None, :], pos)
             best = np.where(found, best, best_ig)
             found = found | found_ig
             at = (live[:, None], best)
@@ -394,7 +454,7 @@ class PerImageKeypointAP:
             matched[live, :, d] = found & id_nonzero[at]
         dt_ignore |= ~matched & det_outside[:, None, :]
         dt_ignore |= ~det_valid[:, None, :]
-        return self._interpolated_precision(matched, dt_ignore, self.gt.regular_count[units])
+        return matched, dt_ignore
 
     @staticmethod
     def _interpolated_precision(matched: np.ndarray, dt_ignore: np.ndarray, num_regular: np.ndarray) -> np.ndarray:
@@ -425,11 +485,57 @@ class PerImageKeypointAP:
         return result
 
 
-def _last_best(oks: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index of the last maximum of ``oks`` over allowed GT (last axis), and whether any was allowed.
+@dataclass
+class ImageMatches:
+    """What pycocotools' ``evaluateImg`` records, for B entries (image predictions), C categories, A area ranges.
 
-    pycocotools walks the GT in order and takes any GT whose OKS is >= the best so far, so equal OKS go to the
-    later GT.
+    ``scores``/``det_valid``: (C, B, D) each entry's top ``D = max_dets`` detections of the category, by score;
+    ``matched``/``dt_ignore``: (C, A, B, T, D) per OKS threshold, matched to a GT (with a nonzero id) / ignored;
+    ``regular_count``: (C, A, B) GT that count in the area range.
+    """
+    image_ids: np.ndarray
+    cat_ids: tuple
+    scores: np.ndarray
+    det_valid: np.ndarray
+    matched: np.ndarray
+    dt_ignore: np.ndarray
+    regular_count: np.ndarray
+
+    @classmethod
+    def empty(cls, num_cats: int, num_ranges: int, num: int, max_dets: int) -> "ImageMatches":
+        flags = (num_cats, num_ranges, num, OKS_THRESHOLDS.size, max_dets)
+        return cls(np.empty(num, dtype=object), (), np.zeros((num_cats, num, max_dets)),
+                   np.zeros((num_cats, num, max_dets), dtype=bool), np.zeros(flags, dtype=bool),
+                   np.zeros(flags, dtype=bool), np.zeros((num_cats, num_ranges, num), dtype=np.int64))
+
+    def fill(self, cat: int, scores: np.ndarray, det_valid: np.ndarray, matched: np.ndarray, dt_ignore: np.ndarray,
+             regular_count: np.ndarray) -> None:
+        """Set category ``cat`` of every entry from ``_match`` outputs (D' <= max_dets detections)."""
+        kept = scores.shape[1]
+        self.scores[cat, :, :kept] = scores
+        self.det_valid[cat, :, :kept] = det_valid
+        self.matched[cat, ..., :kept] = matched
+        self.dt_ignore[cat, ..., :kept] = dt_ignore
+        self.regular_count[cat] = regular_count
+
+    @classmethod
+    def concatenate(cls, parts: Sequence["ImageMatches"], image_ids: np.ndarray, cat_ids: tuple) -> "ImageMatches":
+        """Join along the entry axis; ``image_ids`` and ``cat_ids`` label the result."""
+        return cls(image_ids, cat_ids, *(np.concatenate([getattr(p, name) for p in parts], axis=axis)
+                                         for name, axis in (("scores", 1), ("det_valid", 1), ("matched", 2),
+                                                            ("dt_ignore", 2), ("regular_count", 2))))
+
+    def select(self, index: np.ndarray) -> "ImageMatches":
+        """The entries at ``index`` (in that order)."""
+        return ImageMatches(self.image_ids[index], self.cat_ids, self.scores[:, index], self.det_valid[:, index],
+                            self.matched[:, :, index], self.dt_ignore[:, :, index], self.regular_count[:, :, index])
+
+
+def _last_best(oks: np.ndarray, allowed: np.ndarray, position: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index of the maximum of ``oks`` over allowed GT (last axis), and whether any was allowed.
+
+    pycocotools walks the GT in its order (file order within regular, then within ignored GT) and takes any GT whose
+    OKS is >= the best so far, so equal OKS go to the GT later in the file (largest ``position``).
     """
     values = np.where(allowed, oks, -np.inf)
     num_gt = values.shape[-1]
@@ -438,5 +544,5 @@ def _last_best(oks: np.ndarray, allowed: np.ndarray) -> tuple[np.ndarray, np.nda
         return np.zeros(shape, dtype=np.int64), np.zeros(shape, dtype=bool)
     top = values.max(axis=-1, keepdims=True)
     at_top = allowed & (values == top)
-    last = num_gt - 1 - np.argmax(at_top[..., ::-1], axis=-1)
-    return last, at_top.any(axis=-1)
+    best = np.argmax(np.where(at_top, position, -1), axis=-1)
+    return best, at_top.any(axis=-1)

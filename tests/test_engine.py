@@ -144,42 +144,6 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # no step was taken
 
 
-def _interactive(synthetic, tmp_path, batch_size, **env_args):
-    from datasets import build_dataset, build_evaluator, get_metadata
-    from models import build_model
-    from util.misc import collate_fn
-
-    torch.manual_seed(0)
-    args = _args(synthetic, f"batch_size={batch_size}", "max_clicks=3")
-    for key, value in env_args.items():  # what main.py sets from NoC_thr / CLICKPOSE_* variables
-        setattr(args, key, value)
-    model, _, postprocessors = build_model(args, get_metadata(args))
-    dataset = build_dataset("val", args)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate_fn)
-    stats = engine.evaluate_interactive(model, postprocessors, loader, dataset, args, torch.device("cpu"),
-                                        output_dir=tmp_path, evaluator_factory=lambda: build_evaluator(dataset, args),
-                                        log_fn=lambda _: None)
-    return stats, json.loads((tmp_path / "noc_results.json").read_text())
-
-
-def test_interactive_evaluation_is_batch_size_invariant(synthetic, tmp_path):
-    stats1, res1 = _interactive(synthetic, tmp_path / "bs1", 1)
-    stats2, res2 = _interactive(synthetic, tmp_path / "bs2", 2)
-    curves1 = {i["image_id"]: i["ap_per_round"] for i in res1["images"]}
-    curves2 = {i["image_id"]: i["ap_per_round"] for i in res2["images"]}
-    assert len(curves1) == 4 and set(curves1) == set(curves2)
-    for image_id, curve in curves1.items():
-        np.testing.assert_allclose(curve, curves2[image_id], atol=1e-6)
-        assert len(curve) == 4  # rounds 0..max_clicks
-    assert [stats1[f"NoC@{t}"] for t in (85, 90, 95)] == [stats2[f"NoC@{t}"] for t in (85, 90, 95)]
-    # Dataset-level AP ranks detections of all images by score; batching pads images, which moves scores by ~1e-7
-    # and can reorder the near-ties of an untrained model across images, so allow a small difference there.
-    assert [stats1[f"AP@{k}"] for k in range(4)] == pytest.approx([stats2[f"AP@{k}"] for k in range(4)], abs=2e-3)
-    nocs = [stats1["NoC@85"], stats1["NoC@90"], stats1["NoC@95"]]
-    assert nocs == sorted(nocs) and all(0 <= n <= 3 for n in nocs)
-    assert (tmp_path / "bs1" / "ap_vs_clicks.png").stat().st_size > 1000
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -210,17 +174,6 @@ def test_two_process_gloo_training(synthetic, tmp_path, launcher):
     assert (out / "info.txt.rank1").is_file()
 
 
-def test_interactive_evaluation_honours_the_reference_environment(synthetic, tmp_path):
-    """NoC_thr + CLICKPOSE_SAVE_PATH write the original's click list; CLICKPOSE_Click_Number picks the AP reported."""
-    save = tmp_path / "NoC_50.json"
-    stats, results = _interactive(synthetic, tmp_path / "run", 2, noc_threshold_env=0.5, noc_save_path=str(save),
-                                  click_number_env=2)
-    clicks = json.loads(save.read_text())
-    assert isinstance(clicks, list) and len(clicks) == 4 and all(isinstance(c, int) and 0 <= c <= 3 for c in clicks)
-    assert stats["coco_eval_keypoints_detr"][0] == pytest.approx(stats["AP@2"])
-    assert "NoC@50" in stats and [i["clicks"]["NoC@50"] for i in results["images"]] == clicks
-
-
 def test_training_split_smaller_than_a_batch_is_an_error(synthetic, tmp_path, capsys):
     """8 synthetic images, 4 of them val: batch_size=8 would drop the only, incomplete batch and train nothing."""
     argv = ["-c", CONFIG, "--coco_path", str(synthetic), "--output_dir", str(tmp_path / "run"), "--device", "cpu",
@@ -229,3 +182,151 @@ def test_training_split_smaller_than_a_batch_is_an_error(synthetic, tmp_path, ca
     err = capsys.readouterr().err
     assert "has 4 images, 4 per process, fewer than batch_size=8" in err and "Lower batch_size" in err
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
+
+
+# ---------------------------------------------------------------------------------------- interactive evaluation
+ORACLE_THRESHOLDS = (0.5, 0.75, 0.9)
+ORACLE_CLICKS = 4
+
+
+@pytest.fixture(scope="module")
+def coco_oracle(shared_data):
+    """The COCO sample's GT, its images, and what pycocotools says about the oracle's predictions."""
+    from tests.interactive_oracle import expected_curves, pycocotools_ap
+
+    gt = json.loads((shared_data / "coco/annotations/person_keypoints_val2017.json").read_text())
+    ids = sorted(img["id"] for img in gt["images"])
+    curves = expected_curves(gt, ids, ORACLE_CLICKS)
+    round_ap = [pycocotools_ap(gt, ids, k) for k in range(ORACLE_CLICKS + 1)]
+    # The oracle is informative: every round changes the dataset AP, and the per-image click counts differ between
+    # images and thresholds, so reporting round k-1 or k+1 (or a wrong threshold) changes the asserted numbers.
+    assert all(np.diff(round_ap) > 0.05)
+    assert all(np.any(curves[:, k] != curves[:, k + 1]) for k in range(ORACLE_CLICKS))
+    return gt, ids, curves, round_ap
+
+
+def _check_oracle_results(results, gt, ids, curves, round_ap):
+    from tests.interactive_oracle import expected_noc
+
+    assert results.image_ids == ids
+    np.testing.assert_allclose(results.ap_curves, curves, rtol=0, atol=1e-9)
+    for threshold in ORACLE_THRESHOLDS:
+        assert results.clicks[threshold].tolist() == expected_noc(curves, threshold, ORACLE_CLICKS), threshold
+        assert results.summary[f"NoC@{int(threshold * 100)}"] == pytest.approx(
+            np.mean(expected_noc(curves, threshold, ORACLE_CLICKS)))
+    assert [round(s[0], 4) for s in results.round_stats] == [round(a, 4) for a in round_ap]
+    assert results.stat_names[:3] == ("AP", "AP50", "AP75") and len(results.round_stats[0]) == 10
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_interactive_oracle_exact_noc_and_ap_after_k(coco_oracle, batch_size):
+    from tests.interactive_oracle import run_evaluation
+
+    gt, ids, curves, round_ap = coco_oracle
+    results = run_evaluation(gt, ids, batch_size, ORACLE_CLICKS, ORACLE_THRESHOLDS, report_round=2)
+    _check_oracle_results(results, gt, ids, curves, round_ap)
+    # the clicks per image at each threshold, spelled out (also computed from pycocotools above)
+    assert [results.clicks[t].tolist() for t in ORACLE_THRESHOLDS] == [[1, 3, 2, 2], [1, 4, 2, 3], [2, 4, 3, 4]]
+    # the full evaluator saw round 2 (pycocotools), the one asked for
+    assert results.report_round == 2
+    assert results.report_stats["coco_eval_keypoints_detr"][0] == pytest.approx(round_ap[2], abs=1e-12)
+    stats = results.log_stats()
+    assert [stats[f"AP@{k}"] for k in range(ORACLE_CLICKS + 1)] == pytest.approx(round_ap, abs=1e-12)
+
+
+@pytest.mark.slow
+def test_interactive_oracle_on_two_processes(coco_oracle, tmp_path):
+    """2 gloo processes, 3 images: the sampler pads rank 1 with a repeat of the first image; the gathered curves,
+    click counts and AP after k equal the single-process expectation."""
+    from tests.interactive_oracle import expected_curves, pycocotools_ap
+
+    gt, ids, _, _ = coco_oracle
+    subset = ids[:3]
+    gt_path = tmp_path / "gt.json"
+    gt_path.write_text(json.dumps(gt))
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(_free_port()),
+           str(REPO / "tests" / "interactive_oracle.py"), "--gt", str(gt_path), "--out", str(out),
+           "--images", *map(str, subset), "--batch-size", "1", "--max-clicks", str(ORACLE_CLICKS),
+           "--thresholds", *map(str, ORACLE_THRESHOLDS)]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    got = json.loads(out.read_text())
+    assert got["rank0_images"] != subset  # each rank saw only part of the images
+    curves = expected_curves(gt, subset, ORACLE_CLICKS)
+    assert got["image_ids"] == subset
+    np.testing.assert_allclose(got["ap_curves"], curves, rtol=0, atol=1e-9)
+    from tests.interactive_oracle import expected_noc
+    for threshold in ORACLE_THRESHOLDS:
+        assert got["clicks"][str(threshold)] == expected_noc(curves, threshold, ORACLE_CLICKS)
+    expected_ap = [pycocotools_ap(gt, subset, k) for k in range(ORACLE_CLICKS + 1)]
+    assert got["round_ap"] == pytest.approx(expected_ap, abs=1e-12)
+
+
+def test_interactive_eval_through_main_honours_the_reference_environment(synthetic, tmp_path, monkeypatch):
+    """The real model through main.py --eval: NoC_thr + CLICKPOSE_SAVE_PATH write the original's click list,
+    CLICKPOSE_Click_Number picks the round whose full stats are logged, and TensorBoard gets the interactive
+    scalars."""
+    save = tmp_path / "NoC_50.json"
+    monkeypatch.setenv("NoC_thr", "0.5")
+    monkeypatch.setenv("CLICKPOSE_SAVE_PATH", str(save))
+    monkeypatch.setenv("CLICKPOSE_Click_Number", "2")
+    out = tmp_path / "run"
+    _run(synthetic, out, "--eval", options=["feedback_loop_NOC_test=TRUE", "max_clicks=3", "batch_size=2"])
+    log = json.loads((out / "log.txt").read_text().splitlines()[-1])
+    results = json.loads((out / "noc_results.json").read_text())
+    clicks = json.loads(save.read_text())
+    assert len(clicks) == 4 and all(isinstance(c, int) and 0 <= c <= 3 for c in clicks)
+    assert [i["clicks"]["NoC@50"] for i in results["images"]] == clicks
+    assert {"test_NoC@50", "test_NoC@85", "test_AP@0", "test_AP@3"} <= set(log)
+    assert log["test_coco_eval_keypoints_detr"][0] == pytest.approx(log["test_AP@2"], abs=1e-12)
+    assert [r["clicks"] for r in results["ap_vs_clicks"]] == [0, 1, 2, 3]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"interactive/NoC@85", "interactive/NoC@50", "interactive/AP_vs_clicks"} <= tags
+    assert [e.step for e in events.Scalars("interactive/AP_vs_clicks")] == [0, 1, 2, 3]
+
+
+def test_interactive_oracle_crowdpose_reports_its_own_stats(shared_data, tmp_path):
+    """CrowdPose (14 keypoints): AP after k comes from the CrowdPose scorer, its 9 stats under CrowdPose's names."""
+    from datasets.evaluation import KEYPOINT_STAT_NAMES, evaluate_results_file
+    from datasets.metadata import CROWDPOSE_KEYPOINTS
+    from tests.interactive_oracle import QUERIES, oracle_round, run_evaluation
+    from util.noc_report import write_interactive_report
+
+    gt = json.loads((shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json").read_text())
+    ids = sorted(img["id"] for img in gt["images"])
+    sigmas = CROWDPOSE_KEYPOINTS.sigmas
+    results = run_evaluation(gt, ids, 3, 2, ORACLE_THRESHOLDS, backend="crowdpose", sigmas=sigmas)
+    assert results.stat_names == KEYPOINT_STAT_NAMES["crowdpose"] and len(results.round_stats[2]) == 9
+    for k in range(3):  # the round's stats are the CrowdPose scorer's on the oracle's round-k predictions
+        dets = [{"image_id": i, "category_id": 1, "score": float(s), "keypoints": np.concatenate(
+            [xy, np.ones((14, 1))], 1).reshape(-1).tolist()} for i in ids for xy, s in zip(*oracle_round(gt, i, k, 14))]
+        expected = evaluate_results_file(gt, dets, backend="crowdpose", sigmas=sigmas)
+        np.testing.assert_allclose(results.round_stats[k], expected, rtol=0, atol=1e-6)
+    assert results.round_stats[2][0] > results.round_stats[0][0]
+    assert len(dets) == QUERIES * len(ids)
+    files = write_interactive_report(tmp_path, results, printer=None)
+    row = json.loads(files["json"].read_text())["ap_vs_clicks"][2]
+    assert list(row) == ["clicks", "AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"]
+    assert row["AP_hard"] == pytest.approx(results.round_stats[2][8]) and row["AR"] == results.round_stats[2][3]
+
+
+def test_interactive_needs_every_round(coco_oracle, monkeypatch):
+    """A model whose click_rounds returns fewer rounds than asked is an error, not silently zero APs."""
+    from tests.interactive_oracle import OracleModel, run_evaluation
+
+    gt, ids, _, _ = coco_oracle
+
+    class ShortRounds(OracleModel):
+        def click_rounds(self, state, outputs, targets, num_rounds):
+            return super().click_rounds(state, outputs, targets, num_rounds)[:-1]
+
+    import tests.interactive_oracle as oracle
+    monkeypatch.setattr(oracle, "OracleModel", ShortRounds)
+    with pytest.raises(RuntimeError, match="returned 4 rounds for max_clicks=4"):
+        run_evaluation(gt, ids, 2, ORACLE_CLICKS, ORACLE_THRESHOLDS)

@@ -8,12 +8,23 @@ Clicks never change earlier rounds, so one pass that records the AP after every 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-DEFAULT_THRESHOLDS = (0.85, 0.90, 0.95)
-# COCO keypoint stats, in COCOeval.summarize order.
-KEYPOINT_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
+# The thresholds' default (NoC@85/90/95) lives in the config (noc_thresholds); the stat names live with the scorers
+# (datasets.evaluation.KEYPOINT_STAT_NAMES). Everything here takes them as arguments.
+
+
+def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """Sorted, de-duplicated AP thresholds; each must lie in (0, 1]."""
+    values = sorted({float(t) for t in thresholds})
+    bad = [t for t in values if not 0.0 < t <= 1.0]
+    if not values or bad:
+        raise ValueError(f"NoC thresholds must be per-image AP values in (0, 1], got {list(thresholds)}; "
+                         "e.g. noc_thresholds=[0.85,0.9,0.95]")
+    return tuple(values)
 
 
 def threshold_key(threshold: float, prefix: str = "NoC") -> str:
@@ -35,8 +46,7 @@ def _check_curves(ap_curves: np.ndarray, max_clicks: int) -> np.ndarray:
     return curves
 
 
-def noc_per_image(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                  max_clicks: int = 17) -> dict[float, np.ndarray]:
+def noc_per_image(ap_curves: np.ndarray, thresholds: Sequence[float], max_clicks: int) -> dict[float, np.ndarray]:
     """Click count per image for every threshold, with the original's semantics.
 
     Args:
@@ -55,16 +65,17 @@ def noc_per_image(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_T
     return result
 
 
-def noc_summary(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                max_clicks: int = 17) -> dict[str, float]:
+def noc_summary(ap_curves: np.ndarray, thresholds: Sequence[float], max_clicks: int,
+                counts: dict[float, np.ndarray] | None = None) -> dict[str, float]:
     """Mean NoC per threshold and the share of images that reach it.
 
     Returns keys ``NoC@85`` (mean click count, the original's number), ``reached@85`` (fraction of images whose AP
     reaches the threshold after at most ``max_clicks`` clicks; uses column ``max_clicks`` when present),
     ``num_images`` and ``num_images_without_gt`` (AP -1 before any click: always counted as ``max_clicks``).
+    ``counts``: the ``noc_per_image`` result when the caller has it already.
     """
     curves = _check_curves(ap_curves, max_clicks)
-    counts = noc_per_image(curves, thresholds, max_clicks)
+    counts = noc_per_image(curves, thresholds, max_clicks) if counts is None else counts
     within = curves[:, :max_clicks + 1]
     summary: dict[str, float] = {}
     for thr in thresholds:
@@ -78,12 +89,12 @@ def noc_summary(ap_curves: np.ndarray, thresholds: Sequence[float] = DEFAULT_THR
 
 
 def ap_vs_clicks_table(stats_per_round: Sequence[Sequence[float]],
-                       stat_names: Sequence[str] = KEYPOINT_STAT_NAMES) -> list[dict[str, float]]:
-    """Rows {'clicks': k, 'AP': ..., 'AP50': ...} from dataset-level COCO keypoint stats after k = 0, 1, ... clicks.
+                       stat_names: Sequence[str]) -> list[dict[str, float]]:
+    """Rows {'clicks': k, 'AP': ..., 'AP50': ...} from dataset-level keypoint stats after k = 0, 1, ... clicks.
 
     Args:
-        stats_per_round: entry k holds the stats after k click rounds, in ``stat_names`` order (COCO keypoints:
-            AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl); shorter lists fill the first names.
+        stats_per_round: entry k holds the stats after k click rounds, in ``stat_names`` order (the scorer's:
+            ``datasets.evaluation.KEYPOINT_STAT_NAMES``); shorter lists fill the first names.
     """
     rows = []
     for k, stats in enumerate(stats_per_round):
@@ -92,3 +103,45 @@ def ap_vs_clicks_table(stats_per_round: Sequence[Sequence[float]],
             raise ValueError(f"round {k} has {len(stats)} stats but only {len(stat_names)} names; pass stat_names")
         rows.append({"clicks": k, **dict(zip(stat_names, stats))})
     return rows
+
+
+@dataclass
+class InteractiveResults:
+    """What one interactive evaluation pass measured (``engine.evaluate_interactive``); reports are written from it.
+
+    ``ap_curves[i, k]``: per-image keypoint AP of ``image_ids[i]`` after k clicks (-1: no GT person);
+    ``clicks[t]``: per-image click count at threshold t; ``summary``: ``noc_summary``;
+    ``round_stats[k]``: dataset-level keypoint stats after k clicks, named by ``stat_names``;
+    ``report_stats``: the full evaluator's stats ('coco_eval_bbox', 'coco_eval_keypoints_detr') of round
+    ``report_round`` (empty without an evaluator).
+    """
+    image_ids: list
+    ap_curves: np.ndarray
+    thresholds: tuple[float, ...]
+    max_clicks: int
+    clicks: dict[float, np.ndarray]
+    summary: dict[str, float]
+    round_stats: list[list[float]] = field(default_factory=list)
+    stat_names: tuple[str, ...] = ()
+    report_round: int = 0
+    report_stats: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_curves(cls, image_ids: list, ap_curves: np.ndarray, thresholds: Sequence[float], max_clicks: int,
+                    **rest: Any) -> "InteractiveResults":
+        """NoC per image and its summary computed once from the curves."""
+        thresholds = check_thresholds(thresholds)
+        clicks = noc_per_image(ap_curves, thresholds, max_clicks)
+        summary = noc_summary(ap_curves, thresholds, max_clicks, counts=clicks)
+        return cls(list(image_ids), np.asarray(ap_curves, dtype=np.float64), thresholds, int(max_clicks), clicks,
+                   summary, **rest)
+
+    def ap_table(self) -> list[dict[str, float]]:
+        return ap_vs_clicks_table(self.round_stats, self.stat_names)
+
+    def log_stats(self) -> dict[str, Any]:
+        """Flat stats for log.txt: NoC summary, the reported round's evaluator stats, and 'AP@k' for every k."""
+        out: dict[str, Any] = dict(self.summary)
+        out.update(self.report_stats)
+        out.update({f"AP@{k}": float(stats[0]) for k, stats in enumerate(self.round_stats)})
+        return out

@@ -1,7 +1,7 @@
 """Outputs of interactive evaluation: JSON, markdown, a plot of AP vs clicks, TensorBoard scalars, a printed table.
 
-``write_interactive_report`` writes them all from the per-image AP curves and the per-round dataset stats; the
-single writers are public for callers that want only one.
+``write_interactive_report`` writes them all from the ``InteractiveResults`` that ``engine.evaluate_interactive``
+returns (nothing is recomputed here); the single writers are public for callers that want only one.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from util.noc import DEFAULT_THRESHOLDS, ap_vs_clicks_table, noc_per_image, noc_summary, threshold_key
+from util.noc import InteractiveResults, threshold_key
 
 
 def _plain(x: Any) -> Any:
@@ -53,8 +53,8 @@ def write_noc_json(path: str | Path, image_ids: Sequence[Any], ap_curves: np.nda
     return path
 
 
-def format_markdown(summary: dict[str, float], ap_table: Sequence[dict[str, float]] = (),
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> str:
+def format_markdown(summary: dict[str, float], ap_table: Sequence[dict[str, float]],
+                    thresholds: Sequence[float]) -> str:
     """A NoC table (mean clicks, share reached) and an AP-vs-clicks table, as markdown."""
     lines = [f"## Number of clicks (cap {summary.get('max_clicks', '?')}, {summary.get('num_images', '?')} images)",
              "", "| metric | " + " | ".join(threshold_key(t) for t in thresholds) + " |",
@@ -70,8 +70,8 @@ def format_markdown(summary: dict[str, float], ap_table: Sequence[dict[str, floa
     return "\n".join(lines) + "\n"
 
 
-def write_markdown(path: str | Path, summary: dict[str, float], ap_table: Sequence[dict[str, float]] = (),
-                   thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> Path:
+def write_markdown(path: str | Path, summary: dict[str, float], ap_table: Sequence[dict[str, float]],
+                   thresholds: Sequence[float]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(format_markdown(summary, ap_table, thresholds))
@@ -120,8 +120,8 @@ def log_tensorboard(writer: Any, summary: dict[str, float], ap_table: Sequence[d
     writer.flush()
 
 
-def format_summary_table(summary: dict[str, float], ap_table: Sequence[dict[str, float]] = (),
-                         thresholds: Sequence[float] = DEFAULT_THRESHOLDS, color: bool = True) -> str:
+def format_summary_table(summary: dict[str, float], ap_table: Sequence[dict[str, float]],
+                         thresholds: Sequence[float], color: bool = True) -> str:
     """Plain-text table for the console (headers coloured with termcolor when available and ``color``)."""
     def head(text: str) -> str:
         if not color:
@@ -146,38 +146,31 @@ def format_summary_table(summary: dict[str, float], ap_table: Sequence[dict[str,
     return "\n".join(lines)
 
 
-def write_interactive_report(output_dir: str | Path, image_ids: Sequence[Any], ap_curves: np.ndarray,
-                             stats_per_round: Sequence[Sequence[float]] = (),
-                             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, max_clicks: int = 17,
-                             tb_writer: Any = None, click_list_paths: dict[float, str | Path] | None = None,
-                             printer: Any = print) -> dict[str, Any]:
-    """Compute NoC for every threshold and write all outputs into ``output_dir``.
+def write_interactive_report(output_dir: str | Path, results: InteractiveResults, tb_writer: Any = None,
+                             click_list_paths: dict[float, str | Path] | None = None,
+                             printer: Any = print) -> dict[str, Path]:
+    """Write every output of ``results`` into ``output_dir``; returns {name: path}.
 
+    Files: ``noc_results.json``, ``noc_report.md``, ``noc_clicks_<85>.json`` per threshold (the original's per-image
+    click lists), ``ap_vs_clicks.png`` when there are per-round stats; TensorBoard scalars when ``tb_writer`` is given.
     Args:
-        image_ids: (N,) ids, in the order of ``ap_curves`` rows.
-        ap_curves: (N, R+1) per-image AP after 0..R click rounds.
-        stats_per_round: dataset-level COCO keypoint stats after k = 0..R clicks (may be empty).
-        click_list_paths: optional {threshold: path} for original-compatible click lists (CLICKPOSE_SAVE_PATH);
-            lists for every threshold are always written as ``noc_clicks_<85>.json`` in ``output_dir`` too.
+        click_list_paths: optional {threshold: path} for extra original-compatible click lists (CLICKPOSE_SAVE_PATH).
         printer: called with the console table (None: print nothing).
-    Returns:
-        {'summary', 'clicks', 'ap_table', 'files'}.
     """
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    clicks = noc_per_image(ap_curves, thresholds, max_clicks)
-    summary = noc_summary(ap_curves, thresholds, max_clicks)
-    table = ap_vs_clicks_table(stats_per_round)
-    files = {"json": write_noc_json(out / "noc_results.json", image_ids, ap_curves, clicks, summary, table),
+    summary, thresholds, table = results.summary, results.thresholds, results.ap_table()
+    files = {"json": write_noc_json(out / "noc_results.json", results.image_ids, results.ap_curves, results.clicks,
+                                    summary, table),
              "markdown": write_markdown(out / "noc_report.md", summary, table, thresholds)}
     for thr in thresholds:
         key = threshold_key(thr)
-        files[f"clicks_{key}"] = write_click_list(out / f"noc_clicks_{key.split('@')[1]}.json", clicks[thr])
+        files[f"clicks_{key}"] = write_click_list(out / f"noc_clicks_{key.split('@')[1]}.json", results.clicks[thr])
         if click_list_paths and thr in click_list_paths:
-            files[f"clicks_{key}_compat"] = write_click_list(click_list_paths[thr], clicks[thr])
+            files[f"clicks_{key}_compat"] = write_click_list(click_list_paths[thr], results.clicks[thr])
     if table:
         files["plot"] = plot_ap_vs_clicks(out / "ap_vs_clicks.png", table)
     log_tensorboard(tb_writer, summary, table)
     if printer is not None:
         printer(format_summary_table(summary, table, thresholds))
-    return {"summary": summary, "clicks": clicks, "ap_table": table, "files": files}
+    return files

@@ -171,3 +171,34 @@ def test_crowdpose_box_ap_uses_box_area_for_size_ranges(shared_data):
     stats = evaluate_results_file(gt_file, results, iou_type="bbox", backend="crowdpose")
     # every box is >= 90x94 px: no small ones (-1), medium and large are scored
     assert stats[0] == 1.0 and stats[3] == -1.0 and stats[4] == 1.0 and stats[5] == 1.0
+
+
+def test_per_image_ap_uses_each_scorers_oks_scale(shared_data):
+    """NoC's per-image AP: COCO with the annotation's area; CrowdPose (no 'area') with 0.53 x the box area, the
+    scale of its scorer; checked against pycocotools on a GT whose areas are set that way."""
+    import copy
+
+    from datasets.metadata import CROWDPOSE_KEYPOINTS
+    from datasets.oks_ap import PerImageKeypointAP
+
+    path = shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json"
+    gt = json.loads(path.read_text())
+    evaluator = KeypointEvaluator(str(path), backend="crowdpose", sigmas=CROWDPOSE_KEYPOINTS.sigmas, log=None)
+    per_image = evaluator.per_image_ap()
+    scaled = copy.deepcopy(gt)
+    for ann in scaled["annotations"]:
+        ann["area"] = 0.53 * ann["bbox"][2] * ann["bbox"][3]
+    reference = PerImageKeypointAP(scaled, sigmas=CROWDPOSE_KEYPOINTS.sigmas)  # itself equal to pycocotools
+    rng = np.random.default_rng(0)
+    smaller = 0
+    for image in gt["images"]:
+        anns = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+        kps = np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), 14, 3)
+        kps[..., :2] += rng.normal(0, 6, kps[..., :2].shape)
+        scores = rng.uniform(0.1, 1, len(anns))
+        got = per_image.image_ap(image["id"], kps, scores)
+        assert got == reference.image_ap(image["id"], kps, scores)
+        unscaled = PerImageKeypointAP(evaluator.coco_gt, sigmas=CROWDPOSE_KEYPOINTS.sigmas).image_ap(
+            image["id"], kps, scores)  # the box area itself: a larger scale, so a higher AP somewhere
+        smaller += got < unscaled
+    assert smaller > 0

@@ -6,11 +6,15 @@ import json
 import numpy as np
 import pytest
 
-from util.noc import (KEYPOINT_STAT_NAMES, ap_vs_clicks_table, noc_per_image, noc_summary, threshold_key)
+from datasets.evaluation import KEYPOINT_STAT_NAMES
+from util.noc import (InteractiveResults, ap_vs_clicks_table, check_thresholds, noc_per_image, noc_summary,
+                      threshold_key)
 from util.noc_report import (format_markdown, format_summary_table, log_tensorboard, plot_ap_vs_clicks,
                              write_click_list, write_interactive_report)
 
 MAX = 17
+THRESHOLDS = (0.85, 0.90, 0.95)
+COCO_NAMES = KEYPOINT_STAT_NAMES["coco"]
 
 
 def _curves() -> np.ndarray:
@@ -78,27 +82,55 @@ def test_threshold_keys():
     assert threshold_key(0.875, "reached") == "reached@87.5"
 
 
-def _stats(rounds: int = MAX + 1) -> list[list[float]]:
-    return [[0.6 + 0.02 * k + 0.001 * j for j in range(10)] for k in range(rounds)]
+def _stats(rounds: int = MAX + 1, num: int = 10) -> list[list[float]]:
+    return [[0.6 + 0.02 * k + 0.001 * j for j in range(num)] for k in range(rounds)]
+
+
+def test_thresholds_checked_sorted_unique():
+    assert check_thresholds([0.95, 0.5, 0.95, 1]) == (0.5, 0.95, 1.0)
+    for bad in ([], [0.0], [1.5], [-0.1, 0.9]):
+        with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+            check_thresholds(bad)
 
 
 def test_ap_vs_clicks_table():
-    table = ap_vs_clicks_table(_stats(3))
+    table = ap_vs_clicks_table(_stats(3), COCO_NAMES)
     assert [row["clicks"] for row in table] == [0, 1, 2]
     assert table[1]["AP"] == pytest.approx(0.62) and table[1]["ARl"] == pytest.approx(0.629)
-    assert list(table[0])[1:] == list(KEYPOINT_STAT_NAMES)
+    assert list(table[0])[1:] == list(COCO_NAMES)
     with pytest.raises(ValueError, match="stat_names"):
-        ap_vs_clicks_table([[0.1] * 11])
+        ap_vs_clicks_table([[0.1] * 11], COCO_NAMES)
+
+
+def test_crowdpose_report_uses_crowdpose_names(tmp_path):
+    """CrowdPose's 9 stats: AP, AP50, AP75, AR, AR50, AR75, AP easy/medium/hard (not COCO's APm/APl/ARm/...)."""
+    names = KEYPOINT_STAT_NAMES["crowdpose"]
+    assert names == ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
+    stats = _stats(3, num=9)
+    results = InteractiveResults.from_curves([1, 2, 3, 4, 5], _curves(), THRESHOLDS, MAX, round_stats=stats,
+                                             stat_names=names)
+    files = write_interactive_report(tmp_path, results, printer=None)
+    rows = json.loads(files["json"].read_text())["ap_vs_clicks"]
+    assert list(rows[2]) == ["clicks", *names]
+    assert rows[2]["AR"] == pytest.approx(stats[2][3]) and rows[2]["AP_hard"] == pytest.approx(stats[2][8])
+    markdown = files["markdown"].read_text()
+    assert "| clicks | AP | AP50 | AP75 | AR | AR50 | AR75 | AP_easy | AP_medium | AP_hard |" in markdown
+    assert "APm" not in markdown and "ARl" not in markdown
+    assert "AP_easy" in format_summary_table(results.summary, results.ap_table(), THRESHOLDS, color=False)
+
+
+def _results(curves=None, **rest) -> InteractiveResults:
+    return InteractiveResults.from_curves([785, 40083, 1, 2, 3], _curves() if curves is None else curves,
+                                          THRESHOLDS, MAX, **rest)
 
 
 def test_report_files(tmp_path):
     curves = _curves()
     compat = tmp_path / "orig" / "clicks_90.json"
-    result = write_interactive_report(tmp_path / "out", [785, 40083, 1, 2, 3], curves, _stats(),
-                                      click_list_paths={0.90: compat}, printer=None)
-    files = result["files"]
+    results = _results(curves, round_stats=_stats(), stat_names=COCO_NAMES)
+    files = write_interactive_report(tmp_path / "out", results, click_list_paths={0.90: compat}, printer=None)
     data = json.loads(files["json"].read_text())
-    assert data["summary"]["NoC@90"] == pytest.approx(result["summary"]["NoC@90"])
+    assert data["summary"]["NoC@90"] == pytest.approx(results.summary["NoC@90"])
     assert data["images"][1] == {"image_id": 40083, "ap_per_round": curves[1].tolist(),
                                  "clicks": {"NoC@85": 3, "NoC@90": 3, "NoC@95": MAX}}
     assert len(data["ap_vs_clicks"]) == MAX + 1
@@ -137,9 +169,9 @@ class _FakeWriter:
 
 
 def test_tensorboard_scalars():
-    summary = noc_summary(_curves(), max_clicks=MAX)
+    summary = noc_summary(_curves(), THRESHOLDS, MAX)
     writer = _FakeWriter()
-    log_tensorboard(writer, summary, ap_vs_clicks_table(_stats(2)), step=5)
+    log_tensorboard(writer, summary, ap_vs_clicks_table(_stats(2), COCO_NAMES), step=5)
     tags = {(tag, step) for tag, _, step in writer.scalars}
     assert ("interactive/NoC@85", 5) in tags and ("interactive/reached@95", 5) in tags
     assert ("interactive/AP_vs_clicks", 0) in tags and ("interactive/AP_vs_clicks", 1) in tags
@@ -151,15 +183,25 @@ def test_tensorboard_scalars():
 def test_real_summary_writer_writes_events(tmp_path):
     from torch.utils.tensorboard import SummaryWriter
     writer = SummaryWriter(log_dir=str(tmp_path / "tb"))
-    log_tensorboard(writer, noc_summary(_curves(), max_clicks=MAX), ap_vs_clicks_table(_stats(2)))
+    log_tensorboard(writer, noc_summary(_curves(), THRESHOLDS, MAX), ap_vs_clicks_table(_stats(2), COCO_NAMES))
     writer.close()
     events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 100
 
 
 def test_printed_and_markdown_tables():
-    summary = noc_summary(_curves(), max_clicks=MAX)
-    text = format_summary_table(summary, ap_vs_clicks_table(_stats(2)), color=False)
+    summary = noc_summary(_curves(), THRESHOLDS, MAX)
+    text = format_summary_table(summary, ap_vs_clicks_table(_stats(2), COCO_NAMES), THRESHOLDS, color=False)
     assert "NoC@85" in text and "9.400" in text and "0.6200" in text
     assert "\x1b[" not in text
-    assert "| 1 | 0.6200 |" in format_markdown(summary, ap_vs_clicks_table(_stats(2)))
+    assert "| 1 | 0.6200 |" in format_markdown(summary, ap_vs_clicks_table(_stats(2), COCO_NAMES), THRESHOLDS)
+
+
+def test_results_log_stats():
+    results = _results(round_stats=_stats(3), stat_names=COCO_NAMES, report_round=2,
+                       report_stats={"coco_eval_keypoints_detr": _stats(3)[2]})
+    stats = results.log_stats()
+    assert stats["NoC@85"] == pytest.approx((0 + 3 + 10 + MAX + MAX) / 5)
+    assert [stats[f"AP@{k}"] for k in range(3)] == pytest.approx([0.6, 0.62, 0.64])
+    assert stats["coco_eval_keypoints_detr"][0] == pytest.approx(stats["AP@2"])
+    assert results.clicks[0.9].tolist() == [0, 3, 12, MAX, MAX]

@@ -1,0 +1,84 @@
+"""DatasetKeypointAP must give pycocotools' dataset-level COCOeval('keypoints') stats (to 4 decimals; in practice
+bit for bit) from the per-image match records."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+
+import numpy as np
+import pytest
+from pycocotools.cocoeval import COCOeval
+
+from datasets.dataset_ap import DatasetKeypointAP
+from datasets.oks_ap import PerImageKeypointAP
+from tests.datasets.test_oks_ap import _as_arrays, _coco, _random_dets, _random_gt
+
+
+def _pycocotools_stats(gt: dict, dets: list[dict], image_ids, sigmas=None) -> np.ndarray:
+    coco = _coco(gt)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco, coco.loadRes(copy.deepcopy(dets)), "keypoints")
+        evaluator.params.imgIds = list(image_ids)
+        if sigmas is not None:
+            evaluator.params.kpt_oks_sigmas = np.asarray(sigmas)
+        for step in (evaluator.evaluate, evaluator.accumulate, evaluator.summarize):
+            step()
+    return np.asarray(evaluator.stats)
+
+
+def _ours(gt, dets_per_image: dict, batches: list[list], k: int = 17) -> tuple[np.ndarray, DatasetKeypointAP]:
+    per_image = PerImageKeypointAP(gt)
+    scorer = DatasetKeypointAP()
+    for batch in batches:
+        arrays = [_as_arrays(dets_per_image[i], k) for i in batch]
+        ap, matches = per_image.evaluate(batch, *zip(*arrays))
+        np.testing.assert_array_equal(ap, per_image.images_ap(batch, *zip(*arrays)))  # same AP either way
+        scorer.add(matches)
+    scorer.synchronize_between_processes()
+    return scorer.summarize(), scorer
+
+
+@pytest.mark.parametrize("seed, cats", [(0, (1,)), (1, (1,)), (2, (1, 2))])
+def test_random_data_equals_pycocotools(seed, cats):
+    rng = np.random.default_rng(seed)
+    gt = _random_gt(rng, 60, cats)
+    ids = [img["id"] for img in gt["images"]]
+    dets = {i: _random_dets(rng, gt, i, labels=(0,) + tuple(cats)) for i in ids}
+    order = list(rng.permutation(ids))  # batches in any order, one image repeated (a padded sampler)
+    batches = [order[:7], order[7:30], order[30:], [order[3]]]
+    got, _ = _ours(gt, dets, batches)
+    expected = _pycocotools_stats(gt, [d for i in ids for d in dets[i]], ids)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert len(set(np.round(expected, 4))) > 5  # the stats differ from each other: a mixed-up order would show
+
+
+def test_coco_reference_predictions(shared_data):
+    """DESIGN §7: the xtcocoapi example predictions give AP 0.8609, AP50 0.9931, AP75 0.9109."""
+    gt = json.loads((shared_data / "coco/annotations/person_keypoints_val2017.json").read_text())
+    preds = json.loads((shared_data / "coco/extras/xtcocoapi_example_coco_preds.json").read_text())
+    ids = [img["id"] for img in gt["images"]]
+    dets = {i: [p for p in preds if p["image_id"] == i] for i in ids}
+    got, _ = _ours(gt, dets, [ids[:1], ids[1:]])
+    np.testing.assert_allclose(got, _pycocotools_stats(gt, preds, ids), rtol=0, atol=1e-12)
+    assert np.round(got[:3], 4).tolist() == [0.8609, 0.9931, 0.9109]
+
+
+def test_medium_and_large_and_empty():
+    """A medium and a large person: APm / APl see only their own; no records at all gives -1 everywhere."""
+    gt = {"images": [{"id": 1}, {"id": 2}], "categories": [{"id": 1, "name": "person"}], "annotations": []}
+    for ann_id, (image_id, size) in enumerate(((1, 50.0), (2, 200.0)), start=1):
+        kp = [[10 + size * (j % 4) / 4, 10 + size * (j // 4) / 5, 2] for j in range(17)]
+        gt["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": 1, "keypoints": sum(kp, []),
+                                  "num_keypoints": 17, "area": size * size, "bbox": [10, 10, size, size],
+                                  "iscrowd": 0})
+    exact = [{"image_id": a["image_id"], "category_id": 1, "score": 0.9, "keypoints": a["keypoints"]}
+             for a in gt["annotations"]]
+    wrong = copy.deepcopy(exact[1])
+    wrong["keypoints"] = [v + 80 if j % 3 == 0 else v for j, v in enumerate(wrong["keypoints"])]
+    dets = {1: exact[:1], 2: [wrong]}  # the medium one exact, the large one far off
+    got, _ = _ours(gt, dets, [[1, 2]])
+    np.testing.assert_allclose(got, _pycocotools_stats(gt, exact[:1] + [wrong], [1, 2]), rtol=0, atol=1e-12)
+    assert got[3] == pytest.approx(1.0) and got[4] == 0.0  # APm, APl
+    assert DatasetKeypointAP().summarize().tolist() == [-1.0] * 10
