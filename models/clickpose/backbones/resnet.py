@@ -50,6 +50,9 @@ class ResNetBackbone(nn.Module):
         indices = list(return_interm_indices)
         if indices not in SUPPORTED_INTERM_INDICES:
             raise ValueError(f"return_interm_indices must be one of {SUPPORTED_INTERM_INDICES}, got {indices}")
+        if dilation and RESNET_CHANNELS[name][0] == 64:
+            raise ValueError(f"dilation=True needs a bottleneck ResNet (resnet50/resnet101); {name} has basic blocks, "
+                             "which torchvision cannot dilate")
         if use_checkpoint and batch_norm != "FrozenBatchNorm2d":
             raise ValueError(f"use_checkpoint=True with batch_norm_type={batch_norm!r} is not supported for a ResNet: "
                              "recomputing a stage in the backward pass would update the batch-norm running "

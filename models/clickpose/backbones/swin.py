@@ -214,11 +214,12 @@ class SwinBackbone(nn.Module):
     default_trainable = None  # every parameter trains (the original freezes none by default)
 
     def __init__(self, name: str, return_interm_indices: Sequence[int], dilation: bool = False,
-                 weights_path: Optional[str] = None, use_checkpoint: bool = False, drop_path_rate: float = 0.2):
+                 weights_path: Optional[str] = None, use_checkpoint: bool = False, drop_path_rate: float = 0.2,
+                 config: Optional[SwinConfig] = None):
         super().__init__()
-        if name not in SWIN_CONFIGS:
+        if config is None and name not in SWIN_CONFIGS:
             raise ValueError(f"backbone {name!r} is not a Swin; choose one of {sorted(SWIN_CONFIGS)}")
-        cfg = SWIN_CONFIGS[name]
+        cfg = config or SWIN_CONFIGS[name]  # ``config``: other sizes (small ones for tests)
         self.out_indices = [int(i) for i in return_interm_indices]
         if not self.out_indices or any(i not in range(len(cfg.depths)) for i in self.out_indices):
             raise ValueError(f"return_interm_indices for {name} must be stage indices in 0..3, got "
