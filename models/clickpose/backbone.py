@@ -118,6 +118,10 @@ def build_backbone(args: Any) -> Joiner:
                            weights_path=getattr(args, "backbone_weights", None),
                            batch_norm=getattr(args, "batch_norm_type", DEFAULT_BATCH_NORM),
                            use_checkpoint=bool(getattr(args, "use_checkpoint", False)))
+    if opts.batch_norm == "SyncBatchNorm" and getattr(args, "distributed", False) and \
+            str(getattr(args, "device", "cuda")).startswith("cpu"):
+        raise ValueError("batch_norm_type='SyncBatchNorm' needs CUDA devices under distributed training (PyTorch "
+                         "synchronises batch statistics only on GPUs); use 'BatchNorm2d' on CPUs")
     backbone = make_backbone(args.backbone, opts)
     set_trainable(backbone, args.lr_backbone > 0, getattr(args, "backbone_trainable_stages", None),
                   getattr(args, "backbone_freeze_keywords", None))

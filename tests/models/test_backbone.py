@@ -127,6 +127,8 @@ def test_build_backbone_reads_every_backbone_key():
     assert joiner.num_channels == [64, 128, 256, 512]
     with pytest.raises(ValueError, match="dilation=True needs a bottleneck ResNet"):
         build_backbone(load_args(dilation=True))
+    with pytest.raises(ValueError, match="'SyncBatchNorm' needs CUDA devices under distributed training"):
+        build_backbone(load_args(batch_norm_type="SyncBatchNorm", distributed=True, device="cpu"))
     checkpointed = build_backbone(load_args(use_checkpoint=True))
     assert checkpointed[0].use_checkpoint
 

@@ -1,6 +1,8 @@
 """The original's Swin backbones: state-dict keys, official release weights, padding, levels, checkpointing."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from util.misc import nested_tensor_from_tensor_list
 
 from ..conftest import load_args
 
-KEYS_FILE = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "original_swin_state_dict_keys.txt"
+KEYS_FILE = Path(__file__).resolve().parents[1] / "data" / "original_swin_state_dict_keys.txt"
 SMALL = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)
 
 
