@@ -21,6 +21,7 @@ resident memory of the process (CPU) or the peak CUDA allocation (``--device cud
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -189,11 +190,13 @@ def worker(spec: dict) -> None:
     if spec["kind"] == "train_memory":
         print(json.dumps(_training_step_memory(spec)), flush=True)
         return
-    if spec["kind"] == "reference":
-        forward = _reference_forward(height, width, spec["root"], spec.get("backbone"))
-    else:
-        forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True), spec.get("backbone"))
-    forward()  # warm-up
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the protocol (the original prints on build)
+        if spec["kind"] == "reference":
+            forward = _reference_forward(height, width, spec["root"], spec.get("backbone"))
+        else:
+            forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True),
+                                    spec.get("backbone"))
+        forward()  # warm-up
     print("ready", flush=True)
     for _ in sys.stdin:
         start = time.perf_counter()
