@@ -129,7 +129,14 @@ ema_epoch = 0
 use_ema = False
 
 # ==== this implementation's additions (docs/deviations.md); defaults reproduce the reference ====
-backbone_weights = None  # local ImageNet weights file for the ResNet; None = random init, nothing is downloaded
+# Backbones (models/clickpose/backbone.py): 'resnet18/34/50/101', the original's 'swin_T_224_1k', 'swin_B_224_22k',
+# 'swin_B_384_22k', 'swin_L_224_22k', 'swin_L_384_22k', or 'timm:NAME' for any timm feature model.
+# backbone_weights: a local ImageNet weights file (torchvision ResNet, official Swin release, timm state dict);
+# None = random initialisation. Nothing is ever downloaded.
+backbone_weights = None
+# backbone_trainable_stages: None = the original's choice (ResNet: layer2-4 train; Swin, timm: everything) | 'all' |
+# a list of parameter-name parts, e.g. ['layer3', 'layer4']. backbone_freeze_keywords then freeze names containing one.
+backbone_trainable_stages = None
 click_freeze = 'none'  # 'none' (reference: clicks are not pinned) | 'round' | 'all'
 crop_marks_invisible = False  # True: keypoints cropped out of the window become unlabelled
 ema_unique_params = False  # True: update each shared (aliased) tensor once per step

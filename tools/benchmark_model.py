@@ -12,10 +12,16 @@ Baselines:
   layers (i.e. without the compiled op and without grouped attention).
 
     python tools/benchmark_model.py --size 512 640 --runs 7 [--reference-root /path/to/Click-Pose]
+    python tools/benchmark_model.py --backbone swin_T_224_1k ...     # any backbone name, e.g. the Swin rows
+
+``--checkpoint-memory`` instead measures one training step (forward with targets, criterion, backward) with and
+without ``use_checkpoint`` (activation checkpointing of the backbone stages), each in a fresh process: the peak
+resident memory of the process (CPU) or the peak CUDA allocation (``--device cuda``), and the step time.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -51,7 +57,7 @@ def _inputs(height: int, width: int):
     return images, mask, [target]
 
 
-def _ours_forward(height: int, width: int, backend: str | None, grouped: bool):
+def _ours_forward(height: int, width: int, backend: str | None, grouped: bool, backbone: str | None = None):
     sys.path.insert(0, str(REPO))
     import torch
     from models.clickpose import decoder as decoder_module
@@ -61,6 +67,7 @@ def _ours_forward(height: int, width: int, backend: str | None, grouped: bool):
 
     args = argparse.Namespace(**_our_config(REPO / "config" / "clickpose.cfg.py"))
     args.msda_backend = backend
+    args.backbone = backbone or args.backbone
     model = build_clickpose(args, default_metadata_for_num_keypoints(args.num_body_points)).eval()
     if not grouped:  # baseline: the keypoint layers attend through the full block mask
         from models.clickpose.queries import expand_to_heads, group_block_mask
@@ -82,7 +89,9 @@ def _ours_forward(height: int, width: int, backend: str | None, grouped: bool):
     return forward
 
 
-def _reference_forward(height: int, width: int, root: str):
+def _reference_forward(height: int, width: int, root: str, backbone: str | None = None):
+    import os
+    import tempfile
     import types
 
     import torch
@@ -104,7 +113,15 @@ def _reference_forward(height: int, width: int, root: str):
 
     args = argparse.Namespace(**Config.fromfile(Path(root) / "config" / "clickpose.cfg.py")._cfg_dict.to_dict())
     args.device = "cpu"
-    model = build_clickpose(args)[0].eval()
+    args.backbone = backbone or args.backbone
+    if args.backbone.startswith("swin"):  # it reads ImageNet weights from $pretrain_model_path: give it empty files
+        folder = tempfile.mkdtemp()
+        for name in ("swin_tiny_patch4_window7_224.pth", "swin_base_patch4_window12_384.pth",
+                     "swin_large_patch4_window12_384_22k.pth"):
+            torch.save({"model": {}}, os.path.join(folder, name))
+        os.environ["pretrain_model_path"] = folder
+    model = build_clickpose(args)[0]
+    model.eval()  # (its Swin's train() returns None, so no chaining)
     images, mask, targets = _inputs(height, width)
     samples = NestedTensor(images, mask)
 
@@ -114,15 +131,73 @@ def _reference_forward(height: int, width: int, root: str):
     return forward
 
 
+def _training_step_memory(spec: dict) -> dict:
+    """One training step of our model; peak memory of this process (fresh per measurement) and the step time."""
+    import resource
+
+    import torch
+    sys.path.insert(0, str(REPO))
+    from models import build_model
+    from tools.benchmark_train import make_inputs
+    from util.misc import NestedTensor
+
+    cfg = _our_config(REPO / "config" / "clickpose.cfg.py")
+    cfg.update(backbone=spec["backbone"] or cfg["backbone"], use_checkpoint=spec["use_checkpoint"])
+    device = torch.device(spec["device"])
+    torch.manual_seed(0)
+    model, criterion, _ = build_model(argparse.Namespace(**cfg))
+    model.to(device).train()
+    inputs = make_inputs(cfg, spec["batch"], *spec["size"], coco=None)
+    samples = NestedTensor(inputs["images"], inputs["mask"]).to(device)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in inputs["targets"]]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    losses = criterion(model(samples, targets), targets)
+    sum(losses[k] * w for k, w in criterion.weight_dict.items() if k in losses).backward()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    grad = sum(float(p.grad.double().abs().sum()) for p in model.parameters() if p.grad is not None)
+    return {"peak_mb": peak, "step_s": time.perf_counter() - start, "grad_abs_sum": grad}
+
+
+def checkpoint_memory(args: argparse.Namespace) -> None:
+    results = {}
+    for use_checkpoint in (False, True):
+        spec = {"kind": "train_memory", "threads": args.threads, "size": args.size, "batch": args.batch,
+                "backbone": args.backbone, "use_checkpoint": use_checkpoint, "device": args.device}
+        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
+                              text=True, cwd=REPO)
+        if done.returncode != 0:
+            raise RuntimeError(f"training-memory worker failed:\n{done.stderr[-3000:]}")
+        results[use_checkpoint] = json.loads(done.stdout.strip().splitlines()[-1])
+    off, on = results[False], results[True]
+    what = "peak CUDA allocation" if args.device.startswith("cuda") else "peak process RSS"
+    print(f"one training step, {args.backbone or 'config backbone'}, batch {args.batch} of "
+          f"{args.size[0]}x{args.size[1]}, {args.device}, {args.threads} threads: {what}")
+    print(f"  use_checkpoint=False: {off['peak_mb']:.0f} MiB, step {off['step_s']:.2f} s")
+    print(f"  use_checkpoint=True:  {on['peak_mb']:.0f} MiB, step {on['step_s']:.2f} s")
+    print(f"  saving {off['peak_mb'] - on['peak_mb']:.0f} MiB ({1 - on['peak_mb'] / off['peak_mb']:.1%}); "
+          f"sum |grad| relative difference {abs(on['grad_abs_sum'] / off['grad_abs_sum'] - 1):.1e}")
+
+
 def worker(spec: dict) -> None:
     import torch
     torch.set_num_threads(spec["threads"])
     height, width = spec["size"]
-    if spec["kind"] == "reference":
-        forward = _reference_forward(height, width, spec["root"])
-    else:
-        forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True))
-    forward()  # warm-up
+    if spec["kind"] == "train_memory":
+        print(json.dumps(_training_step_memory(spec)), flush=True)
+        return
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the protocol (the original prints on build)
+        if spec["kind"] == "reference":
+            forward = _reference_forward(height, width, spec["root"], spec.get("backbone"))
+        else:
+            forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True),
+                                    spec.get("backbone"))
+        forward()  # warm-up
     print("ready", flush=True)
     for _ in sys.stdin:
         start = time.perf_counter()
@@ -153,12 +228,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backend", default=None, help="our msda_backend (default: fastest available)")
     parser.add_argument("--reference-root", default=None, help="checkout of the original Click-Pose code")
+    parser.add_argument("--backbone", default=None, help="backbone name (default: the config's resnet50)")
+    parser.add_argument("--checkpoint-memory", action="store_true",
+                        help="measure a training step with and without use_checkpoint instead")
+    parser.add_argument("--batch", type=int, default=1, help="images per training step (--checkpoint-memory)")
+    parser.add_argument("--device", default="cpu", help="device of the training step (--checkpoint-memory)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         worker(json.loads(args.worker))
         return
-    common = {"size": args.size, "threads": args.threads}
+    if args.checkpoint_memory:
+        checkpoint_memory(args)
+        return
+    common = {"size": args.size, "threads": args.threads, "backbone": args.backbone}
     ours = {**common, "kind": "ours", "backend": args.backend}
     if args.reference_root:
         baseline = {**common, "kind": "reference", "root": str(Path(args.reference_root).resolve())}
@@ -175,7 +258,8 @@ def main() -> None:
         process.stdin.close()
         process.wait()
     med = {name: statistics.median(values) for name, values in times.items()}
-    print(f"model-only eval forward, CPU, {args.threads} threads, 1 image {args.size[0]}x{args.size[1]}, "
+    print(f"model-only eval forward ({args.backbone or 'resnet50'}), CPU, {args.threads} threads, 1 image "
+          f"{args.size[0]}x{args.size[1]}, "
           f"median of {args.runs} interleaved runs")
     print(f"  ours ({args.backend or 'auto'} MSDA): {med['ours']:.3f} s   {['%.2f' % t for t in times['ours']]}")
     print(f"  baseline [{baseline_name}]: {med['baseline']:.3f} s   {['%.2f' % t for t in times['baseline']]}")

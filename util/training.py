@@ -12,13 +12,28 @@ def _matches(name: str, keywords) -> bool:
     return any(word in name for word in keywords)
 
 
+def backbone_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the parameters inside the model's backbone module(s): the ``Joiner`` (backbone + position encoding),
+    found by type, so a parameter elsewhere whose name happens to contain 'backbone' is not one of them."""
+    from models.clickpose.backbone import Joiner
+
+    joiners = [m for m in model.modules() if isinstance(m, Joiner)]
+    if not joiners:
+        raise ValueError(f"{type(model).__name__} has no backbone (a models.clickpose.backbone.Joiner module); "
+                         "the parameter groups need one to give it lr_backbone")
+    return {id(p) for joiner in joiners for p in joiner.parameters()}
+
+
 def param_groups(args: Namespace, model: nn.Module) -> list[dict[str, Any]]:
-    """'default': every non-backbone parameter at ``lr``, the backbone at ``lr_backbone`` (reference groups)."""
+    """'default': every non-backbone parameter at ``lr``, the backbone module's at ``lr_backbone`` (the original's
+    groups); 'ddetr_in_mmdet': ``lr_backbone_names`` / ``lr_linear_proj_names`` matched in parameter names, as the
+    original does for that recipe."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     kind = getattr(args, "param_dict_type", "default")
     if kind == "default":
-        return [{"params": [p for n, p in named if "backbone" not in n]},
-                {"params": [p for n, p in named if "backbone" in n], "lr": args.lr_backbone}]
+        backbone = backbone_parameter_ids(model)
+        return [{"params": [p for _, p in named if id(p) not in backbone]},
+                {"params": [p for _, p in named if id(p) in backbone], "lr": args.lr_backbone}]
     if kind == "ddetr_in_mmdet":
         backbone, proj = args.lr_backbone_names, args.lr_linear_proj_names
         return [

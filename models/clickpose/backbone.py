@@ -1,123 +1,109 @@
-"""ResNet backbones with frozen batch norm, and the ``Joiner`` that adds the position encoding.
+"""Backbones by name, and the ``Joiner`` that adds the position encoding.
 
-State-dict layout (the reference's): ``backbone.0.body.*`` = torchvision ResNet without fc/avgpool,
-``backbone.1`` = the (parameter-free) position encoding. ImageNet weights come only from a local file
-(config ``backbone_weights``); nothing is downloaded.
+One table maps a name to its family's builder: the ResNets (torchvision), the original's Swin Transformers, and any
+timm feature model as ``'timm:NAME'``. Adding a backbone is one entry. Every backbone returns
+``{str(level index): NestedTensor}`` with each level's padding mask and has ``num_channels``.
+
+State-dict layout (the original's): ``backbone.0.body.*`` for a ResNet (torchvision, no fc/avgpool),
+``backbone.0.{patch_embed,layers,norm*}.*`` for a Swin, ``backbone.0.body.*`` for a timm model;
+``backbone.1`` = the (parameter-free) position encoding. Weights come only from a local file (``backbone_weights``).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Optional, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
-import torch
-import torch.nn.functional as F
-import torchvision
 from torch import Tensor, nn
-from torchvision.models._utils import IntermediateLayerGetter
 
 from util.misc import NestedTensor
 
+from .backbones.common import FrozenBatchNorm2d, check_batch_norm_type
+from .backbones.resnet import RESNET_CHANNELS, ResNetBackbone, load_resnet_weights
+from .backbones.swin import SWIN_CONFIGS, SwinBackbone
+from .backbones.timm_features import TimmBackbone
 from .position_encoding import build_position_encoding
 
-RESNET_CHANNELS = {
-    "resnet18": (64, 128, 256, 512),
-    "resnet34": (64, 128, 256, 512),
-    "resnet50": (256, 512, 1024, 2048),
-    "resnet101": (256, 512, 1024, 2048),
+TIMM_PREFIX = "timm:"
+DEFAULT_BATCH_NORM = "FrozenBatchNorm2d"
+
+
+@dataclass(frozen=True)
+class BackboneOptions:
+    """The config keys every family reads."""
+    return_interm_indices: Sequence[int]
+    dilation: bool = False
+    weights_path: Optional[str] = None
+    batch_norm: str = DEFAULT_BATCH_NORM
+    use_checkpoint: bool = False
+
+
+def _resnet(name: str, opts: BackboneOptions) -> nn.Module:
+    return ResNetBackbone(name, opts.return_interm_indices, dilation=opts.dilation, weights_path=opts.weights_path,
+                          batch_norm=opts.batch_norm, use_checkpoint=opts.use_checkpoint)
+
+
+def _swin(name: str, opts: BackboneOptions) -> nn.Module:
+    if opts.batch_norm != DEFAULT_BATCH_NORM:
+        raise ValueError(f"batch_norm_type={opts.batch_norm!r} has no effect on {name}: a Swin has only layer norms; "
+                         f"leave batch_norm_type at {DEFAULT_BATCH_NORM!r}")
+    return SwinBackbone(name, opts.return_interm_indices, dilation=opts.dilation, weights_path=opts.weights_path,
+                        use_checkpoint=opts.use_checkpoint)
+
+
+def _timm(name: str, opts: BackboneOptions) -> nn.Module:
+    return TimmBackbone(name[len(TIMM_PREFIX):], opts.return_interm_indices, dilation=opts.dilation,
+                        weights_path=opts.weights_path, batch_norm=opts.batch_norm,
+                        use_checkpoint=opts.use_checkpoint)
+
+
+BACKBONES: dict[str, Callable[[str, BackboneOptions], nn.Module]] = {
+    **{name: _resnet for name in RESNET_CHANNELS},
+    **{name: _swin for name in SWIN_CONFIGS},
 }
-SUPPORTED_INTERM_INDICES = ([0, 1, 2, 3], [1, 2, 3], [3])
-TRAINABLE_STAGES = ("layer2", "layer3", "layer4")  # the stem and layer1 stay frozen
 
 
-class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine parameters (all buffers, none trained).
-
-    Buffers: weight, bias, running_mean, running_var (no ``num_batches_tracked``; dropped when loading).
-    """
-
-    def __init__(self, num_features: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.register_buffer("weight", torch.ones(num_features))
-        self.register_buffer("bias", torch.zeros(num_features))
-        self.register_buffer("running_mean", torch.zeros(num_features))
-        self.register_buffer("running_var", torch.ones(num_features))
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        state_dict.pop(prefix + "num_batches_tracked", None)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-
-    def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
-        return x * scale[None, :, None, None] + shift[None, :, None, None]
+def make_backbone(name: str, opts: BackboneOptions) -> nn.Module:
+    """The backbone called ``name`` ('resnet50', 'swin_L_384_22k', 'timm:convnext_tiny', ...)."""
+    check_batch_norm_type(opts.batch_norm)
+    if name.startswith(TIMM_PREFIX):
+        return _timm(name, opts)
+    if name not in BACKBONES:
+        raise ValueError(f"backbone {name!r} is not supported; choose one of {sorted(BACKBONES)} or "
+                         f"'{TIMM_PREFIX}NAME' for a timm model")
+    return BACKBONES[name](name, opts)
 
 
-def load_backbone_weights(resnet: nn.Module, path: str | Path) -> None:
-    """Load a torchvision ResNet state dict (``fc.*`` and ``num_batches_tracked`` are ignored)."""
-    path = Path(path)
-    hint = ("expected a torchvision ResNet state dict (e.g. torchvision.models.resnet50(weights='IMAGENET1K_V1')"
-            ".state_dict() saved with torch.save), or set backbone_weights=None for a random initialisation")
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone_weights file {path} does not exist; {hint}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
-        state = state["model"]
-    if not isinstance(state, dict):
-        raise ValueError(f"backbone_weights file {path} holds a {type(state).__name__}; {hint}")
-    state = {k: v for k, v in state.items() if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
-    try:
-        result = resnet.load_state_dict(state, strict=False)
-    except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"backbone_weights file {path} does not fit the ResNet: {error}; {hint}") from None
-    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(f"backbone_weights file {path} does not fit the ResNet: missing {missing[:5]}, "
-                         f"unexpected {result.unexpected_keys[:5]}; {hint}")
-
-
-class ResNetBackbone(nn.Module):
-    """Multi-scale ResNet features; returns ``{str(index): NestedTensor}`` with each level's padding mask."""
-
-    def __init__(self, name: str, return_interm_indices: Sequence[int], dilation: bool = False,
-                 train_backbone: bool = True, weights_path: Optional[str] = None):
-        super().__init__()
-        if name not in RESNET_CHANNELS:
-            raise ValueError(f"backbone {name!r} is not supported; choose one of {sorted(RESNET_CHANNELS)}")
-        indices = list(return_interm_indices)
-        if indices not in SUPPORTED_INTERM_INDICES:
-            raise ValueError(f"return_interm_indices must be one of {SUPPORTED_INTERM_INDICES}, got {indices}")
-        resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d,
-                                                   replace_stride_with_dilation=[False, False, dilation])
-        if weights_path is not None:
-            load_backbone_weights(resnet, weights_path)
-        for param_name, param in resnet.named_parameters():
-            if not train_backbone or not any(stage in param_name for stage in TRAINABLE_STAGES):
-                param.requires_grad_(False)
-        # layer{5-n+i} is returned under the name of its interm index, as the reference does
-        return_layers = {f"layer{5 - len(indices) + i}": str(index) for i, index in enumerate(indices)}
-        self.body = IntermediateLayerGetter(resnet, return_layers=return_layers)
-        self.num_channels = list(RESNET_CHANNELS[name][4 - len(indices):])
-
-    def forward(self, samples: NestedTensor) -> dict[str, NestedTensor]:
-        if samples.mask is None:
-            raise ValueError("the backbone needs a NestedTensor with a padding mask")
-        features = self.body(samples.tensors)
-        out = {}
-        for name, feature in features.items():
-            mask = F.interpolate(samples.mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
-            out[name] = NestedTensor(feature, mask)
-        return out
+def set_trainable(backbone: nn.Module, train: bool, stages: Any = None,
+                  freeze_keywords: Optional[Sequence[str]] = None) -> None:
+    """Which backbone parameters train. ``stages``: None = the family's default (``default_trainable``: the ResNets
+    train layer2-4, as the original; the others everything), 'all', or a list of name parts (a parameter trains
+    when its name contains one). Then ``freeze_keywords`` freeze every parameter whose name contains one (the
+    original's ``backbone_freeze_keywords``). ``train=False`` (lr_backbone <= 0) freezes everything."""
+    if stages is None:
+        stages = getattr(backbone, "default_trainable", None) or "all"
+    if stages != "all" and (isinstance(stages, str) or not all(isinstance(s, str) for s in stages)):
+        raise ValueError(f"backbone_trainable_stages must be None, 'all' or a list of name parts such as "
+                         f"['layer3', 'layer4'], got {stages!r}")
+    if isinstance(freeze_keywords, str):
+        raise ValueError(f"backbone_freeze_keywords must be a list of name parts, got the string {freeze_keywords!r}")
+    names = [name for name, _ in backbone.named_parameters()]
+    for part in [] if stages == "all" else stages:
+        if not any(part in name for name in names):
+            raise ValueError(f"backbone_trainable_stages entry {part!r} matches no backbone parameter "
+                             f"(names look like {names[0]!r}, {names[-1]!r})")
+    for name, param in backbone.named_parameters():
+        trainable = train and (stages == "all" or any(part in name for part in stages))
+        if freeze_keywords and any(word in name for word in freeze_keywords):
+            trainable = False
+        param.requires_grad_(trainable)
 
 
 class Joiner(nn.Sequential):
     """``[0]`` backbone, ``[1]`` position encoding; returns (per-level features, per-level encodings)."""
 
-    def __init__(self, backbone: ResNetBackbone, position_embedding: nn.Module):
+    def __init__(self, backbone: nn.Module, position_embedding: nn.Module):
         super().__init__(backbone, position_embedding)
-        self.num_channels = backbone.num_channels
+        self.num_channels = list(backbone.num_channels)
 
     def forward(self, samples: NestedTensor) -> tuple[list[NestedTensor], list[Tensor]]:
         features = list(self[0](samples).values())
@@ -126,8 +112,22 @@ class Joiner(nn.Sequential):
 
 
 def build_backbone(args: Any) -> Joiner:
-    """Config: ``backbone``, ``return_interm_indices``, ``dilation``, ``lr_backbone``, ``backbone_weights``."""
-    backbone = ResNetBackbone(args.backbone, args.return_interm_indices, dilation=args.dilation,
-                              train_backbone=args.lr_backbone > 0,
-                              weights_path=getattr(args, "backbone_weights", None))
+    """Config: ``backbone``, ``return_interm_indices``, ``dilation``, ``lr_backbone``, ``backbone_weights``,
+    ``batch_norm_type``, ``use_checkpoint``, ``backbone_freeze_keywords``, ``backbone_trainable_stages``."""
+    opts = BackboneOptions(list(args.return_interm_indices), dilation=bool(args.dilation),
+                           weights_path=getattr(args, "backbone_weights", None),
+                           batch_norm=getattr(args, "batch_norm_type", DEFAULT_BATCH_NORM),
+                           use_checkpoint=bool(getattr(args, "use_checkpoint", False)))
+    if opts.batch_norm == "SyncBatchNorm" and getattr(args, "distributed", False) and \
+            str(getattr(args, "device", "cuda")).startswith("cpu"):
+        raise ValueError("batch_norm_type='SyncBatchNorm' needs CUDA devices under distributed training (PyTorch "
+                         "synchronises batch statistics only on GPUs); use 'BatchNorm2d' on CPUs")
+    backbone = make_backbone(args.backbone, opts)
+    set_trainable(backbone, args.lr_backbone > 0, getattr(args, "backbone_trainable_stages", None),
+                  getattr(args, "backbone_freeze_keywords", None))
     return Joiner(backbone, build_position_encoding(args))
+
+
+# kept importable from here: the one home of backbones
+__all__ = ["BACKBONES", "BackboneOptions", "FrozenBatchNorm2d", "Joiner", "ResNetBackbone", "SwinBackbone",
+           "TimmBackbone", "build_backbone", "load_resnet_weights", "make_backbone", "set_trainable"]

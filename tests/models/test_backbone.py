@@ -8,7 +8,9 @@ import torch
 import torchvision
 from torch import nn
 
-from models.clickpose.backbone import FrozenBatchNorm2d, ResNetBackbone
+from models.clickpose.backbone import (BACKBONES, BackboneOptions, FrozenBatchNorm2d, ResNetBackbone, build_backbone,
+                                       make_backbone, set_trainable)
+from models.clickpose.backbones.common import convert_batch_norm
 from models.clickpose.position_encoding import PositionEmbeddingSineHW, query_sine_embedding
 from util.misc import nested_tensor_from_tensor_list
 
@@ -38,7 +40,7 @@ def test_local_weights_are_loaded_and_bad_files_are_clear_errors(tmp_path):
     assert torch.equal(backbone.body.bn1.running_var, source.bn1.running_var)
     with pytest.raises(FileNotFoundError, match="missing.pth.*torchvision ResNet state dict"):
         ResNetBackbone("resnet18", [1, 2, 3], weights_path=str(tmp_path / "missing.pth"))
-    with pytest.raises(ValueError, match="does not fit the ResNet"):
+    with pytest.raises(ValueError, match=r"does not fit this backbone: missing \(165\): layer1.0.conv3.weight.*wrong shape \(23\)"):
         ResNetBackbone("resnet50", [1, 2, 3], weights_path=str(path))
 
 
@@ -53,6 +55,7 @@ def test_levels_masks_and_frozen_stages(indices, channels):
     last = features[str(indices[-1])]
     assert last.tensors.shape == (2, channels[-1], 2, 3)
     assert last.mask[0].sum() == 0 and last.mask[1, :, 2].all() and not last.mask[1, :, :2].any()
+    set_trainable(backbone, True)  # the family's default: the original's
     trainable = {n.split(".")[0] for n, p in backbone.body.named_parameters() if p.requires_grad}
     assert trainable == {"layer2", "layer3", "layer4"}
     with pytest.raises(ValueError, match="return_interm_indices"):
@@ -80,3 +83,64 @@ def test_query_sine_embedding_order_is_y_x_w_h():
     for block, value in enumerate((0.2, 0.1, 0.3, 0.4)):
         assert embed[0, 4 * block].item() == pytest.approx(math.sin(value * 2 * math.pi), abs=1e-6)
         assert embed[0, 4 * block + 1].item() == pytest.approx(math.cos(value * 2 * math.pi), abs=1e-6)
+
+
+def test_trainable_stages_and_freeze_keywords():
+    backbone = ResNetBackbone("resnet18", [1, 2, 3], batch_norm="BatchNorm2d")
+
+    def trainable():
+        return {n.split(".")[1] for n, p in backbone.named_parameters() if p.requires_grad}
+
+    set_trainable(backbone, True, "all")
+    assert trainable() == {"conv1", "bn1", "layer1", "layer2", "layer3", "layer4"}
+    set_trainable(backbone, True, ["layer3", "layer4"], freeze_keywords=["layer4.1"])
+    assert trainable() == {"layer3", "layer4"}
+    assert not any(p.requires_grad for n, p in backbone.named_parameters() if "layer4.1" in n)
+    set_trainable(backbone, False, "all")  # lr_backbone <= 0
+    assert trainable() == set()
+    with pytest.raises(ValueError, match="entry 'layer9' matches no backbone parameter"):
+        set_trainable(backbone, True, ["layer9"])
+    with pytest.raises(ValueError, match="must be None, 'all' or a list"):
+        set_trainable(backbone, True, "layer3")
+    with pytest.raises(ValueError, match="backbone_freeze_keywords must be a list"):
+        set_trainable(backbone, True, None, freeze_keywords="layer1")
+
+
+def test_one_table_of_names_and_clear_errors():
+    assert {"resnet50", "resnet101", "swin_T_224_1k", "swin_B_224_22k", "swin_B_384_22k", "swin_L_224_22k",
+            "swin_L_384_22k"} <= set(BACKBONES)
+    with pytest.raises(ValueError, match=r"backbone 'vgg16' is not supported; choose one of .*'timm:NAME'"):
+        make_backbone("vgg16", BackboneOptions([1, 2, 3]))
+    with pytest.raises(ValueError, match="a Swin has only layer norms"):
+        make_backbone("swin_T_224_1k", BackboneOptions([1, 2, 3], batch_norm="BatchNorm2d"))
+
+
+def test_build_backbone_reads_every_backbone_key():
+    from .conftest import load_args
+
+    args = load_args(batch_norm_type="BatchNorm2d", backbone_trainable_stages="all",
+                     backbone_freeze_keywords=["layer1.0"], return_interm_indices=[0, 1, 2, 3])
+    joiner = build_backbone(args)
+    body = joiner[0].body
+    assert isinstance(body.bn1, nn.BatchNorm2d) and body.conv1.weight.requires_grad
+    assert not body.layer1[0].conv1.weight.requires_grad and body.layer1[1].conv1.weight.requires_grad
+    assert joiner.num_channels == [64, 128, 256, 512]
+    with pytest.raises(ValueError, match="dilation=True needs a bottleneck ResNet"):
+        build_backbone(load_args(dilation=True))
+    with pytest.raises(ValueError, match="'SyncBatchNorm' needs CUDA devices under distributed training"):
+        build_backbone(load_args(batch_norm_type="SyncBatchNorm", distributed=True, device="cpu"))
+    checkpointed = build_backbone(load_args(use_checkpoint=True))
+    assert checkpointed[0].use_checkpoint
+
+
+def test_convert_batch_norm_keeps_statistics():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(nn.BatchNorm2d(4))).eval()
+    net[1][0].running_mean.normal_()
+    net[1][0].weight.data.normal_()
+    x = torch.randn(2, 3, 5, 5)
+    expected = net(x)
+    frozen = convert_batch_norm(net, "FrozenBatchNorm2d")
+    assert isinstance(frozen[1][0], FrozenBatchNorm2d)
+    torch.testing.assert_close(frozen(x), expected)
+    assert isinstance(convert_batch_norm(nn.Sequential(nn.BatchNorm2d(2)), "SyncBatchNorm")[0], nn.SyncBatchNorm)

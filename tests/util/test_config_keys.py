@@ -26,9 +26,6 @@ REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "clickpose.cfg.py"
 TINY = REPO / "config" / "tiny.cfg.py"
 
-# Implemented on branch `backbone` (issue 14's backbone keys). At merge: move each into BUILT with a value.
-HANDLED_BY_BACKBONE_BRANCH = ["batch_norm_type", "backbone_freeze_keywords", "use_checkpoint"]
-
 _DDETR = {"param_dict_type": "ddetr_in_mmdet"}  # the groups that read lr_backbone_names / lr_linear_proj_*
 _CUSTOM_PATHS = {"dataset_file": "custom", "custom_train_ann": "a.json", "custom_train_img": "img",
                  "custom_val_ann": "b.json", "custom_val_img": "img"}
@@ -57,6 +54,10 @@ BUILT: dict[str, tuple[str, dict]] = {
     "onecyclelr": ("optim", {"onecyclelr": True}),
     "backbone": ("model", {"backbone": "resnet34"}),
     "backbone_weights": ("model", {"backbone_weights": "<resnet18 weights>"}),
+    "batch_norm_type": ("model", {"batch_norm_type": "BatchNorm2d"}),
+    "use_checkpoint": ("model", {"use_checkpoint": True}),
+    "backbone_freeze_keywords": ("optim", {"backbone_freeze_keywords": ["layer4"]}),
+    "backbone_trainable_stages": ("optim", {"backbone_trainable_stages": "all"}),
     "cls_no_bias": ("model", {"cls_no_bias": True}),
     "dec_layers": ("model", {"dec_layers": 4, "num_humanfeedback_layers": 2}),
     "num_box_decoder_layers": ("model", {"num_box_decoder_layers": 1, "num_humanfeedback_layers": 2}),
@@ -154,7 +155,7 @@ def _config_keys() -> list[str]:
 
 def test_every_config_key_is_covered():
     keys = _config_keys()
-    groups = [set(UNSUPPORTED_KEYS), set(REJECTED), set(BUILT), set(RUN), set(HANDLED_BY_BACKBONE_BRANCH)]
+    groups = [set(UNSUPPORTED_KEYS), set(REJECTED), set(BUILT), set(RUN)]
     missing = [k for k in keys if not any(k in g for g in groups)]
     assert missing == [], f"config keys neither read nor refused by any test: {missing}"
     doubled = [k for k in keys if sum(k in g for g in groups) > 1]
@@ -282,12 +283,6 @@ def test_built_keys_change_what_is_built(key, resnet18_weights):
         before = _BASELINE_PROBES[cache_key]
         after = _probe(kind, _args(**setting))
     assert before != after, f"setting {key}={setting[key]!r} changed nothing that {kind} builds"
-
-
-@pytest.mark.skip(reason="batch_norm_type, backbone_freeze_keywords, use_checkpoint: implemented by branch "
-                         "`backbone`; move them into BUILT at merge")
-def test_backbone_branch_keys():
-    raise AssertionError(HANDLED_BY_BACKBONE_BRANCH)
 
 
 class _Recording(argparse.Namespace):
