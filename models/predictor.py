@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from models.clickpose import keypoints as kp
+
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 
 
@@ -69,7 +71,7 @@ class Predictor:
     def predict(self, image: ImageLike) -> list[dict[str, Any]]:
         """Detect people. Returns dicts with 'index' (use it in ``correct``), 'score', 'box' (x0, y0, x1, y1) and
         'keypoints' (K, 3) as (x, y, score) in pixels, best first."""
-        from models.clickpose.feedback import keypoint_xy, select_top
+        from models.clickpose.feedback import select_top
         from util.misc import nested_tensor_from_tensor_list
 
         pil = self._load(image)
@@ -80,8 +82,8 @@ class Predictor:
         top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
         self._session = {
             "state": state, "size": (width, height), "logits": top["pred_logits"], "boxes": top["pred_boxes"],
-            "keypoints": keypoint_xy(top["pred_keypoints"], self.num_keypoints), "pinned": None,
-            "visibility": top["pred_keypoints"][..., 2 * self.num_keypoints:],
+            "keypoints": kp.coordinates(top["pred_keypoints"], self.num_keypoints), "pinned": None,
+            "visibility": kp.visibility(top["pred_keypoints"], self.num_keypoints),
         }
         return self._people()
 
@@ -107,8 +109,8 @@ class Predictor:
                                    click_freeze="all", pinned=session["pinned"], logits=session["logits"])
         last = result.layers[-1]
         session["boxes"] = last["pred_boxes"]
-        session["keypoints"] = last["pred_keypoints"][..., :2 * self.num_keypoints].unflatten(-1, (-1, 2))
-        session["visibility"] = last["pred_keypoints"][..., 2 * self.num_keypoints:]
+        session["keypoints"] = kp.coordinates(last["pred_keypoints"], self.num_keypoints)
+        session["visibility"] = kp.visibility(last["pred_keypoints"], self.num_keypoints)
         session["pinned"] = result.pinned
         return self._people()
 
