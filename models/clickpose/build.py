@@ -7,6 +7,7 @@ from torch import nn
 
 from .backbone import build_backbone
 from .clickpose import ClickPose
+from .feedback import build_click_simulator
 from .postprocess import PostProcess
 from .transformer import build_transformer
 
@@ -41,7 +42,7 @@ def build_clickpose(args: Any, matcher: Optional[nn.Module] = None) -> ClickPose
         dn_kpt_label_noise_ratio=args.dn_kpt_label_noise_ratio, human_feedback=args.human_feedback,
         click_freeze=getattr(args, "click_freeze", "none"), only_correction=args.only_correction,
         pem_error_types=getattr(args, "pem_error_types", ()), pem_error_prob=getattr(args, "pem_error_prob", 0.0),
-        flip_pairs=flip_pairs, keypoint_sigmas=sigmas, matcher=matcher)
+        flip_pairs=flip_pairs, keypoint_sigmas=sigmas, click_simulator=build_click_simulator(args, matcher))
 
 
 def build_postprocessors(args: Any) -> dict[str, PostProcess]:

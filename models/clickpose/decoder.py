@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from util.misc import inverse_sigmoid
 
+from . import keypoints as kp
 from .encoder import EncoderState
 from .layers import MLP, activation_fn
 from .ops import MSDeformAttn
@@ -201,6 +202,25 @@ class Decoder(nn.Module):
         dn_refs = interleave_groups(dn_box_refs, self.keypoint_references(dn_box_refs, dn_xy))
         return torch.cat((dn_out, match_out), 1), torch.cat((dn_refs, match_refs), 1)
 
+    def refine_people(self, box_content: Tensor, keypoint_content: Tensor, boxes: Tensor, keypoints: Tensor,
+                      state: EncoderState, pin: Optional[tuple[Tensor, Tensor]] = None) -> list[dict[str, Tensor]]:
+        """The refinement pass: R people as groups of [box, K keypoints] queries through the keypoint layers.
+
+        box_content (B, R, C), keypoint_content (B, R, K, C): the query contents; boxes (B, R, 4) cxcywh and
+        keypoints (B, R, K, 2) in [0, 1]: the references; pin: see :meth:`group_update`.
+        Returns per keypoint layer {'pred_logits', 'pred_boxes', 'pred_keypoints'} of the R people.
+        """
+        box_refs = inverse_sigmoid(boxes).sigmoid()  # the reference passes boxes through logit space first
+        refs = interleave_groups(box_refs, self.keypoint_references(box_refs, keypoints))
+        hs, new_refs = self.run_keypoint_layers(interleave_groups(box_content, keypoint_content), refs, state,
+                                                attn_mask=None, pin=pin)
+        layers = []
+        for offset, (layer_hs, layer_refs) in enumerate(zip(hs, [refs] + new_refs)):
+            logits, layer_boxes, layer_kpts = self.predict_groups(self.num_box_layers + offset, layer_hs,
+                                                                  layer_refs, pin)
+            layers.append({"pred_logits": logits, "pred_boxes": layer_boxes, "pred_keypoints": layer_kpts})
+        return layers
+
     # ---- predictions (normed outputs) ----------------------------------------------------------------
     def predict_boxes(self, layer_id: int, hs: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
         """Box-layer predictions: logits (B, N, classes), boxes (B, N, 4)."""
@@ -219,4 +239,4 @@ class Decoder(nn.Module):
         if pin is not None:
             xy = torch.where(pin[0][..., None], pin[1], xy)
         visibility = xy.new_full(xy.shape[:-1], VISIBILITY_LOGIT).sigmoid()
-        return logits, boxes, torch.cat((xy.flatten(-2), visibility), -1)
+        return logits, boxes, kp.encode(xy, visibility)

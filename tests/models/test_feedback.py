@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.clickpose.build import build_clickpose
-from models.clickpose.feedback import ClickSimulator, apply_clicks, flatten_clicks, keypoint_xy, refine
+from models.clickpose.feedback import ClickSimulator, apply_clicks, flatten_clicks
+from models.clickpose.keypoints import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
 
 from .conftest import load_args, make_images, make_targets
@@ -83,7 +84,7 @@ def test_simulator_clicks_the_worst_labelled_keypoint_once_per_matched_person():
 
 
 def _pinned_xy(rounds, index):
-    return [keypoint_xy(layer["pred_keypoints"], K) for layer in rounds[index]["refine_layers"]]
+    return [coordinates(layer["pred_keypoints"], K) for layer in rounds[index]["refine_layers"]]
 
 
 @pytest.mark.parametrize("mode", ["none", "round", "all"])
@@ -93,7 +94,7 @@ def test_click_freeze_modes(session, mode):
     with torch.no_grad():
         rounds = model.click_rounds(state, outputs, targets, 3, simulator, click_freeze=mode)
     first = rounds[1]["refine_layers"][0]
-    clicks_1 = simulator.clicks(simulator.match(rounds[0], targets), keypoint_xy(rounds[0]["pred_keypoints"], K))
+    clicks_1 = simulator.clicks(simulator.match(rounds[0], targets), coordinates(rounds[0]["pred_keypoints"], K))
     image, person, joint = clicks_1[:, 0].long(), clicks_1[:, 1].long(), clicks_1[:, 2].long()
     assert len(clicks_1) == 6
     last_round_layers = _pinned_xy(rounds, 3)
@@ -115,10 +116,10 @@ def test_rounds_chain_refinements_and_match_manual_calls(session):
         rounds = model.click_rounds(state, outputs, targets, 2, simulator)
         start = rounds[0]
         matching = simulator.match(start, targets)
-        boxes, kpts = start["pred_boxes"], keypoint_xy(start["pred_keypoints"], K)
-        first = refine(model, state, boxes, kpts, simulator.clicks(matching, kpts))
+        boxes, kpts = start["pred_boxes"], coordinates(start["pred_keypoints"], K)
+        first = model.refine(state, boxes, kpts, simulator.clicks(matching, kpts))
         last = first.layers[-1]
-        kpts = keypoint_xy(last["pred_keypoints"], K)
+        kpts = coordinates(last["pred_keypoints"], K)
         second = model.refine(state, last["pred_boxes"], kpts, simulator.clicks(matching, kpts))
     assert len(rounds) == 3 and "refine_layers" not in rounds[0]
     assert rounds[0]["pred_logits"].shape[1] == load_args().num_group_refine
@@ -149,7 +150,7 @@ def test_real_matcher_simulator(session):
     model, state, outputs, targets = session
     with torch.no_grad():
         rounds = model.click_rounds(state, outputs, targets, 1)  # the model's own Hungarian matcher
-    clicked = rounds[1]["corrected"]["pred_keypoints"][..., :2 * K] != keypoint_xy(
+    clicked = rounds[1]["corrected"]["pred_keypoints"][..., :2 * K] != coordinates(
         rounds[0]["pred_keypoints"], K).flatten(2)
     assert clicked.any(-1).sum() == 6  # one click per ground-truth person (4 + 2)
 
@@ -158,7 +159,7 @@ def test_no_clicks_and_images_without_people(session):
     model, state, outputs, targets = session
     with torch.no_grad():
         start = model.click_rounds(state, outputs, targets, 0)[0]
-        kpts = keypoint_xy(start["pred_keypoints"], K)
+        kpts = coordinates(start["pred_keypoints"], K)
         result = model.refine(state, start["pred_boxes"], kpts, [torch.zeros(0, 4), torch.zeros(0, 4)])
         empty = [{**t, "boxes": t["boxes"][:0], "labels": t["labels"][:0], "keypoints": t["keypoints"][:0],
                   "area": t["area"][:0]} for t in targets]
