@@ -130,6 +130,7 @@ use_ema = False
 # ==== this implementation's additions (docs/deviations.md); defaults reproduce the reference ====
 backbone_weights = None  # local ImageNet weights file for the ResNet; None = random init, nothing is downloaded
 click_freeze = 'none'  # 'none' (reference: clicks are not pinned) | 'round' | 'all'
+click_policy = 'worst'  # simulated user's click: 'worst' (reference: largest |dx|+|dy|) | 'worst_l2' (Euclidean)
 crop_marks_invisible = False  # True: keypoints cropped out of the window become unlabelled
 ema_unique_params = False  # True: update each shared (aliased) tensor once per step
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)

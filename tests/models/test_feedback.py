@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models.clickpose.build import build_clickpose
-from models.clickpose.feedback import ClickSimulator, apply_clicks, flatten_clicks
+from models.clickpose.feedback import CLICK_POLICIES, ClickSimulator, apply_clicks, build_click_simulator, flatten_clicks
 from models.clickpose.keypoints import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
 
@@ -81,6 +81,25 @@ def test_simulator_clicks_the_worst_labelled_keypoint_once_per_matched_person():
     current[0, 1, 3, 1] -= 0.1  # a tie: the first index wins
     clicks = simulator.clicks(matching, current)
     assert clicks[1].tolist() == pytest.approx([0, 1, 2, 0.5, 0.5])
+
+
+def test_click_policy_is_swappable():
+    gt = torch.zeros(1, 3 * 2)
+    gt[0, 4:] = 1.0  # both keypoints labelled, at (0, 0)
+    targets = [{"boxes": torch.rand(1, 4), "labels": torch.ones(1, dtype=torch.long), "keypoints": gt}]
+    current = torch.tensor([[[[0.3, 0.3], [0.5, 0.0]]]])  # L1 0.6 vs 0.5, L2 0.42 vs 0.5
+    preds = {"pred_boxes": torch.rand(1, 1, 4)}
+    picked = {}
+    for policy in ("worst", "worst_l2", lambda cur, xy, vis: -(cur - xy).abs().sum(-1) + 10):
+        simulator = ClickSimulator(FixedMatcher(), 2, policy)
+        picked[policy if isinstance(policy, str) else "callable"] = int(
+            simulator.clicks(simulator.match(preds, targets), current)[0, 2])
+    assert picked == {"worst": 0, "worst_l2": 1, "callable": 1}
+    with pytest.raises(ValueError, match="click_policy must be one of"):
+        ClickSimulator(FixedMatcher(), 2, "best")
+    args = load_args(click_policy="worst_l2")
+    assert build_click_simulator(args, FixedMatcher()).error is CLICK_POLICIES["worst_l2"]
+    assert build_clickpose(args).click_simulator.error is CLICK_POLICIES["worst_l2"]
 
 
 def _pinned_xy(rounds, index):
