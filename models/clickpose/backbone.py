@@ -10,12 +10,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
-from util.misc import NestedTensor
+from util.misc import NestedTensor, downsample_mask
 
 from .position_encoding import build_position_encoding
 
@@ -107,8 +106,7 @@ class ResNetBackbone(nn.Module):
         features = self.body(samples.tensors)
         out = {}
         for name, feature in features.items():
-            mask = F.interpolate(samples.mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
-            out[name] = NestedTensor(feature, mask)
+            out[name] = NestedTensor(feature, downsample_mask(samples.mask, feature.shape[-2:]))
         return out
 
 

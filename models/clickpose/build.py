@@ -46,5 +46,8 @@ def build_clickpose(args: Any, matcher: Optional[nn.Module] = None) -> ClickPose
 
 
 def build_postprocessors(args: Any) -> dict[str, PostProcess]:
-    return {"bbox": PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold,
-                                num_body_points=args.num_body_points)}
+    """{'pose': PostProcess, 'bbox': the same object}: it returns boxes AND keypoints; 'bbox' is the reference's key,
+    kept for compatibility."""
+    pose = PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold,
+                       num_body_points=args.num_body_points)
+    return {"bbox": pose, "pose": pose}

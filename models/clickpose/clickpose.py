@@ -13,10 +13,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from util.misc import NestedTensor, nested_tensor_from_tensor_list
+from util.misc import NestedTensor, downsample_mask, nested_tensor_from_tensor_list
 
 from .backbone import Joiner
 from .encoder import EncoderState
@@ -101,7 +100,7 @@ class ClickPose(nn.Module):
         for level in range(len(features), self.num_feature_levels):
             source = features[-1].tensors if level == len(features) else srcs[-1]
             src = self.input_proj[level](source)
-            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            mask = downsample_mask(samples.mask, src.shape[-2:])
             srcs.append(src)
             masks.append(mask)
             positions.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
