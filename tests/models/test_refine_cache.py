@@ -2,6 +2,8 @@
 outputs equal the uncached path in every click_freeze mode, in eval and in training (outputs and gradients)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -126,3 +128,25 @@ def test_training_with_the_cache_equals_training_without(monkeypatch):
     assert cached_grads.keys() == plain_grads.keys()
     for name, grad in cached_grads.items():
         torch.testing.assert_close(grad, plain_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_the_predictor_gets_the_cache_without_code_changes():
+    """Predictor.correct goes through model.refine on the state of model(samples, return_state=True)."""
+    import numpy as np
+
+    from models.predictor import Predictor
+
+    config = str(Path(__file__).resolve().parents[2] / "config" / "demo.cfg.py")
+    predictor = Predictor(config, None, options={"num_queries": 100, "num_group": 8, "num_group_refine": 4,
+                                                 "dn_number": 4})
+    image = np.random.default_rng(0).integers(0, 256, (224, 288, 3), dtype=np.uint8)
+    people = predictor.predict(image)
+    calls: list[int] = []
+    hooks = _value_projections(predictor.model, calls)
+    try:
+        predictor.correct(person=people[0]["index"], keypoint=3, x=50.0, y=60.0)
+        predictor.correct(person=people[1]["index"], keypoint=5, x=70.0, y=80.0)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert calls == []
