@@ -1,6 +1,7 @@
 """Interactive latency: the first prediction of an image and one click, ours cached vs uncached vs the original.
 
-What is timed (median of ``--clicks`` clicks, ``--predicts`` predictions, interleaved between the variants):
+What is timed (median of ``--clicks`` clicks, ``--predicts`` predictions, interleaved between the variants; wall
+time, and the worker's CPU time over all its threads, which other jobs on a shared machine disturb less):
 - ``predict``: ``Predictor.predict(image)`` (transform, backbone, encoder, decoder, top ``num_group_refine``);
 - ``correct``: ``Predictor.correct(person, keypoint, x, y)``: one click, every refined person (20) re-predicted;
 - ``refine cached`` / ``refine uncached``: the model call inside ``correct``, ``model.refine(state, ...)`` on the
@@ -46,12 +47,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(function, device: str) -> float:
+def _timed(function, device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process over all its threads) of one call."""
     _sync(device)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     function()
     _sync(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - start_cpu
 
 
 def _ours(spec: dict):
@@ -148,7 +150,7 @@ def _original(spec: dict):
 
 
 def worker(spec: dict) -> None:
-    """Serve command names on stdin with one JSON line of seconds each."""
+    """Serve command names on stdin with one JSON line [wall seconds, CPU seconds] each."""
     import torch
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
@@ -170,13 +172,14 @@ def _spawn(spec: dict) -> tuple[subprocess.Popen, dict]:
     return process, json.loads(line[len("ready"):])
 
 
-def _ask(process: subprocess.Popen, command: str) -> float:
+def _ask(process: subprocess.Popen, command: str) -> tuple[float, float]:
     process.stdin.write(command + "\n")
     process.stdin.flush()
     line = process.stdout.readline()
     if not line:
         raise RuntimeError(f"a benchmark worker stopped during '{command}' (see its traceback above)")
-    return float(line)
+    wall, cpu = json.loads(line)
+    return wall, cpu
 
 
 def summarise(times: dict[str, list[float]]) -> dict[str, float]:
@@ -223,7 +226,9 @@ def run(args: argparse.Namespace) -> dict:
     elif original is None:
         print("skipping the original: pass --original DIR (a checkout of IDEA-Research/Click-Pose)", file=sys.stderr)
     workers, infos = {}, {}
-    times: dict[str, list[float]] = {phase: [] for phase in OURS_PHASES + (ORIGINAL_PHASES if original else ())}
+    phases = OURS_PHASES + (ORIGINAL_PHASES if original else ())
+    times: dict[str, list[float]] = {phase: [] for phase in phases}
+    cpu_times: dict[str, list[float]] = {phase: [] for phase in phases}
     try:
         workers["ours"], infos["ours"] = _spawn(ours_spec)
         if original is not None:  # the original gets the tensor size our transform made of the image
@@ -235,12 +240,16 @@ def run(args: argparse.Namespace) -> dict:
             for phase in times:
                 if phase == "predict" and index >= args.predicts:
                     continue
-                times[phase].append(_ask(workers["original" if phase.startswith("original") else "ours"], phase))
+                wall, cpu = _ask(workers["original" if phase.startswith("original") else "ours"], phase)
+                times[phase].append(wall)
+                cpu_times[phase].append(cpu)
     finally:
         for process in workers.values():
             process.stdin.close()
             process.wait()
-    return {"times": times, "info": infos, **summarise(times)}
+    cpu = summarise(cpu_times)
+    return {"times": times, "cpu_times": cpu_times, "info": infos, **summarise(times),
+            "cpu_median_ms": cpu["median_ms"], "cpu_ratios": cpu["ratios"]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -271,10 +280,11 @@ def main(argv: list[str] | None = None) -> None:
           f"image {args.size[0]}x{args.size[1]} (model input {ours['input'][0]}x{ours['input'][1]}, "
           f"{ours['tokens']} encoder tokens), {ours['people']} people refined, median of {args.clicks} clicks and "
           f"{args.predicts} predictions; cache {ours['cache_mib']:.1f} MiB per image")
+    print(f"  {'':<20} {'wall':>10}    {'CPU (all threads)':>17}")
     for phase, value in result["median_ms"].items():
-        print(f"  {phase:<20} {value:10.1f} ms")
+        print(f"  {phase:<20} {value:10.1f} ms {result['cpu_median_ms'][phase]:14.1f} ms")
     for name, value in result["ratios"].items():
-        print(f"  ratio {name:<26} {value:.4f}")
+        print(f"  ratio {name:<26} {value:.4f} wall, {result['cpu_ratios'][name]:.4f} CPU")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), **result}, indent=1))
 

@@ -33,6 +33,8 @@ def test_smallest_run_times_every_variant_of_ours(tmp_path):
     assert {k: len(v) for k, v in result["times"].items()} == {"predict": 1, "correct": 2, "refine_cached": 2,
                                                                "refine_uncached": 2}
     assert all(value > 0 for value in result["median_ms"].values())
+    assert result["cpu_median_ms"].keys() == result["median_ms"].keys()
+    assert {k: len(v) for k, v in result["cpu_times"].items()} == {k: len(v) for k, v in result["times"].items()}
     assert set(result["ratios"]) == {"correct / predict", "refine cached / uncached"}
     assert result["info"]["ours"]["people"] == 10 and result["info"]["ours"]["cache_mib"] > 0
 
