@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from datasets.dataset_ap import DatasetKeypointAP
+from models.clickpose.criterion import weighted_losses, weighted_total
 from util.distributed import all_gather, reduce_dict
 from util.metric_logger import MetricLogger, SmoothedValue
 from util.noc import InteractiveResults, check_thresholds
@@ -23,14 +24,6 @@ class NonFiniteLossError(RuntimeError):
 
 def targets_to(targets: Iterable[Mapping[str, Any]], device: torch.device) -> list[dict[str, Any]]:
     return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
-
-
-def weighted_total(loss_dict: Mapping[str, torch.Tensor], weight_dict: Mapping[str, float]) -> torch.Tensor:
-    """Sum of ``loss * weight`` over the keys present in both (the reference's total loss)."""
-    terms = [loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict]
-    if not terms:
-        raise RuntimeError("the criterion produced no weighted loss terms; check weight_dict against the loss keys")
-    return torch.stack([t.float() for t in terms]).sum()
 
 
 OUTPUT_KEYS = ("pred_logits", "pred_boxes", "pred_keypoints")
@@ -110,9 +103,9 @@ def train_one_epoch(model: nn.Module, criterion: nn.Module, data_loader: Iterabl
         losses = weighted_total(loss_dict, weight_dict)
 
         reduced = reduce_dict({k: v.detach() for k, v in loss_dict.items()})
-        scaled = {k: v * weight_dict[k] for k, v in reduced.items() if k in weight_dict}
+        scaled = weighted_losses(reduced, weight_dict)
         unscaled = {f"{k}_unscaled": v for k, v in reduced.items()}
-        loss_value = float(sum(scaled.values()))
+        loss_value = float(weighted_total(reduced, weight_dict))
         check_finite_loss(loss_value, reduced, epoch, step)
 
         optimizer.zero_grad(set_to_none=True)

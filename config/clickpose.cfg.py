@@ -138,6 +138,7 @@ backbone_weights = None
 # a list of parameter-name parts, e.g. ['layer3', 'layer4']. backbone_freeze_keywords then freeze names containing one.
 backbone_trainable_stages = None
 click_freeze = 'none'  # 'none' (reference: clicks are not pinned) | 'round' | 'all'
+click_policy = 'worst'  # simulated user's click: 'worst' (reference: largest |dx|+|dy|) | 'worst_l2' (Euclidean)
 crop_marks_invisible = False  # True: keypoints cropped out of the window become unlabelled
 ema_unique_params = False  # True: update each shared (aliased) tensor once per step
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)

@@ -10,19 +10,27 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Sequence
+from typing import Any, Iterable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
 from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
-if TYPE_CHECKING:
-    from models.predictor import Predictor
-
 COCO_VISIBILITY = (0, 1, 2)  # not labelled, labelled but occluded, labelled and visible
 SOURCES = ("model", "user", "file")  # who proposed the person: the model, a box drawn by the user, a loaded file
 MAX_UNDO = 200
+
+
+class Predictor(Protocol):
+    """What a session needs of :class:`models.predictor.Predictor` (named here, so neither module imports the other)."""
+
+    metadata: Any
+
+    def run_refinement(self, session: "PoseSession", rows: Sequence[int], clicks: Sequence[Sequence[float]]
+                       ) -> dict: ...
+
+    def propose_person(self, session: "PoseSession", box: Tensor) -> "Poses": ...
 
 
 @dataclass(frozen=True)

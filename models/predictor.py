@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from models.clickpose import keypoints as kp
 from models.pose_session import PoseSession, Poses, keypoint_confidence, new_poses
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
@@ -124,12 +125,12 @@ class Predictor:
     @torch.no_grad()
     def _predict_images(self, images: Sequence[ImageLike]) -> list[_Prediction]:
         """One batched forward pass; per image the top ``top_k`` people and their keypoint confidence."""
-        from models.clickpose.feedback import keypoint_xy, select_top
+        from models.clickpose.feedback import select_top
 
         pils = [self._load(image) for image in images]
         outputs, state = self.model(self._samples(pils), return_state=True)
         top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
-        keypoints = keypoint_xy(top["pred_keypoints"], self.num_keypoints)
+        keypoints = kp.coordinates(top["pred_keypoints"], self.num_keypoints)
         # a refinement without clicks gives the second estimate that confidence compares against
         check = self.model.refine(state, top["pred_boxes"], keypoints, torch.zeros(0, 5, device=self.device),
                                   click_freeze="all")
@@ -146,11 +147,9 @@ class Predictor:
     def _confidence(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
         """(B, R, K) keypoint confidence of a refinement: its last layer against the layer before (or against its
         input when it has one layer); see :func:`models.pose_session.keypoint_confidence`."""
-        from models.clickpose.feedback import keypoint_xy
-
         layers = result.layers
-        after = keypoint_xy(layers[-1]["pred_keypoints"], self.num_keypoints).cpu()
-        before = keypoint_xy(layers[-2]["pred_keypoints"], self.num_keypoints) if len(layers) > 1 else keypoints_in
+        after = kp.coordinates(layers[-1]["pred_keypoints"], self.num_keypoints).cpu()
+        before = kp.coordinates(layers[-2]["pred_keypoints"], self.num_keypoints) if len(layers) > 1 else keypoints_in
         boxes, before = layers[-1]["pred_boxes"].cpu(), before.cpu()
         return torch.stack([keypoint_confidence(before[i], after[i], boxes[i], self._sigmas, size)
                             for i, size in enumerate(sizes)])
@@ -210,8 +209,6 @@ class Predictor:
                        ) -> dict[str, Tensor]:
         """Refine people ``rows`` of a session with ``clicks`` ``[row position in rows, keypoint, x, y]`` (x, y in
         [0, 1]). Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors)."""
-        from models.clickpose.feedback import keypoint_xy
-
         poses, index = session.poses, torch.tensor(list(rows), dtype=torch.long)
         keypoints = poses.keypoints[index][None].to(self.device)
         click_rows = torch.tensor(clicks, dtype=torch.float32, device=self.device).reshape(-1, 4)
@@ -219,9 +216,9 @@ class Predictor:
                                    [click_rows], click_freeze="all", pinned=poses.pinned[index][None].to(self.device))
         last = result.layers[-1]
         pinned = result.pinned[0].cpu()
-        corrected = keypoint_xy(result.corrected["pred_keypoints"], self.num_keypoints)
+        corrected = kp.coordinates(result.corrected["pred_keypoints"], self.num_keypoints)
         confidence = self._confidence(result, corrected, [session.size])[0]
-        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": keypoint_xy(last["pred_keypoints"],
+        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": kp.coordinates(last["pred_keypoints"],
                                                                                self.num_keypoints)[0].cpu(),
                 "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
 
@@ -229,7 +226,6 @@ class Predictor:
     def propose_person(self, session: PoseSession, box: Tensor) -> Poses:
         """A person from a user's box (1, 4) cxcywh in [0, 1]: the keypoints start where the model's learned
         keypoint queries put them in a box (what its decoder does for a detected box), then one refinement."""
-        from models.clickpose.feedback import keypoint_xy
         from util.misc import inverse_sigmoid
 
         decoder = self.model.transformer.decoder
@@ -240,7 +236,7 @@ class Predictor:
         result = self.model.refine(self._state_of(session), box[None], start[None], no_clicks, click_freeze="all")
         last = result.layers[-1]
         confidence = self._confidence(result, start[None], [session.size])[0]
-        return new_poses(last["pred_boxes"][0].cpu(), keypoint_xy(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
+        return new_poses(last["pred_boxes"][0].cpu(), kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
                          last["pred_logits"][0].sigmoid().max(-1).values.cpu(), confidence, "user")
 
     # ---- one image at a time (the original API) ----------------------------------------------------------------

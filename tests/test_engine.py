@@ -115,7 +115,7 @@ def test_loss_falls_when_overfitting_a_batch(synthetic):
         total.backward()
         optimizer.step()
         # the final layer's matched terms (the denoising terms get fresh noise every step)
-        losses.append(sum(float(loss_dict[k].detach()) * criterion.weight_dict[k] for k in matched))
+        losses.append(float(engine.weighted_total({k: loss_dict[k].detach() for k in matched}, criterion.weight_dict)))
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
 
 

@@ -48,13 +48,13 @@ def prepare(coco_root: str, num_images: int, short_side: int, max_size: int, out
     """Save the preprocessed images, targets and one set of random weights that both sides use."""
     sys.path.insert(0, str(REPO))
     import torch
-    from datasets import build_dataset
+    from datasets import build_dataset, get_metadata
     from models import build_model
     torch.manual_seed(0)
     args = _our_args(coco_root, short_side, max_size)
     dataset = build_dataset("val", args)
     items = [dataset[i] for i in range(min(num_images, len(dataset)))]
-    model, _, _ = build_model(args)
+    model, _, _ = build_model(args, get_metadata(args))
     torch.save({"items": items, "state_dict": model.state_dict()}, out)
 
 
@@ -66,6 +66,7 @@ def _ours(spec: dict) -> dict:
     import torch
 
     import engine
+    from datasets import get_metadata
     from datasets.evaluation import KeypointEvaluator
     from datasets.metadata import COCO_KEYPOINTS
     from datasets.oks_ap import PerImageKeypointAP
@@ -75,7 +76,7 @@ def _ours(spec: dict) -> dict:
 
     args = _our_args(spec["coco"], spec["short_side"], spec["max_size"])
     data = torch.load(spec["inputs"], weights_only=False)
-    model, _, postprocessors = build_model(args)
+    model, _, postprocessors = build_model(args, get_metadata(args))
     model.load_state_dict(data["state_dict"])
     postprocess = copy.copy(postprocessors["bbox"])
     postprocess.num_select = args.num_group_refine * args.num_classes

@@ -137,6 +137,7 @@ def _training_step_memory(spec: dict) -> dict:
 
     import torch
     sys.path.insert(0, str(REPO))
+    from datasets.metadata import default_metadata_for_num_keypoints
     from models import build_model
     from tools.benchmark_train import make_inputs
     from util.misc import NestedTensor
@@ -145,7 +146,8 @@ def _training_step_memory(spec: dict) -> dict:
     cfg.update(backbone=spec["backbone"] or cfg["backbone"], use_checkpoint=spec["use_checkpoint"])
     device = torch.device(spec["device"])
     torch.manual_seed(0)
-    model, criterion, _ = build_model(argparse.Namespace(**cfg))
+    model, criterion, _ = build_model(argparse.Namespace(**cfg), default_metadata_for_num_keypoints(
+        cfg["num_body_points"]))
     model.to(device).train()
     inputs = make_inputs(cfg, spec["batch"], *spec["size"], coco=None)
     samples = NestedTensor(inputs["images"], inputs["mask"]).to(device)

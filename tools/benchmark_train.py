@@ -151,11 +151,12 @@ class _FixedLoopRounds:
         return self._real.choices(*args, **kwargs)
 
 
-def _original(spec: dict, timer: PhaseTimer):
-    import random
+def import_original(root: str, device: str = "cpu"):
+    """Import the original's model module with the two in-memory patches of the module docstring (its own
+    pure-PyTorch deformable attention; no ImageNet download). Returns (its ``models.clickpose.clickpose`` module,
+    an args namespace from its ``config/clickpose.cfg.py``). The original's packages shadow ours in this process."""
     import types
 
-    import torch
     import torchvision
 
     def unavailable(*_args, **_kwargs):
@@ -166,25 +167,34 @@ def _original(spec: dict, timer: PhaseTimer):
     for name in ("resnet50", "resnet101"):  # random initialisation instead of the ImageNet download
         builder = getattr(torchvision.models, name)
         setattr(torchvision.models, name, lambda *a, _b=builder, pretrained=False, **k: _b(*a, weights=None, **k))
-    sys.path.insert(0, spec["root"])
+    sys.path.insert(0, root)
     from models.clickpose import clickpose as clickpose_module
     from models.clickpose.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
     from models.clickpose.ops.modules import ms_deform_attn as attention_module
     from util.config import Config
-    from util.get_param_dicts import get_param_dict
-    from util.misc import NestedTensor
 
     class PurePyTorch:  # the original's own CPU path, autograd through grid_sample
         @staticmethod
         def apply(value, shapes, _starts, locations, weights, _step):
             return ms_deform_attn_core_pytorch(value, shapes, locations, weights)
     attention_module.MSDeformAttnFunction = PurePyTorch
+    cfg = Config.fromfile(Path(root) / "config" / "clickpose.cfg.py")._cfg_dict.to_dict()
+    args = argparse.Namespace(**cfg)
+    args.device = device
+    return clickpose_module, args
+
+
+def _original(spec: dict, timer: PhaseTimer):
+    import random
+
+    import torch
+
+    clickpose_module, args = import_original(spec["root"])
+    from util.get_param_dicts import get_param_dict
+    from util.misc import NestedTensor
+
     fixed = _FixedLoopRounds(random)
     clickpose_module.random = fixed
-
-    cfg = Config.fromfile(Path(spec["root"]) / "config" / "clickpose.cfg.py")._cfg_dict.to_dict()
-    args = argparse.Namespace(**cfg)
-    args.device = "cpu"
     args.human_feedback = True
     model, criterion, _ = clickpose_module.build_clickpose(args)
     optimizer = torch.optim.AdamW(get_param_dict(args, model), lr=args.lr, weight_decay=args.weight_decay)

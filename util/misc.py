@@ -50,6 +50,11 @@ class NestedTensor:
         return f"NestedTensor(tensors={tuple(self.tensors.shape)}, mask={None if self.mask is None else tuple(self.mask.shape)})"
 
 
+def downsample_mask(mask: Tensor, size: Sequence[int]) -> Tensor:
+    """(B, H, W) bool padding mask -> (B, h, w) at a feature map's size (nearest neighbour, as DETR)."""
+    return torch.nn.functional.interpolate(mask[None].float(), size=tuple(size)).to(torch.bool)[0]
+
+
 def nested_tensor_from_tensor_list(images: Sequence[Tensor]) -> NestedTensor:
     """Pad (C, H_i, W_i) images at the bottom/right to the largest H and W of the list."""
     if len(images) == 0:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import Tensor, nn
 
-from util.misc import NestedTensor
+from util.misc import NestedTensor, downsample_mask
 
 from .backbones.common import FrozenBatchNorm2d, check_batch_norm_type
 from .backbones.resnet import RESNET_CHANNELS, ResNetBackbone, load_resnet_weights

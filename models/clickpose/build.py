@@ -9,6 +9,7 @@ from util.keypoint_metadata import KeypointMetadata
 
 from .backbone import build_backbone
 from .clickpose import ClickPose
+from .feedback import build_click_simulator
 from .postprocess import PostProcess
 from .transformer import build_transformer
 
@@ -44,11 +45,15 @@ def build_clickpose(args: Any, metadata: KeypointMetadata, matcher: Optional[nn.
         dn_kpt_label_noise_ratio=args.dn_kpt_label_noise_ratio, human_feedback=args.human_feedback,
         click_freeze=getattr(args, "click_freeze", "none"), only_correction=args.only_correction,
         pem_error_types=getattr(args, "pem_error_types", ()), pem_error_prob=getattr(args, "pem_error_prob", 0.0),
-        flip_pairs=metadata.flip_pairs, keypoint_sigmas=metadata.sigmas, matcher=matcher)
+        flip_pairs=metadata.flip_pairs, keypoint_sigmas=metadata.sigmas,
+        click_simulator=build_click_simulator(args, matcher))
     model.keypoint_metadata = metadata
     return model
 
 
 def build_postprocessors(args: Any) -> dict[str, PostProcess]:
-    return {"bbox": PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold,
-                                num_body_points=args.num_body_points)}
+    """{'pose': PostProcess, 'bbox': the same object}: it returns boxes AND keypoints; 'bbox' is the reference's key,
+    kept for compatibility."""
+    pose = PostProcess(num_select=args.num_select, nms_iou_threshold=args.nms_iou_threshold,
+                       num_body_points=args.num_body_points)
+    return {"bbox": pose, "pose": pose}

@@ -13,15 +13,16 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from util.misc import NestedTensor, nested_tensor_from_tensor_list
+from util.misc import NestedTensor, downsample_mask, nested_tensor_from_tensor_list
 
 from .backbone import Joiner
 from .encoder import EncoderState
 from .error_modeling import DenoisingQueries, build_denoising_queries, draw_clicked_counts
-from .feedback import CLICK_FREEZE_MODES, ClickSimulator, Clicks, Refinement, refine, run_click_rounds
+from . import keypoints as kp
+from .feedback import (ClickSimulator, Clicks, Refinement, apply_clicks, check_click_freeze, flatten_clicks,
+                       pinned_keypoints, run_click_rounds)
 from .queries import box_stage_dn_mask, keypoint_stage_dn_mask
 from .transformer import Transformer
 
@@ -36,14 +37,13 @@ class ClickPose(nn.Module):
                  human_feedback: bool = False, click_freeze: str = "none", only_correction: bool = False,
                  pem_error_types: Sequence[str] = (), pem_error_prob: float = 0.0,
                  flip_pairs: Sequence[tuple[int, int]] = (), keypoint_sigmas: Optional[Sequence[float]] = None,
-                 matcher: Optional[nn.Module] = None):
+                 click_simulator: Optional[ClickSimulator] = None):
         super().__init__()
         hidden_dim = transformer.d_model
         decoder = transformer.decoder
         if num_group_refine > num_group:
             raise ValueError(f"num_group_refine ({num_group_refine}) cannot exceed num_group ({num_group})")
-        if click_freeze not in CLICK_FREEZE_MODES:
-            raise ValueError(f"click_freeze must be one of {CLICK_FREEZE_MODES}, got {click_freeze!r}")
+        check_click_freeze(click_freeze)
         self.transformer = transformer
         self.label_enc = nn.Embedding(dn_labelbook_size + 1, hidden_dim)
         self.label_enc_pose = nn.Embedding(num_body_points + 1, hidden_dim)
@@ -69,8 +69,9 @@ class ClickPose(nn.Module):
         self.pem_error_prob = pem_error_prob
         self.flip_pairs = tuple(flip_pairs)
         self.keypoint_sigmas = keypoint_sigmas
-        # a plain attribute (not a sub-module): the matcher has no weights and must not enter the state dict
-        self.click_simulator = ClickSimulator(matcher, num_body_points) if matcher is not None else None
+        # the oracle of the training click loop and the default of click_rounds; a plain attribute (not a
+        # sub-module): its matcher has no weights and must not enter the state dict
+        self.click_simulator = click_simulator
 
     @staticmethod
     def _make_input_proj(channels: Sequence[int], hidden_dim: int, num_levels: int) -> nn.ModuleList:
@@ -99,7 +100,7 @@ class ClickPose(nn.Module):
         for level in range(len(features), self.num_feature_levels):
             source = features[-1].tensors if level == len(features) else srcs[-1]
             src = self.input_proj[level](source)
-            mask = F.interpolate(samples.mask[None].float(), size=src.shape[-2:]).to(torch.bool)[0]
+            mask = downsample_mask(samples.mask, src.shape[-2:])
             srcs.append(src)
             masks.append(mask)
             positions.append(self.backbone[1](NestedTensor(src, mask)).to(src.dtype))
@@ -124,7 +125,7 @@ class ClickPose(nn.Module):
                 continue
             if layer_id < decoder.num_box_layers:
                 logits, boxes = decoder.predict_boxes(layer_id, layer_hs, layer_refs)
-                keypoints = layer_hs.new_zeros(boxes.shape[:2] + (3 * self.num_body_points,))
+                keypoints = kp.zeros(boxes.shape[:2], self.num_body_points, layer_hs)
             else:
                 logits, boxes, keypoints = decoder.predict_groups(layer_id, layer_hs, layer_refs)
             layers.append({"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints})
@@ -167,18 +168,14 @@ class ClickPose(nn.Module):
         out["aux_outputs"] = aux
         out["interm_outputs"] = {
             "pred_logits": self.transformer.enc_out_class_embed(interm_content), "pred_boxes": interm_boxes,
-            "pred_keypoints": interm_boxes.new_zeros(interm_boxes.shape[:2] + (3 * self.num_body_points,))}
+            "pred_keypoints": kp.zeros(interm_boxes.shape[:2], self.num_body_points, interm_boxes)}
         return out
 
     def _training_click_layers(self, state: EncoderState, out: dict, targets: Sequence[dict]) -> list[dict]:
         """The reference's training feedback loop: k ~ P(k) proportional to 1/k^2 simulated rounds; the
         refinement layers of the last round are returned (earlier rounds feed it through the gradient)."""
-        if self.click_simulator is None:
-            raise ValueError("human_feedback training needs a matcher: build the model with "
-                             "build_clickpose(args, matcher=...) or set model.click_simulator")
         main = {key: out[key] for key in ("pred_logits", "pred_boxes", "pred_keypoints")}
-        rounds = run_click_rounds(self, state, main, targets, self.draw_training_click_rounds(), self.click_simulator,
-                                  self.click_freeze)
+        rounds = self.click_rounds(state, main, targets, self.draw_training_click_rounds(), only_correction=False)
         return rounds[-1]["refine_layers"]
 
     def draw_training_click_rounds(self) -> int:
@@ -196,17 +193,48 @@ class ClickPose(nn.Module):
     def refine(self, state: EncoderState, boxes: Tensor, keypoints: Tensor, clicks: Clicks,
                click_freeze: Optional[str] = None, pinned: Optional[Tensor] = None,
                logits: Optional[Tensor] = None) -> Refinement:
-        """One refinement of R people from clicks; see :func:`models.clickpose.feedback.refine`."""
-        mode = self.click_freeze if click_freeze is None else click_freeze
-        return refine(self, state, boxes, keypoints, clicks, mode, pinned, logits)
+        """Apply ``clicks`` to R people's poses and re-predict them with the box+keypoint decoder layers.
+
+        The reference's recipe: each click moves its keypoint to (x, y) and grows its person's box to contain all K
+        keypoints; the keypoint layers then run on R groups of [box, K keypoints] queries (contents ``label_enc(1)``
+        and ``label_enc_pose(1..K)``, references the corrected poses) over the image's cached ``state``.
+
+        state: from ``model(samples, return_state=True)``; boxes: (B, R, 4) cxcywh in [0, 1]; keypoints:
+        (B, R, K, 2); clicks: (N, 5) ``[image, prediction, keypoint, x, y]`` or one (n_i, 4) tensor per image;
+        click_freeze: None = the model's mode; pinned: (B, R, K) earlier clicks, kept fixed under 'all';
+        logits: (B, R, C) carried into ``corrected`` (zeros when None).
+        """
+        mode = check_click_freeze(self.click_freeze if click_freeze is None else click_freeze)
+        batch, num_people, num_keypoints, _ = keypoints.shape
+        if num_keypoints != self.num_body_points:
+            raise ValueError(f"poses have {num_keypoints} keypoints, the model {self.num_body_points}")
+        boxes, keypoints, clicked = apply_clicks(boxes, keypoints, flatten_clicks(clicks, batch, keypoints.device))
+        pin_mask = pinned_keypoints(clicked, mode, pinned)
+        pin = (pin_mask, keypoints) if mode != "none" else None
+        device = keypoints.device
+        box_content = self.label_enc(torch.ones(batch, num_people, dtype=torch.long, device=device))
+        kpt_types = torch.arange(1, num_keypoints + 1, device=device).expand(batch, num_people, -1)
+        layers = self.transformer.decoder.refine_people(box_content, self.label_enc_pose(kpt_types), boxes,
+                                                        keypoints, state, pin)
+        if logits is None:
+            logits = layers[-1]["pred_logits"].new_zeros(layers[-1]["pred_logits"].shape)
+        corrected = {"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": kp.encode(keypoints)}
+        return Refinement(layers, corrected, clicked, pin_mask)
 
     def click_rounds(self, state: EncoderState, outputs: dict[str, Tensor], targets: Sequence[dict],
                      num_rounds: int, simulator: Optional[ClickSimulator] = None, click_freeze: Optional[str] = None,
                      only_correction: Optional[bool] = None) -> list[dict]:
-        """Simulated session on the cached state (see :func:`models.clickpose.feedback.run_click_rounds`)."""
+        """Simulated session on the cached state (see :func:`models.clickpose.feedback.run_click_rounds`);
+        ``simulator`` None = the model's (built from config ``click_policy``)."""
         simulator = simulator or self.click_simulator
         if simulator is None:
-            raise ValueError("no ClickSimulator: pass simulator=ClickSimulator(matcher, K) or build with a matcher")
-        return run_click_rounds(self, state, outputs, targets, num_rounds, simulator,
-                                self.click_freeze if click_freeze is None else click_freeze,
+            raise ValueError("no ClickSimulator: pass simulator=ClickSimulator(matcher, K) or build the model with "
+                             "build_clickpose(args, matcher=...)")
+        mode = check_click_freeze(self.click_freeze if click_freeze is None else click_freeze)
+
+        def refine_fn(boxes: Tensor, keypoints: Tensor, clicks: Clicks, pinned: Optional[Tensor],
+                      logits: Optional[Tensor]) -> Refinement:
+            return self.refine(state, boxes, keypoints, clicks, mode, pinned, logits)
+
+        return run_click_rounds(refine_fn, outputs, targets, num_rounds, simulator, self.num_group_refine,
                                 self.only_correction if only_correction is None else only_correction)

@@ -7,7 +7,7 @@ only), with suffix ``_{i}`` for ``aux_outputs[i]`` and ``_interm`` for the encod
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou_pairwise
 
-from .losses import (GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, split_keypoints,
-                     weighted_keypoint_l1)
+from . import keypoints as kp
+from .losses import GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, weighted_keypoint_l1
 from .matcher import HungarianMatcher, MatchIndices
 
 Match = tuple[MatchIndices, dict[str, Tensor]]  # what HungarianMatcher returns
@@ -25,6 +25,15 @@ LossDict = dict[str, Tensor]
 DN_LOSSES = ("dn_label", "dn_bbox", "dn_keypoints")
 KEYPOINT_LOSSES = ("keypoints", "dn_keypoints")  # skipped on box-only decoder layers
 INTERM_LOSSES = ("labels", "boxes", "matching")
+
+
+class LossJob(NamedTuple):
+    """One output dict to match and score: which terms, the key suffix, whether to log ``class_error``."""
+
+    outputs: dict
+    names: list[str]
+    suffix: str
+    log: bool
 
 
 def _global_num_boxes(targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
@@ -124,8 +133,8 @@ class SetCriterion(nn.Module):
             zero = pred.sum() * 0
             return {"loss_keypoints": zero, "loss_oks": zero.clone()}
         k = self.num_body_points
-        pred_xy, _ = split_keypoints(pred, k)
-        gt_xy, gt_vis = split_keypoints(_matched_targets(targets, indices, "keypoints"), k)
+        pred_xy, _ = kp.split(pred, k)
+        gt_xy, gt_vis = kp.split(_matched_targets(targets, indices, "keypoints"), k)
         area = _matched_targets(targets, indices, "area")
         oks = keypoint_oks(pred_xy.reshape(-1, k, 2), gt_xy.reshape(-1, k, 2), gt_vis, area, self.sigmas.to(pred))
         return {"loss_keypoints": weighted_keypoint_l1(pred_xy, gt_xy, gt_vis).sum() / num_boxes,
@@ -157,8 +166,8 @@ class SetCriterion(nn.Module):
         """Visibility-weighted keypoint L1 of the dn queries against their clean targets, / num_tgt."""
         if "num_tgt" not in outputs:
             return {"dn_loss_keypoints": self._zero(outputs)}
-        pred_xy, _ = split_keypoints(outputs["dn_pose_pred"], self.num_body_points)
-        gt_xy, gt_vis = split_keypoints(outputs["dn_pose_input"], self.num_body_points)
+        pred_xy, _ = kp.split(outputs["dn_pose_pred"], self.num_body_points)
+        gt_xy, gt_vis = kp.split(outputs["dn_pose_input"], self.num_body_points)
         return {"dn_loss_keypoints": weighted_keypoint_l1(pred_xy, gt_xy, gt_vis).sum() / outputs["num_tgt"]}
 
     # ---- helpers -------------------------------------------------------------------------------------------------
@@ -196,23 +205,32 @@ class SetCriterion(nn.Module):
         """
         num_boxes = _global_num_boxes(targets, outputs["pred_logits"].device)
         final = {k: v for k, v in outputs.items() if k != "aux_outputs"}
-        jobs = [(final, list(self.losses), "", True)]  # (output dict, terms, key suffix, log class_error)
+        jobs = [LossJob(final, list(self.losses), "", True)]
         for layer, aux in enumerate(outputs.get("aux_outputs", [])):
             box_only = layer < self.num_box_decoder_layers
             names = [n for n in self.losses if not (box_only and n in KEYPOINT_LOSSES)]
-            jobs.append((aux, names, f"_{layer}", False))
+            jobs.append(LossJob(aux, names, f"_{layer}", False))
         if "interm_outputs" in outputs:
-            jobs.append((outputs["interm_outputs"], [n for n in self.losses if n in INTERM_LOSSES], "_interm", False))
-        matches = self._match_all([job[0] for job in jobs], targets)
+            jobs.append(LossJob(outputs["interm_outputs"], [n for n in self.losses if n in INTERM_LOSSES], "_interm",
+                                False))
+        matches = self._match_all([job.outputs for job in jobs], targets)
         losses: LossDict = {}
-        for (out, names, suffix, log), match in zip(jobs, matches):
-            losses.update(self._terms(out, targets, match, names, num_boxes, suffix, log))
+        for job, match in zip(jobs, matches):
+            losses.update(self._terms(job.outputs, targets, match, job.names, num_boxes, job.suffix, job.log))
         return losses
 
 
-def total_loss(loss_dict: dict[str, Tensor], weight_dict: dict[str, float]) -> Tensor:
-    """Weighted sum over the keys present in both dicts, in loss_dict order (as the reference engine sums)."""
-    return sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
+def weighted_losses(loss_dict: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> LossDict:
+    """``loss * weight`` for the keys present in both, in loss_dict order (terms without a weight are logged only)."""
+    return {k: v * weight_dict[k] for k, v in loss_dict.items() if k in weight_dict}
+
+
+def weighted_total(loss_dict: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> Tensor:
+    """The training loss: the sum of :func:`weighted_losses` (the reference's total), accumulated in fp32."""
+    terms = list(weighted_losses(loss_dict, weight_dict).values())
+    if not terms:
+        raise RuntimeError("the criterion produced no weighted loss terms; check weight_dict against the loss keys")
+    return torch.stack([t.float() for t in terms]).sum()
 
 
 def num_aux_outputs(args: Any) -> int:

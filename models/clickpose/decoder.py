@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from util.misc import inverse_sigmoid
 
+from . import keypoints as kp
 from .encoder import EncoderState
 from .layers import MLP, activation_fn
 from .ops import MSDeformAttn
@@ -53,12 +54,15 @@ class DecoderLayer(nn.Module):
         return out.reshape(batch, length, channels)
 
     def forward(self, tgt: Tensor, query_pos: Tensor, reference_points: Tensor, state: EncoderState,
-                attn_mask: Optional[Tensor] = None, group_size: Optional[int] = None) -> Tensor:
+                attn_mask: Optional[Tensor] = None, group_size: Optional[int] = None,
+                cache_value: bool = False) -> Tensor:
         """tgt, query_pos: (B, N, C); reference_points: (B, N, L, 4); attn_mask: (B * heads, N, N) bool or
-        group_size: attend only within consecutive groups of this size. Returns (B, N, C)."""
+        group_size: attend only within consecutive groups of this size; cache_value: keep this layer's projected
+        memory in ``state`` for the next pass over the same image. Returns (B, N, C)."""
         tgt = self.norm2(tgt + self.dropout(self._self_attention(tgt, query_pos, attn_mask, group_size)))
-        attended = self.cross_attn(tgt + query_pos, reference_points, state.memory, state.spatial_shapes,
-                                   state.level_start_index, state.padding_mask)
+        value = state.projected_value(self.cross_attn, cache=cache_value)
+        attended = self.cross_attn.attend(tgt + query_pos, reference_points, value, state.spatial_shapes,
+                                          state.level_start_index)
         tgt = self.norm1(tgt + self.dropout(attended))
         hidden = self.linear2(self.dropout(self.activation(self.linear1(tgt))))
         return self.norm3(tgt + self.dropout(hidden))
@@ -67,8 +71,9 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     """Decoder layers plus the learned keypoint pieces (``hw``, ``keypoint_embed``) and the prediction heads.
 
-    The heads (``bbox_embed``, ``pose_embed``, ``pose_hw_embed``, ``class_embed``) are attached by
-    :func:`attach_heads`; the model registers the same modules at its top level (checkpoint aliasing).
+    The heads (``bbox_embed``, ``pose_embed``, ``pose_hw_embed``, ``class_embed``) are created by
+    :func:`models.clickpose.transformer.make_prediction_heads` and set here by the ``Transformer``; the model
+    registers the same modules at its top level (checkpoint aliasing).
     """
 
     def __init__(self, layer: DecoderLayer, num_layers: int, d_model: int, num_keypoints: int, num_group: int,
@@ -96,11 +101,15 @@ class Decoder(nn.Module):
     # ---- one layer -------------------------------------------------------------------------------
     def run_layer(self, layer_id: int, tgt: Tensor, refs: Tensor, state: EncoderState,
                   attn_mask: Optional[Tensor] = None, group_size: Optional[int] = None) -> Tensor:
-        """Layer ``layer_id`` on queries ``tgt`` (B, N, C) with box references ``refs`` (B, N, 4) in [0, 1]."""
-        scale = torch.cat((state.valid_ratios, state.valid_ratios), -1)  # (B, L, 4)
-        refs_per_level = refs[:, :, None] * scale[:, None]
+        """Layer ``layer_id`` on queries ``tgt`` (B, N, C) with box references ``refs`` (B, N, 4) in [0, 1].
+
+        The keypoint layers, which every refinement reruns on the same image, keep their projected memory in
+        ``state``; the box layers run once per image and cache nothing.
+        """
+        refs_per_level = refs[:, :, None] * state.reference_scale
         query_pos = self.ref_point_head(query_sine_embedding(refs_per_level[:, :, 0], self.d_model // 2))
-        return self.layers[layer_id](tgt, query_pos, refs_per_level, state, attn_mask, group_size)
+        return self.layers[layer_id](tgt, query_pos, refs_per_level, state, attn_mask, group_size,
+                                     cache_value=layer_id >= self.num_box_layers)
 
     def box_update(self, layer_id: int, output: Tensor, refs: Tensor) -> Tensor:
         """New box references (B, N, 4) from the un-normed output (B, N, C)."""
@@ -201,6 +210,25 @@ class Decoder(nn.Module):
         dn_refs = interleave_groups(dn_box_refs, self.keypoint_references(dn_box_refs, dn_xy))
         return torch.cat((dn_out, match_out), 1), torch.cat((dn_refs, match_refs), 1)
 
+    def refine_people(self, box_content: Tensor, keypoint_content: Tensor, boxes: Tensor, keypoints: Tensor,
+                      state: EncoderState, pin: Optional[tuple[Tensor, Tensor]] = None) -> list[dict[str, Tensor]]:
+        """The refinement pass: R people as groups of [box, K keypoints] queries through the keypoint layers.
+
+        box_content (B, R, C), keypoint_content (B, R, K, C): the query contents; boxes (B, R, 4) cxcywh and
+        keypoints (B, R, K, 2) in [0, 1]: the references; pin: see :meth:`group_update`.
+        Returns per keypoint layer {'pred_logits', 'pred_boxes', 'pred_keypoints'} of the R people.
+        """
+        box_refs = inverse_sigmoid(boxes).sigmoid()  # the reference passes boxes through logit space first
+        refs = interleave_groups(box_refs, self.keypoint_references(box_refs, keypoints))
+        hs, new_refs = self.run_keypoint_layers(interleave_groups(box_content, keypoint_content), refs, state,
+                                                attn_mask=None, pin=pin)
+        layers = []
+        for offset, (layer_hs, layer_refs) in enumerate(zip(hs, [refs] + new_refs)):
+            logits, layer_boxes, layer_kpts = self.predict_groups(self.num_box_layers + offset, layer_hs,
+                                                                  layer_refs, pin)
+            layers.append({"pred_logits": logits, "pred_boxes": layer_boxes, "pred_keypoints": layer_kpts})
+        return layers
+
     # ---- predictions (normed outputs) ----------------------------------------------------------------
     def predict_boxes(self, layer_id: int, hs: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
         """Box-layer predictions: logits (B, N, classes), boxes (B, N, 4)."""
@@ -219,4 +247,4 @@ class Decoder(nn.Module):
         if pin is not None:
             xy = torch.where(pin[0][..., None], pin[1], xy)
         visibility = xy.new_full(xy.shape[:-1], VISIBILITY_LOGIT).sigmoid()
-        return logits, boxes, torch.cat((xy.flatten(-2), visibility), -1)
+        return logits, boxes, kp.encode(xy, visibility)

@@ -98,27 +98,71 @@ def encoder_output_proposals(memory: Tensor, padding_mask: Tensor, spatial_shape
 
 
 class EncoderState:
-    """What the decoder (and every click refinement) needs from one encoder pass, computed once per image batch.
+    """Everything about an image batch that the decoder, and every click refinement, reads without change.
 
     memory: (B, S, C); padding_mask: (B, S) True on padding; spatial_shapes: (L, 2) long (H, W);
     level_start_index: (L,) long; valid_ratios: (B, L, 2) (w, h) fraction of each level that is not padding.
+
+    It also caches what depends only on the image, computed on first use: each cached decoder layer's projected and
+    masked encoder memory (:meth:`projected_value`, the bulk of a refinement's work otherwise) and the reference-point
+    scale. The cache holds for the weights it was computed with: after changing the model's weights, encode again.
+    ``cache_values=False`` (or :meth:`uncached`) recomputes everything on each use (the reference's behaviour).
     """
 
-    __slots__ = ("memory", "padding_mask", "spatial_shapes", "level_start_index", "valid_ratios")
+    __slots__ = ("memory", "padding_mask", "spatial_shapes", "level_start_index", "valid_ratios", "cache_values",
+                 "_values", "_reference_scale")
 
     def __init__(self, memory: Tensor, padding_mask: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
-                 valid_ratios: Tensor):
+                 valid_ratios: Tensor, cache_values: bool = True):
         self.memory = memory
         self.padding_mask = padding_mask
         self.spatial_shapes = spatial_shapes
         self.level_start_index = level_start_index
         self.valid_ratios = valid_ratios
+        self.cache_values = cache_values
+        self._values: dict[tuple[nn.Module, bool], Tensor] = {}
+        self._reference_scale: Optional[Tensor] = None
 
     @property
     def batch_size(self) -> int:
         return self.memory.shape[0]
 
+    @property
+    def reference_scale(self) -> Tensor:
+        """(B, 1, L, 4) factor that maps (cx, cy, w, h) references in [0, 1] of the valid area onto every level."""
+        if self._reference_scale is None or not self.cache_values:
+            scale = torch.cat((self.valid_ratios, self.valid_ratios), -1)[:, None]
+            if not self.cache_values:
+                return scale
+            self._reference_scale = scale
+        return self._reference_scale
+
+    def projected_value(self, attention: nn.Module, cache: bool = True) -> Tensor:
+        """``attention.project_value(memory, padding_mask)``, computed once per attention module (and grad mode)
+        when ``cache`` and :attr:`cache_values` are set. (B, S, heads, C / heads)."""
+        if not (cache and self.cache_values):
+            return attention.project_value(self.memory, self.padding_mask)
+        key = (attention, torch.is_grad_enabled())
+        value = self._values.get(key)
+        if value is None:
+            value = self._values[key] = attention.project_value(self.memory, self.padding_mask)
+        return value
+
+    def cache_bytes(self) -> int:
+        """Memory held by the cache (bytes), beyond the encoder state itself."""
+        return sum(v.numel() * v.element_size() for v in self._values.values())
+
+    def clear_cache(self) -> None:
+        self._values.clear()
+        self._reference_scale = None
+
+    def uncached(self) -> "EncoderState":
+        """The same image state with caching off: every use recomputes (for comparisons and benchmarks)."""
+        return EncoderState(self.memory, self.padding_mask, self.spatial_shapes, self.level_start_index,
+                            self.valid_ratios, cache_values=False)
+
     def detach(self) -> "EncoderState":
-        """A copy whose memory carries no gradient (e.g. to run interactive rounds without the encoder graph)."""
+        """A copy whose memory carries no gradient (e.g. to run interactive rounds without the encoder graph);
+        its cache starts empty."""
         return EncoderState(self.memory.detach(), self.padding_mask, self.spatial_shapes, self.level_start_index,
-                            self.valid_ratios)
+                            self.valid_ratios, self.cache_values)

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 
 from util.misc import inverse_sigmoid
 
+from . import keypoints as kp
+
 ERROR_TYPES = ("jitter", "miss", "swap", "inversion")
 # keypoint-similarity bands of the error types (KS = exp(-d^2 / (2 area (2 sigma)^2)))
 JITTER_KS = (0.5, 0.85)
@@ -124,7 +126,7 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
         spread = torch.cat((half_wh, boxes[..., 2:]), -1)
         noised_boxes = (boxes + (rand(batch, num_dn, 4) * 2 - 1) * spread * box_noise_scale).clamp(0.0, 1.0)
 
-    xy = keypoints[..., :2 * k].view(batch, num_dn, k, 2)
+    xy = kp.coordinates(keypoints, k)
     if kpt_noise_scale > 0:
         spread = noised_boxes[..., 2:][:, :, None] / 2
         noise = (rand(batch, num_dn, k, 2) * 2 - 1) * spread * kpt_noise_scale
@@ -133,7 +135,7 @@ def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints:
             clean = clicked_keypoint_mask(draw_clicked_counts(batch, num_dn, k, device, generator), k, generator)
         noised_xy = xy + noise * (~clean)[..., None]
         if error_types and error_prob > 0:
-            noised_xy = apply_error_types(noised_xy, noise, xy, keypoints[..., 2 * k:].view(batch, num_dn, k),
+            noised_xy = apply_error_types(noised_xy, noise, xy, kp.visibility(keypoints, k),
                                           ~clean, pick, num_gt, boxes, error_types, error_prob, flip_pairs, sigmas,
                                           generator)
         xy = noised_xy.clamp(0.0, 1.0)

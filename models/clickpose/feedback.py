@@ -1,37 +1,33 @@
-"""The interactive feedback loop: ONE refinement routine and the oracle that simulates a user's clicks.
+"""The interactive feedback loop as data: clicks, the oracle that simulates a user, and the round loop.
 
-A click is data: ``(prediction index, keypoint index, x, y)`` with x, y normalised to [0, 1]. A person in a UI
-and the ground-truth oracle (:class:`ClickSimulator`) produce the same thing, and training, k-click
-evaluation and NoC evaluation all go through :func:`run_click_rounds` -> :func:`refine`.
+A click is ``(prediction index, keypoint index, x, y)`` with x, y normalised to [0, 1]. A person in a UI and the
+ground-truth oracle (:class:`ClickSimulator`) produce the same thing. The refinement itself is a method of the
+model (:meth:`models.clickpose.clickpose.ClickPose.refine`); training, k-click and NoC evaluation drive it through
+:func:`run_click_rounds`, which only needs a ``refine_fn`` (this module never imports the model).
 
-What a refinement does (the reference's recipe):
-1. each click moves its keypoint to (x, y); each clicked person's box grows to contain all its K keypoints;
-2. the box+keypoint decoder layers run on R groups of [box, K keypoints] queries: box content
-   ``label_enc(1)``, keypoint contents ``label_enc_pose(1..K)``, references = the corrected boxes and
-   keypoints (keypoint size = box size * sigmoid(hw));
-3. each layer predicts boxes, logits and keypoints for the R people.
-``click_freeze`` decides whether clicked keypoints may still move inside the layers: 'none' (the reference,
-whose freeze mask is a no-op), 'round' (this call's clicks are pinned) or 'all' (``pinned`` ones too).
+``click_freeze`` decides whether clicked keypoints may still move inside the refinement layers: 'none' (the
+reference, whose freeze mask is a no-op), 'round' (this call's clicks are pinned) or 'all' (earlier ones too).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
-from util.misc import inverse_sigmoid
 
-from .encoder import EncoderState
-from .queries import interleave_groups
-
-if TYPE_CHECKING:
-    from .clickpose import ClickPose
+from . import keypoints as kp
 
 CLICK_FREEZE_MODES = ("none", "round", "all")
 Clicks = Union[Tensor, Sequence[Tensor]]
+
+
+def check_click_freeze(mode: str) -> str:
+    if mode not in CLICK_FREEZE_MODES:
+        raise ValueError(f"click_freeze must be one of {CLICK_FREEZE_MODES}, got {mode!r}")
+    return mode
 
 
 def flatten_clicks(clicks: Clicks, batch: int, device: torch.device) -> Tensor:
@@ -76,9 +72,19 @@ def apply_clicks(boxes: Tensor, keypoints: Tensor, clicks: Tensor) -> tuple[Tens
     return boxes, keypoints, clicked
 
 
+def pinned_keypoints(clicked: Tensor, click_freeze: str, pinned: Optional[Tensor] = None) -> Tensor:
+    """(B, R, K) keypoints held fixed in the refinement layers: none, this call's clicks, or these and ``pinned``."""
+    check_click_freeze(click_freeze)
+    if click_freeze == "none":
+        return torch.zeros_like(clicked)
+    if click_freeze == "all" and pinned is not None:
+        return clicked | pinned
+    return clicked
+
+
 @dataclass
 class Refinement:
-    """Result of one :func:`refine` call.
+    """Result of one refinement (:meth:`ClickPose.refine`).
 
     layers: per refinement layer, {'pred_logits' (B,R,C), 'pred_boxes' (B,R,4), 'pred_keypoints' (B,R,3K)};
     corrected: the decoder's inputs after the clicks, in the same layout (visibility 1.0, logits as given);
@@ -91,46 +97,11 @@ class Refinement:
     pinned: Tensor
 
 
-def refine(model: "ClickPose", state: EncoderState, boxes: Tensor, keypoints: Tensor, clicks: Clicks,
-           click_freeze: str = "none", pinned: Optional[Tensor] = None, logits: Optional[Tensor] = None
-           ) -> Refinement:
-    """Apply ``clicks`` to the poses and run the box+keypoint decoder layers on them (see the module doc).
+class RefineFn(Protocol):
+    """One refinement on fixed images: (boxes (B,R,4), keypoints (B,R,K,2), clicks, pinned, logits) -> result."""
 
-    state: the cached encoder state of the images; boxes: (B, R, 4) cxcywh in [0, 1]; keypoints: (B, R, K, 2);
-    clicks: see :func:`flatten_clicks`; pinned: (B, R, K) earlier clicks, used when click_freeze == 'all';
-    logits: (B, R, C) carried into ``corrected`` (zeros when None).
-    """
-    if click_freeze not in CLICK_FREEZE_MODES:
-        raise ValueError(f"click_freeze must be one of {CLICK_FREEZE_MODES}, got {click_freeze!r}")
-    decoder = model.transformer.decoder
-    batch, num_people, num_keypoints, _ = keypoints.shape
-    if num_keypoints != decoder.num_keypoints:
-        raise ValueError(f"poses have {num_keypoints} keypoints, the model {decoder.num_keypoints}")
-    flat = flatten_clicks(clicks, batch, keypoints.device)
-    boxes, keypoints, clicked = apply_clicks(boxes, keypoints, flat)
-    pin_mask = clicked if click_freeze != "none" else torch.zeros_like(clicked)
-    if click_freeze == "all" and pinned is not None:
-        pin_mask = pin_mask | pinned
-    pin = (pin_mask, keypoints) if click_freeze != "none" else None
-
-    box_refs = inverse_sigmoid(boxes).sigmoid()  # the reference passes boxes through logit space first
-    kpt_refs = decoder.keypoint_references(box_refs, keypoints)
-    device = keypoints.device
-    box_content = model.label_enc(torch.ones(batch, num_people, dtype=torch.long, device=device))
-    kpt_types = torch.arange(1, num_keypoints + 1, device=device).expand(batch, num_people, -1)
-    tgt = interleave_groups(box_content, model.label_enc_pose(kpt_types))
-    refs = interleave_groups(box_refs, kpt_refs)
-    hs, new_refs = decoder.run_keypoint_layers(tgt, refs, state, attn_mask=None, pin=pin)
-    layers = []
-    for offset, (layer_hs, layer_refs) in enumerate(zip(hs, [refs] + new_refs)):
-        layer_logits, layer_boxes, layer_kpts = decoder.predict_groups(decoder.num_box_layers + offset, layer_hs,
-                                                                       layer_refs, pin)
-        layers.append({"pred_logits": layer_logits, "pred_boxes": layer_boxes, "pred_keypoints": layer_kpts})
-    if logits is None:
-        logits = layers[-1]["pred_logits"].new_zeros(layers[-1]["pred_logits"].shape)
-    corrected = {"pred_logits": logits, "pred_boxes": boxes,
-                 "pred_keypoints": torch.cat((keypoints.flatten(2), keypoints.new_ones(keypoints.shape[:3])), -1)}
-    return Refinement(layers, corrected, clicked, pin_mask)
+    def __call__(self, boxes: Tensor, keypoints: Tensor, clicks: Clicks, pinned: Optional[Tensor],
+                 logits: Optional[Tensor]) -> Refinement: ...
 
 
 def select_top(outputs: dict[str, Tensor], num: int) -> dict[str, Tensor]:
@@ -143,9 +114,21 @@ def select_top(outputs: dict[str, Tensor], num: int) -> dict[str, Tensor]:
     return picked
 
 
-def keypoint_xy(pred_keypoints: Tensor, num_keypoints: int) -> Tensor:
-    """(B, R, 3K) ``[x1, y1, ..., v1..vK]`` -> (B, R, K, 2)."""
-    return pred_keypoints[..., :2 * num_keypoints].unflatten(-1, (num_keypoints, 2))
+# ---- the oracle ------------------------------------------------------------------------------------------
+ErrorMeasure = Callable[[Tensor, Tensor, Tensor], Tensor]  # (current, gt (M,K,2), visible (M,K)) -> (M,K)
+
+
+def l1_error(current: Tensor, gt_xy: Tensor, gt_visible: Tensor) -> Tensor:
+    """Visibility-weighted |dx| + |dy| (the reference's choice of the keypoint to click)."""
+    return ((current - gt_xy).abs() * gt_visible[..., None]).sum(-1)
+
+
+def l2_error(current: Tensor, gt_xy: Tensor, gt_visible: Tensor) -> Tensor:
+    """Visibility-weighted Euclidean distance (a user who fixes the visibly farthest keypoint first)."""
+    return (current - gt_xy).norm(dim=-1) * gt_visible
+
+
+CLICK_POLICIES: dict[str, ErrorMeasure] = {"worst": l1_error, "worst_l2": l2_error}
 
 
 @dataclass
@@ -163,34 +146,37 @@ class ClickSimulator:
     """The oracle user: one click per matched person per round, on its worst labelled keypoint.
 
     The predictions are matched to the ground truth ONCE (Hungarian ``matcher``, called as
-    ``matcher(outputs, targets) -> (indices, costs)``); each round, for every matched pair, the keypoint with
-    the largest visible-weighted |dx| + |dy| is clicked at its GT position (first index on ties). People whose
-    labelled keypoints are all exact get no click. Unmatched predictions never get clicks.
+    ``matcher(outputs, targets) -> (indices, costs)``); each round, for every matched pair, the keypoint with the
+    largest error under ``policy`` is clicked at its GT position (first index on ties). ``policy`` is a name of
+    :data:`CLICK_POLICIES` ('worst' = visible-weighted |dx| + |dy|, the reference) or a callable
+    ``(current (M,K,2), gt_xy (M,K,2), gt_visible (M,K)) -> (M,K) error``. People whose error is zero everywhere
+    get no click. Unmatched predictions never get clicks.
     """
 
-    def __init__(self, matcher: nn.Module, num_keypoints: int):
+    def __init__(self, matcher: nn.Module, num_keypoints: int, policy: Union[str, ErrorMeasure] = "worst"):
+        if isinstance(policy, str) and policy not in CLICK_POLICIES:
+            raise ValueError(f"click_policy must be one of {sorted(CLICK_POLICIES)} or a callable, got {policy!r}")
         self.matcher = matcher
         self.num_keypoints = num_keypoints
+        self.error = CLICK_POLICIES[policy] if isinstance(policy, str) else policy
 
     def match(self, predictions: dict[str, Tensor], targets: Sequence[dict[str, Tensor]]) -> Matching:
         indices = self.matcher(predictions, targets)[0]
         device = predictions["pred_boxes"].device
-        k = self.num_keypoints
         images, preds, gt_xy, gt_vis = [], [], [], []
         for image, ((pred_idx, gt_idx), target) in enumerate(zip(indices, targets)):
             gt_idx = gt_idx.to(device)
             images.append(torch.full_like(gt_idx, image))
             preds.append(pred_idx.to(device))
             gt = target["keypoints"].to(device)[gt_idx]
-            gt_xy.append(gt[:, :2 * k].reshape(-1, k, 2))
-            gt_vis.append(gt[:, 2 * k:])
+            gt_xy.append(kp.coordinates(gt, self.num_keypoints))
+            gt_vis.append(kp.visibility(gt, self.num_keypoints))
         return Matching(torch.cat(images), torch.cat(preds), torch.cat(gt_xy), torch.cat(gt_vis))
 
     def clicks(self, matching: Matching, keypoints: Tensor) -> Tensor:
         """(B, R, K, 2) current keypoints -> (M', 5) clicks ``[image, prediction, keypoint, x, y]``."""
         current = keypoints.detach()[matching.image, matching.prediction]
-        error = ((current - matching.gt_xy).abs() * matching.gt_visible[..., None]).sum(-1)
-        worst_error, worst = error.max(-1)
+        worst_error, worst = self.error(current, matching.gt_xy, matching.gt_visible).max(-1)
         keep = worst_error > 0
         rows = torch.arange(len(worst), device=worst.device)
         xy = matching.gt_xy[rows, worst]
@@ -199,10 +185,14 @@ class ClickSimulator:
         return clicks[keep]
 
 
-def run_click_rounds(model: "ClickPose", state: EncoderState, initial_outputs: dict[str, Tensor],
-                     targets: Sequence[dict[str, Tensor]], num_rounds: int, simulator: ClickSimulator,
-                     click_freeze: str = "none", only_correction: bool = False,
-                     num_refine: Optional[int] = None) -> list[dict]:
+def build_click_simulator(args: Any, matcher: nn.Module) -> ClickSimulator:
+    """The oracle of config ``click_policy`` (default 'worst', the reference) around the shared matcher."""
+    return ClickSimulator(matcher, args.num_body_points, getattr(args, "click_policy", "worst"))
+
+
+def run_click_rounds(refine_fn: RefineFn, initial_outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]],
+                     num_rounds: int, simulator: ClickSimulator, num_refine: int, only_correction: bool = False
+                     ) -> list[dict]:
     """Simulated interactive session: round 0 = the top ``num_refine`` predictions, round r = after r clicks
     per matched person.
 
@@ -211,21 +201,20 @@ def run_click_rounds(model: "ClickPose", state: EncoderState, initial_outputs: d
     'refine_layers' (every refinement layer's outputs) and 'corrected'. Each round starts from the previous
     round's refined last layer; the initial logits are kept for the corrected inputs.
     """
-    num_refine = num_refine if num_refine is not None else model.num_group_refine
     current = select_top(initial_outputs, num_refine)
     matching = simulator.match(current, targets)
     rounds: list[dict] = [dict(current)]
     logits = current["pred_logits"]
     boxes = current["pred_boxes"]
-    keypoints = keypoint_xy(current["pred_keypoints"], simulator.num_keypoints)
+    keypoints = kp.coordinates(current["pred_keypoints"], simulator.num_keypoints)
     pinned = None
     for _ in range(num_rounds):
         clicks = simulator.clicks(matching, keypoints)
-        result = refine(model, state, boxes, keypoints, clicks, click_freeze, pinned, logits)
+        result = refine_fn(boxes, keypoints, clicks, pinned, logits)
         last = result.layers[-1]
         shown = result.corrected if only_correction else last
         rounds.append({**shown, "refine_layers": result.layers, "corrected": result.corrected})
         boxes = last["pred_boxes"]
-        keypoints = keypoint_xy(last["pred_keypoints"], simulator.num_keypoints)
+        keypoints = kp.coordinates(last["pred_keypoints"], simulator.num_keypoints)
         pinned = result.pinned
     return rounds

@@ -1,6 +1,6 @@
-"""Loss primitives shared by the matcher and the criterion: sigmoid focal loss, OKS, keypoint layout helpers.
+"""Loss primitives shared by the matcher and the criterion: sigmoid focal loss, keypoint L1, OKS.
 
-Keypoint tensors use the layout ``[x1, y1, ..., xK, yK, v1, ..., vK]`` (last dim 3K); K is never assumed.
+Keypoint tensors use the layout of :mod:`.keypoints` (``[x1, y1, ..., xK, yK, v1, ..., vK]``); K is never assumed.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
+
+from .keypoints import split as split_keypoints  # noqa: F401  (the matcher's import; the codec owns it)
 
 OKS_EPS = 1e-6  # added to the visible count, and the floor of the OKS (reference values)
 GIOU_EPS = 1e-6  # added to the IoU and hull denominators (reference value)
@@ -24,14 +26,6 @@ def keypoint_sigmas(num_keypoints: int, sigmas: Optional[Sequence[float]] = None
         raise ValueError(f"keypoint_sigmas has {len(values)} entries but num_body_points is {num_keypoints}; "
                          "give one sigma per keypoint")
     return torch.tensor(values, dtype=torch.float32)
-
-
-def split_keypoints(keypoints: Tensor, num_keypoints: int) -> tuple[Tensor, Tensor]:
-    """(..., 3K) -> coordinates (..., 2K) and visibilities (..., K)."""
-    if keypoints.shape[-1] != 3 * num_keypoints:
-        raise ValueError(f"keypoint tensor has last dim {keypoints.shape[-1]}, expected 3*K = {3 * num_keypoints} "
-                         f"for K = {num_keypoints}; check num_body_points against the dataset")
-    return keypoints[..., :2 * num_keypoints], keypoints[..., 2 * num_keypoints:]
 
 
 def focal_loss_total(logits: Tensor, onehot: Tensor, normaliser: float, alpha: float, gamma: float = 2.0) -> Tensor:

@@ -6,6 +6,8 @@ from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy
 
+from . import keypoints as kp
+
 
 class PostProcess(nn.Module):
     """Top ``num_select`` (query, class) pairs by sigmoid score, as the reference.
@@ -42,7 +44,6 @@ class PostProcess(nn.Module):
         box_scale = torch.stack((img_w, img_h, img_w, img_h), 1)[:, None, :]
         picked_boxes = torch.gather(box_cxcywh_to_xyxy(boxes), 1, query[..., None].expand(-1, -1, 4)) * box_scale
         picked = torch.gather(keypoints, 1, query[..., None].expand(-1, -1, 3 * k))
-        xy = picked[..., :2 * k].unflatten(-1, (k, 2)) * torch.stack((img_w, img_h), 1)[:, None, None, :]
-        triplets = torch.cat((xy, picked[..., 2 * k:, None]), -1).flatten(2)
+        triplets = kp.to_coco_triplets(picked, target_sizes, k)
         return [{"scores": s, "labels": l, "boxes": b, "keypoints": kp}
                 for s, l, b, kp in zip(scores, labels, picked_boxes, triplets)]

@@ -129,7 +129,9 @@ def test_postprocess_matches_a_direct_computation():
     outputs = {"pred_logits": torch.randn(2, q, 2, generator=gen), "pred_boxes": torch.rand(2, q, 4, generator=gen),
                "pred_keypoints": torch.rand(2, q, 3 * k, generator=gen)}
     sizes = torch.tensor([[480, 640], [200, 100]])
-    post = build_postprocessors(load_args(num_select=5))["bbox"]
+    postprocessors = build_postprocessors(load_args(num_select=5))
+    post = postprocessors["pose"]
+    assert postprocessors["bbox"] is post  # the reference's key, kept as an alias
     results = post(outputs, sizes)
     for image, result in enumerate(results):
         h, w = sizes[image].tolist()

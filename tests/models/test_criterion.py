@@ -1,4 +1,4 @@
-"""SetCriterion, weight_dict and total_loss: hand-computed terms, normalisation, key sets, edge cases."""
+"""SetCriterion, weight_dict and the weighted total: hand-computed terms, normalisation, key sets, edge cases."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from datasets.metadata import COCO_KEYPOINTS
-from models.clickpose.criterion import SetCriterion, build_criterion, build_weight_dict, total_loss
+from models.clickpose.criterion import SetCriterion, build_criterion, build_weight_dict, weighted_losses, weighted_total
 from models.clickpose.matcher import HungarianMatcher, build_matcher
 
 DN = 50
@@ -200,14 +200,18 @@ def test_every_weighted_key_produced_has_a_weight_and_gradients_flow(criterion):
     assert loss_keys <= set(criterion.weight_dict)
     # weighted but never produced (the reference's own quirk): loss_oks on box layers and interm
     assert set(criterion.weight_dict) - loss_keys == {"loss_oks_0", "loss_oks_1", "loss_oks_interm"}
-    total = total_loss(losses, criterion.weight_dict)
+    total = weighted_total(losses, criterion.weight_dict)
     total.backward()
     assert all(t.grad is not None and t.grad.abs().sum() > 0 for t in leaves)
 
 
-def test_total_loss_uses_keys_present_in_both():
+def test_weighted_total_uses_keys_present_in_both():
     losses = {"a": torch.tensor(2.0), "b": torch.tensor(3.0), "set_x": torch.tensor(100.0)}
-    assert total_loss(losses, {"a": 0.5, "b": 2.0, "c": 7.0}).item() == pytest.approx(7.0)
+    weights = {"a": 0.5, "b": 2.0, "c": 7.0}
+    assert weighted_total(losses, weights).item() == pytest.approx(7.0)
+    assert {k: v.item() for k, v in weighted_losses(losses, weights).items()} == {"a": 1.0, "b": 6.0}
+    with pytest.raises(RuntimeError, match="no weighted loss terms"):
+        weighted_total({"set_x": torch.tensor(1.0)}, weights)
 
 
 def test_weight_dict_from_config():

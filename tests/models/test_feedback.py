@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from models.clickpose.build import build_clickpose
-from models.clickpose.feedback import ClickSimulator, apply_clicks, flatten_clicks, keypoint_xy, refine
+from models.clickpose.feedback import CLICK_POLICIES, ClickSimulator, apply_clicks, build_click_simulator, flatten_clicks
+from models.clickpose.keypoints import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
 
 from .conftest import layout, load_args, make_images, make_targets
@@ -86,8 +87,27 @@ def test_simulator_clicks_the_worst_labelled_keypoint_once_per_matched_person():
     assert clicks[1].tolist() == pytest.approx([0, 1, 2, 0.5, 0.5])
 
 
+def test_click_policy_is_swappable():
+    gt = torch.zeros(1, 3 * 2)
+    gt[0, 4:] = 1.0  # both keypoints labelled, at (0, 0)
+    targets = [{"boxes": torch.rand(1, 4), "labels": torch.ones(1, dtype=torch.long), "keypoints": gt}]
+    current = torch.tensor([[[[0.3, 0.3], [0.5, 0.0]]]])  # L1 0.6 vs 0.5, L2 0.42 vs 0.5
+    preds = {"pred_boxes": torch.rand(1, 1, 4)}
+    picked = {}
+    for policy in ("worst", "worst_l2", lambda cur, xy, vis: -(cur - xy).abs().sum(-1) + 10):
+        simulator = ClickSimulator(FixedMatcher(), 2, policy)
+        picked[policy if isinstance(policy, str) else "callable"] = int(
+            simulator.clicks(simulator.match(preds, targets), current)[0, 2])
+    assert picked == {"worst": 0, "worst_l2": 1, "callable": 1}
+    with pytest.raises(ValueError, match="click_policy must be one of"):
+        ClickSimulator(FixedMatcher(), 2, "best")
+    args = load_args(click_policy="worst_l2")
+    assert build_click_simulator(args, FixedMatcher()).error is CLICK_POLICIES["worst_l2"]
+    assert build_clickpose(args, layout(args)).click_simulator.error is CLICK_POLICIES["worst_l2"]
+
+
 def _pinned_xy(rounds, index):
-    return [keypoint_xy(layer["pred_keypoints"], K) for layer in rounds[index]["refine_layers"]]
+    return [coordinates(layer["pred_keypoints"], K) for layer in rounds[index]["refine_layers"]]
 
 
 @pytest.mark.parametrize("mode", ["none", "round", "all"])
@@ -97,7 +117,7 @@ def test_click_freeze_modes(session, mode):
     with torch.no_grad():
         rounds = model.click_rounds(state, outputs, targets, 3, simulator, click_freeze=mode)
     first = rounds[1]["refine_layers"][0]
-    clicks_1 = simulator.clicks(simulator.match(rounds[0], targets), keypoint_xy(rounds[0]["pred_keypoints"], K))
+    clicks_1 = simulator.clicks(simulator.match(rounds[0], targets), coordinates(rounds[0]["pred_keypoints"], K))
     image, person, joint = clicks_1[:, 0].long(), clicks_1[:, 1].long(), clicks_1[:, 2].long()
     assert len(clicks_1) == 6
     last_round_layers = _pinned_xy(rounds, 3)
@@ -119,10 +139,10 @@ def test_rounds_chain_refinements_and_match_manual_calls(session):
         rounds = model.click_rounds(state, outputs, targets, 2, simulator)
         start = rounds[0]
         matching = simulator.match(start, targets)
-        boxes, kpts = start["pred_boxes"], keypoint_xy(start["pred_keypoints"], K)
-        first = refine(model, state, boxes, kpts, simulator.clicks(matching, kpts))
+        boxes, kpts = start["pred_boxes"], coordinates(start["pred_keypoints"], K)
+        first = model.refine(state, boxes, kpts, simulator.clicks(matching, kpts))
         last = first.layers[-1]
-        kpts = keypoint_xy(last["pred_keypoints"], K)
+        kpts = coordinates(last["pred_keypoints"], K)
         second = model.refine(state, last["pred_boxes"], kpts, simulator.clicks(matching, kpts))
     assert len(rounds) == 3 and "refine_layers" not in rounds[0]
     assert rounds[0]["pred_logits"].shape[1] == load_args().num_group_refine
@@ -153,7 +173,7 @@ def test_real_matcher_simulator(session):
     model, state, outputs, targets = session
     with torch.no_grad():
         rounds = model.click_rounds(state, outputs, targets, 1)  # the model's own Hungarian matcher
-    clicked = rounds[1]["corrected"]["pred_keypoints"][..., :2 * K] != keypoint_xy(
+    clicked = rounds[1]["corrected"]["pred_keypoints"][..., :2 * K] != coordinates(
         rounds[0]["pred_keypoints"], K).flatten(2)
     assert clicked.any(-1).sum() == 6  # one click per ground-truth person (4 + 2)
 
@@ -162,7 +182,7 @@ def test_no_clicks_and_images_without_people(session):
     model, state, outputs, targets = session
     with torch.no_grad():
         start = model.click_rounds(state, outputs, targets, 0)[0]
-        kpts = keypoint_xy(start["pred_keypoints"], K)
+        kpts = coordinates(start["pred_keypoints"], K)
         result = model.refine(state, start["pred_boxes"], kpts, [torch.zeros(0, 4), torch.zeros(0, 4)])
         empty = [{**t, "boxes": t["boxes"][:0], "labels": t["labels"][:0], "keypoints": t["keypoints"][:0],
                   "area": t["area"][:0]} for t in targets]

@@ -146,7 +146,8 @@ REJECTED: dict[str, tuple[object, type, str]] = {
 # read by main.run / engine (see the recorded run below); the value used there: non-default
 RUN = {"batch_size": 1, "clip_max_norm": 0.2, "epochs": 1, "save_checkpoint_interval": 7, "use_ema": True,
        "ema_decay": 0.5, "ema_unique_params": True, "ema_epoch": 1, "feedback_loop_NOC_test": False,
-       "feedback_inference": True, "max_clicks": 1, "noc_thresholds": [0.5], "adapt_keypoint_init": {}}
+       "feedback_inference": True, "max_clicks": 1, "noc_thresholds": [0.5], "adapt_keypoint_init": {},
+       "click_policy": "worst_l2"}
 
 
 def _config_keys() -> list[str]:

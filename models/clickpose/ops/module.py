@@ -17,7 +17,8 @@ class MSDeformAttn(nn.Module):
 
     Args:
         d_model: channels; n_levels: feature levels; n_heads: heads; n_points: samples per head and level.
-        im2col_step: batch chunk of the compiled kernels. backend: None (automatic) or a backend name.
+        im2col_step: accepted for compatibility with Deformable DETR's signature and ignored (the kernels need no
+            batch chunking). backend: None (automatic) or a backend name.
     """
 
     def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4,
@@ -61,13 +62,23 @@ class MSDeformAttn(nn.Module):
         input_flatten: (B, S, C); input_spatial_shapes: (L, 2) long (H, W); input_level_start_index: (L,);
         input_padding_mask: (B, S) True on padding. Returns (B, Q, C).
         """
-        batch, num_queries, _ = query.shape
-        num_values = input_flatten.shape[1]
-        heads, levels, points = self.n_heads, self.n_levels, self.n_points
+        value = self.project_value(input_flatten, input_padding_mask)
+        return self.attend(query, reference_points, value, input_spatial_shapes, input_level_start_index)
+
+    def project_value(self, input_flatten: Tensor, input_padding_mask: Optional[Tensor] = None) -> Tensor:
+        """The attended values: (B, S, C) -> (B, S, heads, C / heads), zero on padding. It depends only on the
+        input, so a caller that attends to the same input many times can compute it once (see ``attend``)."""
         value = self.value_proj(input_flatten)
         if input_padding_mask is not None:
             value = value.masked_fill(input_padding_mask[..., None], 0.0)
-        value = value.view(batch, num_values, heads, self.d_model // heads)
+        return value.view(*value.shape[:2], self.n_heads, self.d_model // self.n_heads)
+
+    def attend(self, query: Tensor, reference_points: Tensor, value: Tensor, input_spatial_shapes: Tensor,
+               input_level_start_index: Tensor) -> Tensor:
+        """The query side: sampling offsets and weights from ``query``, sampling of ``value`` (from
+        :meth:`project_value`), output projection. Shapes as :meth:`forward`."""
+        batch, num_queries, _ = query.shape
+        heads, levels, points = self.n_heads, self.n_levels, self.n_points
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
         weights = F.softmax(weights, -1).view(batch, num_queries, heads, levels, points)
@@ -82,5 +93,5 @@ class MSDeformAttn(nn.Module):
         else:
             raise ValueError(f"reference_points must end in 2 or 4 values, got {reference_points.shape[-1]}")
         out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights,
-                             self.im2col_step, self.backend)
+                             backend=self.backend)
         return self.output_proj(out)

@@ -1,5 +1,6 @@
-"""Random inputs and comparisons against the pure-PyTorch reference, shared by the pytest suite and
-``python -m models.clickpose.ops.test``."""
+"""Checks of the compiled backends against the pure-PyTorch reference: random inputs and comparisons (shared
+by the pytest suite and the GPU check) and :func:`main`, the report that ``python test.py`` in this folder (the
+reference's command) or ``python -m models.clickpose.ops.test`` prints."""
 from __future__ import annotations
 
 from typing import Dict, List, Sequence, Tuple
@@ -7,7 +8,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from .function import ms_deform_attn
+from . import _library
+from .function import available_backends, ms_deform_attn
 
 DIFFERENTIABLE = ("value", "sampling_locations", "attention_weights")
 
@@ -66,3 +68,36 @@ def gradcheck(backend: str, device: str = "cpu") -> bool:
                               backend=backend)
 
     return torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5}
+LEVELS = [(6, 4), (3, 2), (1, 1), (2, 5)]
+
+
+def main() -> int:
+    backends = available_backends()
+    module, why = _library.load()
+    print(f"torch {torch.__version__}; CUDA device visible: {torch.cuda.is_available()}")
+    print(f"compiled library: {module.__file__ if module else 'missing (' + why + ')'}")
+    print(f"available backends: {', '.join(backends)}")
+    failures = 0
+    for backend in backends:
+        if backend == "pytorch":
+            continue
+        device = "cuda" if backend == "cuda" else "cpu"
+        for dtype, tol in TOLERANCE.items():
+            errors = max_errors(random_inputs(LEVELS, dtype=dtype, device=device), backend)
+            ok = all(e <= tol for e in errors.values())
+            failures += not ok
+            detail = ", ".join(f"{k} {v:.2e}" for k, v in errors.items())
+            print(f"* {backend} {str(dtype).replace('torch.', '')}: {'ok' if ok else 'FAIL'} (max |diff|: {detail})")
+        try:
+            ok = gradcheck(backend, device)
+        except RuntimeError as error:  # gradcheck raises on mismatch
+            ok = False
+            print(error)
+        failures += not ok
+        print(f"* {backend} gradcheck fp64: {'ok' if ok else 'FAIL'}")
+    if backends == ["pytorch"]:
+        print(f"only the reference path is available; {_library.BUILD_HINT}")
+    return 1 if failures else 0

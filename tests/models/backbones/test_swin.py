@@ -11,7 +11,7 @@ from models.clickpose.backbones.swin import (SWIN_CONFIGS, SwinBackbone, SwinCon
 from models.clickpose.build import build_clickpose
 from util.misc import nested_tensor_from_tensor_list
 
-from ..conftest import load_args
+from ..conftest import layout, load_args
 
 KEYS_FILE = Path(__file__).resolve().parents[1] / "data" / "original_swin_state_dict_keys.txt"
 SMALL = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)
@@ -29,10 +29,11 @@ def test_full_model_keys_and_shapes_equal_the_original(name, indices, levels):
     """Built on the meta device (no memory, no time): the backbone keys are the original's, in its order, and the
     rest of the model is the ResNet-50 model's (same levels) with input projections sized for the Swin widths."""
     with torch.device("meta"):
-        swin = build_clickpose(load_args("clickpose.cfg.py", backbone=name, return_interm_indices=indices,
-                                         num_feature_levels=levels)).state_dict()
-        resnet = build_clickpose(load_args("clickpose.cfg.py", return_interm_indices=indices,
-                                           num_feature_levels=levels)).state_dict()
+        swin_args = load_args("clickpose.cfg.py", backbone=name, return_interm_indices=indices,
+                              num_feature_levels=levels)
+        resnet_args = load_args("clickpose.cfg.py", return_interm_indices=indices, num_feature_levels=levels)
+        swin = build_clickpose(swin_args, layout(swin_args)).state_dict()
+        resnet = build_clickpose(resnet_args, layout(resnet_args)).state_dict()
     expected = _original_keys(f"{name}[{','.join(map(str, indices))}]")
     assert len(expected) == {"swin_T_224_1k": 187, "swin_L_384_22k": 357}[name]
     assert [(k, tuple(v.shape)) for k, v in swin.items() if k.startswith("backbone.")] == expected

@@ -23,14 +23,14 @@ def _args(root, options) -> argparse.Namespace:
 
 
 def _train_two_iterations_and_evaluate(root, tmp_path, options):
-    from datasets import build_dataset, build_evaluator
+    from datasets import build_dataset, build_evaluator, get_metadata
     from models import build_model
     from util.misc import collate_fn
     from util.training import build_optimizer
 
     torch.manual_seed(0)
     args = _args(root, options)
-    model, criterion, postprocessors = build_model(args)
+    model, criterion, postprocessors = build_model(args, get_metadata(args))
     before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
     train = build_dataset("train", args)
     loader = torch.utils.data.DataLoader(train, batch_size=2, collate_fn=collate_fn, shuffle=False)
@@ -41,9 +41,11 @@ def _train_two_iterations_and_evaluate(root, tmp_path, options):
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
     val = build_dataset("val", args)
     val_loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=collate_fn)
-    stats = engine.evaluate_interactive(model, postprocessors, val_loader, val, args, torch.device("cpu"),
-                                        output_dir=tmp_path, evaluator_factory=lambda: build_evaluator(val, args),
-                                        max_iters=1, log_fn=lambda _: None)
+    evaluator = build_evaluator(val, args)
+    stats = engine.evaluate_interactive(model, postprocessors["pose"], val_loader, evaluator.per_image_ap(),
+                                        torch.device("cpu"), max_clicks=args.max_clicks,
+                                        thresholds=args.noc_thresholds, report_evaluator=evaluator, max_iters=1,
+                                        log_fn=lambda _: None).log_stats()
     assert {"NoC@85", "NoC@90", "NoC@95", "AP@0", "AP@1", "AP@2"} <= set(stats)
     assert all(0 <= stats[f"NoC@{t}"] <= 2 for t in (85, 90, 95))
     assert all(0.0 <= stats[f"AP@{k}"] <= 1.0 or stats[f"AP@{k}"] == -1 for k in range(3))

@@ -1,0 +1,14 @@
+"""The reference's op self-test command, ``cd models/clickpose/ops && python test.py``, runs from that folder."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+OPS = Path(__file__).resolve().parents[3] / "models" / "clickpose" / "ops"
+
+
+def test_python_test_py_in_the_ops_folder_reports_the_backends():
+    done = subprocess.run([sys.executable, "test.py"], cwd=OPS, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "available backends: pytorch" in done.stdout
