@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from util.misc import NestedTensor
+from util.misc import NestedTensor, downsample_mask
 
 BATCH_NORM_TYPES = ("FrozenBatchNorm2d", "BatchNorm2d", "SyncBatchNorm")
 
@@ -74,6 +73,5 @@ def with_masks(features: Iterable[tuple[str, Tensor]], mask: Tensor | None) -> d
         raise ValueError("the backbone needs a NestedTensor with a padding mask")
     out = {}
     for name, feature in features:
-        level_mask = F.interpolate(mask[None].float(), size=feature.shape[-2:]).to(torch.bool)[0]
-        out[name] = NestedTensor(feature, level_mask)
+        out[name] = NestedTensor(feature, downsample_mask(mask, feature.shape[-2:]))
     return out
