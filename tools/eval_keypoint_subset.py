@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datasets.coco import AnnotationFormatError, load_annotations  # noqa: E402
-from datasets.evaluation import COCO_KEYPOINT_STAT_NAMES  # noqa: E402
+from datasets.evaluation import KEYPOINT_STAT_NAMES  # noqa: E402
 from datasets.keypoint_subset import keypoint_subset_stats, new_keypoints  # noqa: E402
 from datasets.metadata import COCO_KEYPOINTS, default_metadata_for_num_keypoints  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"keypoints: {[metadata.keypoint_names[k] for k in indices]}")
-    for name, value in zip(COCO_KEYPOINT_STAT_NAMES, stats):
+    for name, value in zip(KEYPOINT_STAT_NAMES["coco"], stats):
         print(f"{name:>5}: {value:.4f}")
     return 0
 
