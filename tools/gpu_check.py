@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from tools import gpu_check_steps as steps  # noqa: E402  (imports torch only inside the steps)
+from util.files import atomic_write_text  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def run_step_here(name: str, mode: str, result_path: Path) -> int:
     except Exception as error:  # recorded by the parent; the next step still runs
         traceback.print_exc()
         data = {"status": "failed", "summary": f"{type(error).__name__}: {error}"}
-    _write_atomic(result_path, json.dumps(data, indent=1, default=str))
+    atomic_write_text(result_path, json.dumps(data, indent=1, default=str))
     return 0 if data["status"] != "failed" else 1
 
 
@@ -125,12 +126,6 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _cell(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
@@ -170,8 +165,8 @@ def render_markdown(report: Dict[str, Any]) -> str:
 def write_report(out: Path, report: Dict[str, Any]) -> None:
     failed = [name for name, e in report["steps"].items() if e["status"] in ("failed", "timeout")]
     report["result"] = f"FAILED: {', '.join(failed)}" if failed else "no step failed"
-    _write_atomic(out / "report.json", json.dumps(report, indent=1, default=str))
-    _write_atomic(out / "report.md", render_markdown(report))
+    atomic_write_text(out / "report.json", json.dumps(report, indent=1, default=str))
+    atomic_write_text(out / "report.md", render_markdown(report))
 
 
 # ------------------------------------------------------------------------------------------------ the run

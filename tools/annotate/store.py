@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,22 +20,6 @@ FORMAT_VERSION = 1
 
 class AnnotationFileError(ValueError):
     """The annotation file cannot be used; the message names the file, the problem and the fix."""
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_document(path: Path, keypoint_names: Sequence[str]) -> dict[str, Any]:

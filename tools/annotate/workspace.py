@@ -5,6 +5,7 @@ log and rewrite the annotation file atomically before returning, so a killed bro
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from PIL import Image
 from models.pose_session import PoseSession
 from models.predictor import IMAGE_SUFFIXES, Predictor, list_images
 from tools.annotate import effort, store
+from util.files import atomic_write_text
 
 STATUSES = ("todo", "in_progress", "done")
 
@@ -101,7 +103,7 @@ class Workspace:
 
     def save(self) -> Path:
         with self.lock:
-            store.write_json_atomic(self.path, self.document())
+            atomic_write_text(self.path, json.dumps(self.document(), separators=(",", ":")))
             return self.path
 
     # ---- sessions ------------------------------------------------------------------------------------------------
