@@ -130,11 +130,8 @@ class EncoderState:
     @property
     def reference_scale(self) -> Tensor:
         """(B, 1, L, 4) factor that maps (cx, cy, w, h) references in [0, 1] of the valid area onto every level."""
-        if self._reference_scale is None or not self.cache_values:
-            scale = torch.cat((self.valid_ratios, self.valid_ratios), -1)[:, None]
-            if not self.cache_values:
-                return scale
-            self._reference_scale = scale
+        if self._reference_scale is None:  # depends on the image only, never on the weights
+            self._reference_scale = torch.cat((self.valid_ratios, self.valid_ratios), -1)[:, None]
         return self._reference_scale
 
     def projected_value(self, attention: nn.Module, cache: bool = True) -> Tensor:

@@ -67,3 +67,22 @@ def make_images(sizes: list[tuple[int, int]], generator: torch.Generator):
 @pytest.fixture
 def gen() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+def encoded_session(seed: int, num_keypoints: int = 17):
+    """A tiny model with perturbed weights (keypoint heads away from their zero init), two images encoded, and
+    targets for them: (model, state, outputs, targets). Same draws as the fixtures that used to build it inline."""
+    from models.clickpose.build import build_clickpose
+
+    torch.manual_seed(0)
+    args = load_args()
+    model = build_clickpose(args, layout(args)).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
+    images = make_images([(256, 320), (224, 288)], generator)
+    targets = make_targets([4, 2], num_keypoints, generator)
+    with torch.no_grad():
+        outputs, state = model(images, return_state=True)
+    return model, state, outputs, targets

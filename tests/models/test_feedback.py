@@ -10,7 +10,7 @@ from models.clickpose.feedback import CLICK_POLICIES, ClickSimulator, apply_clic
 from models.clickpose.keypoints import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
 
-from .conftest import layout, load_args, make_images, make_targets
+from .conftest import encoded_session, layout, load_args
 
 
 def _build(args):
@@ -21,17 +21,7 @@ K = 17
 
 @pytest.fixture(scope="module")
 def session():
-    torch.manual_seed(0)
-    model = _build(load_args()).eval()
-    gen = torch.Generator().manual_seed(21)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
-    images = make_images([(256, 320), (224, 288)], gen)
-    targets = make_targets([4, 2], K, gen)
-    with torch.no_grad():
-        outputs, state = model(images, return_state=True)
-    return model, state, outputs, targets
+    return encoded_session(21, K)
 
 
 class FixedMatcher:

@@ -11,7 +11,7 @@ from models.clickpose.build import build_clickpose
 from models.clickpose.encoder import EncoderState
 from models.clickpose.feedback import ClickSimulator
 
-from .conftest import layout, load_args, make_images, make_targets
+from .conftest import encoded_session, layout, load_args, make_images, make_targets
 
 K = 17
 
@@ -25,18 +25,7 @@ class FixedMatcher:
 
 @pytest.fixture(scope="module")
 def session():
-    torch.manual_seed(0)
-    args = load_args()
-    model = build_clickpose(args, layout(args)).eval()
-    gen = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(torch.randn(param.shape, generator=gen) * 0.05)
-    images = make_images([(256, 320), (224, 288)], gen)
-    targets = make_targets([4, 2], K, gen)
-    with torch.no_grad():
-        outputs, state = model(images, return_state=True)
-    return model, state, outputs, targets
+    return encoded_session(5, K)
 
 
 def _value_projections(model, counter):
