@@ -127,15 +127,17 @@ class PoseSession:
         poses, scale = self.poses, self._scale()
         boxes = (box_cxcywh_to_xyxy(poses.boxes) * scale.repeat(2)).tolist()
         keypoints = torch.cat((poses.keypoints * scale, poses.confidence[..., None]), -1).tolist()
+        # one conversion per field, not one per person and field
+        scores, touched, deleted = poses.scores.tolist(), poses.touched.tolist(), poses.deleted.tolist()
+        confidence, visibility = poses.confidence.tolist(), poses.visibility.tolist()
+        pinned = poses.pinned.tolist()
         people = []
         for i in range(poses.num_people):
-            score, touched, deleted = float(poses.scores[i]), bool(poses.touched[i]), bool(poses.deleted[i])
-            if (deleted and not include_deleted) or (score < score_threshold and not touched):
+            if (deleted[i] and not include_deleted) or (scores[i] < score_threshold and not touched[i]):
                 continue
-            people.append({"index": i, "score": score, "box": boxes[i], "keypoints": keypoints[i],
-                           "confidence": poses.confidence[i].tolist(), "visibility": poses.visibility[i].tolist(),
-                           "pinned": poses.pinned[i].tolist(), "source": poses.sources[i], "touched": touched,
-                           "deleted": deleted})
+            people.append({"index": i, "score": scores[i], "box": boxes[i], "keypoints": keypoints[i],
+                           "confidence": confidence[i], "visibility": visibility[i], "pinned": pinned[i],
+                           "source": poses.sources[i], "touched": touched[i], "deleted": deleted[i]})
         return sorted(people, key=lambda p: -p["score"])
 
     # ---- checks ----------------------------------------------------------------------------------------------
