@@ -175,7 +175,7 @@ class PoseSession:
 
         clicks: ``(person, keypoint, x, y)`` in pixels. Clicked keypoints stay where they are put, through later
         refinements too. ``only_clicked``: re-run only the clicked people (the refinement groups are independent,
-        so the others would only drift); False re-runs everyone not deleted (``Predictor.correct``).
+        so the others would only drift); False re-runs everyone not deleted (``Predictor.correct(refine_all=True)``).
         """
         given = [(self._person(p), self._keypoint(k), *self._point(x, y)) for p, k, x, y in clicks]
         if not given:

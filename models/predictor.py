@@ -252,10 +252,15 @@ class Predictor:
         return self._session.people(self.score_threshold)
 
     def correct(self, person: Optional[int] = None, keypoint: Optional[int] = None, x: Optional[float] = None,
-                y: Optional[float] = None, clicks: Optional[Iterable[Sequence[float]]] = None) -> list[dict[str, Any]]:
-        """Move keypoints to where the user clicked (pixels) and re-predict everything else (every person).
+                y: Optional[float] = None, clicks: Optional[Iterable[Sequence[float]]] = None,
+                refine_all: bool = False) -> list[dict[str, Any]]:
+        """Move keypoints to where the user clicked (pixels) and re-predict the rest of the clicked people.
 
         Give one click as ``person, keypoint, x, y`` or several as ``clicks=[(person, keypoint, x, y), ...]``.
+        The refinement groups are independent, so re-predicting only the clicked people gives them the same poses
+        as re-predicting everyone, and people the user did not touch keep the poses already shown.
+        ``refine_all=True`` re-predicts every person, as each round of the original's evaluation loop does (the
+        unclicked people then move too). Returns every person.
         """
         if self._session is None:
             raise RuntimeError("call predict(image) before correct(...)")
@@ -264,7 +269,7 @@ class Predictor:
             given.append((person, keypoint, x, y))
         if not given or any(None in click for click in given):
             raise ValueError("a click needs person, keypoint, x and y")
-        self._session.refine(given, only_clicked=False)
+        self._session.refine(given, only_clicked=not refine_all)
         return self._session.people(self.score_threshold)
 
     # ---- many images -------------------------------------------------------------------------------------------

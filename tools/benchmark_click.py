@@ -3,10 +3,13 @@
 What is timed (median of ``--clicks`` clicks, ``--predicts`` predictions, interleaved between the variants; wall
 time, and the worker's CPU time over all its threads, which other jobs on a shared machine disturb less):
 - ``predict``: ``Predictor.predict(image)`` (transform, backbone, encoder, decoder, top ``num_group_refine``);
-- ``correct``: ``Predictor.correct(person, keypoint, x, y)``: one click, every refined person (20) re-predicted;
-- ``refine cached`` / ``refine uncached``: the model call inside ``correct``, ``model.refine(state, ...)`` on the
-  image's cached state, and on ``state.uncached()`` (each decoder layer re-projects the encoder memory, as the
-  original does on every click);
+- ``correct``: ``Predictor.correct(person, keypoint, x, y)``: one click, the clicked person re-predicted (the
+  default: the refinement groups are independent, so the others keep their poses);
+- ``correct_all``: the same with ``refine_all=True``: every refined person (20) re-predicted, as in a round of the
+  original's evaluation loop;
+- ``refine_cached`` / ``refine_uncached``: the model call of ``correct_all``, ``model.refine(state, ...)`` on 20
+  people with the image's cached state, and on ``state.uncached()`` (each decoder layer re-projects the encoder
+  memory, as the original does on every click); ``refine_one_*``: the same for the one clicked person (``correct``);
 - ``original click``: the original Click-Pose's ``human_feedback_loop_inference`` with ``CLICKPOSE_Click_Number=1``
   (match the top 20 to the ground truth, build its refinement mask, one round: one click, 20 people re-predicted),
   and ``original round``: the extra time of a second round (``=2`` minus ``=1``), on its own pure-PyTorch
@@ -31,7 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OURS_PHASES = ("predict", "correct", "refine_cached", "refine_uncached")
+OURS_PHASES = ("predict", "correct", "correct_all", "refine_cached", "refine_uncached", "refine_one_cached",
+               "refine_one_uncached")
 ORIGINAL_PHASES = ("original_click", "original_two_clicks")
 
 
@@ -92,17 +96,23 @@ def _ours(spec: dict):
                 float(rng.uniform(0, height)))
 
     @torch.no_grad()
-    def refine(image_state) -> None:
+    def refine(image_state, everyone: bool = True) -> None:
         person, joint, x, y = click()
-        clicks = [torch.tensor([[person, joint, x / width, y / height]], device=device)]
-        model.refine(image_state, boxes, keypoints, clicks, click_freeze="all", logits=logits)
+        people = slice(None) if everyone else slice(person, person + 1)
+        row = person if everyone else 0
+        clicks = [torch.tensor([[row, joint, x / width, y / height]], device=device)]
+        model.refine(image_state, boxes[:, people], keypoints[:, people], clicks, click_freeze="all",
+                     logits=logits[:, people])
 
     uncached = state.uncached()
     commands = {
         "predict": lambda: predictor.predict(image),
         "correct": lambda: predictor.correct(*click()),
+        "correct_all": lambda: predictor.correct(*click(), refine_all=True),
         "refine_cached": lambda: refine(state),
         "refine_uncached": lambda: refine(uncached),
+        "refine_one_cached": lambda: refine(state, everyone=False),
+        "refine_one_uncached": lambda: refine(uncached, everyone=False),
     }
     return commands, info
 
@@ -190,10 +200,14 @@ def summarise(times: dict[str, list[float]]) -> dict[str, float]:
     ratios = {}
     if "correct" in ms:
         ratios["correct / predict"] = ms["correct"] / ms["predict"]
+    if "correct_all" in ms:
+        ratios["correct_all / predict"] = ms["correct_all"] / ms["predict"]
     if "refine_uncached" in ms:
         ratios["refine cached / uncached"] = ms["refine_cached"] / ms["refine_uncached"]
+    if "refine_one_uncached" in ms:
+        ratios["refine one cached / uncached"] = ms["refine_one_cached"] / ms["refine_one_uncached"]
     if "original_click" in ms:
-        ratios["correct / original click"] = ms["correct"] / ms["original_click"]
+        ratios["correct_all / original click"] = ms["correct_all"] / ms["original_click"]
     return {"median_ms": ms, "ratios": ratios}
 
 
@@ -278,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ours = result["info"]["ours"]
     print(f"one click, {args.device} ours / cpu original, {args.threads} threads, {Path(args.config).name}, "
           f"image {args.size[0]}x{args.size[1]} (model input {ours['input'][0]}x{ours['input'][1]}, "
-          f"{ours['tokens']} encoder tokens), {ours['people']} people refined, median of {args.clicks} clicks and "
+          f"{ours['tokens']} encoder tokens), {ours['people']} people found, median of {args.clicks} clicks and "
           f"{args.predicts} predictions; cache {ours['cache_mib']:.1f} MiB per image")
     print(f"  {'':<20} {'wall':>10}    {'CPU (all threads)':>17}")
     for phase, value in result["median_ms"].items():

@@ -104,20 +104,25 @@ def _xy(people, index):
 
 
 def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_checkpoint, shared_predictor):
-    """The refinement groups are independent: re-running only the clicked person gives it the same poses as
-    re-running everyone (Predictor.correct), and leaves the others untouched."""
+    """The refinement groups are independent: re-running only the clicked person (the session's and
+    Predictor.correct's default) gives it the same poses as re-running everyone (refine_all=True), and leaves the
+    others untouched."""
     image, _ = image_and_checkpoint
     predictor = shared_predictor
     everyone = predictor.predict(image)
     target = everyone[1]["index"]
     click = (target, 5, 30.0, 40.0)
-    all_people = predictor.correct(clicks=[click])
+    all_people = predictor.correct(clicks=[click], refine_all=True)
+    predictor.predict(image)
+    clicked_only = predictor.correct(clicks=[click])
     session = predictor.open(image)
     only = session.refine([click])
     np.testing.assert_allclose(_xy(only, target), _xy(all_people, target), atol=1e-4)
+    np.testing.assert_allclose(_xy(clicked_only, target), _xy(all_people, target), atol=1e-4)
     for person in everyone:
         if person["index"] != target:
             np.testing.assert_array_equal(_xy(only, person["index"]), np.asarray(person["keypoints"])[:, :2])
+            np.testing.assert_array_equal(_xy(clicked_only, person["index"]), np.asarray(person["keypoints"])[:, :2])
             assert np.abs(_xy(all_people, person["index"]) - np.asarray(person["keypoints"])[:, :2]).max() > 1e-3
 
 
