@@ -82,7 +82,7 @@ num_humanfeedback_layers = 4
 only_correction = False
 
 # ---- post-processing and evaluation ------------------------------------------------------------
-nms_iou_threshold = -1
+nms_iou_threshold = -1.0  # > 0: box NMS at that IoU in the postprocessor and the Predictor (the reference: -1, NMS unimplemented)
 no_mmpose_keypoint_evaluator = True
 num_select = 50
 strong_aug = False

@@ -139,10 +139,22 @@ class Predictor:
         predictions = []
         for i, pil in enumerate(pils):
             size = pil.size
-            poses = new_poses(top["pred_boxes"][i].cpu(), keypoints[i].cpu(), scores[i].cpu(),
-                              confidence[i], "model")
+            rows = self._kept_rows(top["pred_boxes"][i], scores[i])
+            poses = new_poses(top["pred_boxes"][i][rows].cpu(), keypoints[i][rows].cpu(), scores[i][rows].cpu(),
+                              confidence[i][rows.cpu()], "model")
             predictions.append(_Prediction(poses, state if len(pils) == 1 else None, size))
         return predictions
+
+    def _kept_rows(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """Rows of one image's top people that survive the config's box NMS (``nms_iou_threshold`` > 0; all rows
+        otherwise), best first. boxes: (R, 4) cxcywh."""
+        threshold = getattr(self.args, "nms_iou_threshold", -1)
+        if threshold is None or threshold <= 0:
+            return torch.arange(len(scores), device=scores.device)
+        from models.clickpose.postprocess import nms_keep
+        from util.box_ops import box_cxcywh_to_xyxy
+
+        return nms_keep(box_cxcywh_to_xyxy(boxes), scores, torch.ones_like(scores, dtype=torch.long), threshold)
 
     def _confidence(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
         """(B, R, K) keypoint confidence of a refinement: its last layer against the layer before (or against its

@@ -9,12 +9,21 @@ from util.box_ops import box_cxcywh_to_xyxy
 from . import keypoints as kp
 
 
+def nms_keep(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
+    """Indices kept by per-class box NMS, in their given (score) order. boxes: (n, 4) xyxy."""
+    from torchvision.ops import batched_nms
+
+    return batched_nms(boxes.float(), scores.float(), labels, iou_threshold).sort().values
+
+
 class PostProcess(nn.Module):
     """Top ``num_select`` (query, class) pairs by sigmoid score, as the reference.
 
     Both classes compete in the top-k (so a query can appear twice and label-0 entries occur; COCO
     evaluation with catIds=[1] ignores the latter). Returns per image {'scores' (n,), 'labels' (n,),
     'boxes' (n, 4) xyxy pixels, 'keypoints' (n, 3K) COCO triplets [x, y, s, ...] with s = the visibility slot}.
+    ``nms_iou_threshold`` > 0 then drops, per image and class, each box overlapping a better-scored one by more
+    than that IoU (the reference declares this option but raises NotImplementedError; -1 = off, its default).
     """
 
     def __init__(self, num_select: int = 100, nms_iou_threshold: float = -1, num_body_points: int = 17):
@@ -25,9 +34,6 @@ class PostProcess(nn.Module):
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
         """target_sizes: (B, 2) (h, w) of the original images."""
-        if self.nms_iou_threshold > 0:
-            raise NotImplementedError("PostProcess: NMS (nms_iou_threshold > 0) is not implemented, as in the "
-                                      "reference; set nms_iou_threshold = -1")
         logits, boxes, keypoints = outputs["pred_logits"], outputs["pred_boxes"], outputs["pred_keypoints"]
         if len(logits) != len(target_sizes) or target_sizes.shape[1] != 2:
             raise ValueError(f"target_sizes must be (B, 2) (h, w) for the batch of {len(logits)}, "
@@ -45,5 +51,10 @@ class PostProcess(nn.Module):
         picked_boxes = torch.gather(box_cxcywh_to_xyxy(boxes), 1, query[..., None].expand(-1, -1, 4)) * box_scale
         picked = torch.gather(keypoints, 1, query[..., None].expand(-1, -1, 3 * k))
         triplets = kp.to_coco_triplets(picked, target_sizes, k)
-        return [{"scores": s, "labels": l, "boxes": b, "keypoints": kp}
-                for s, l, b, kp in zip(scores, labels, picked_boxes, triplets)]
+        results = [{"scores": s, "labels": l, "boxes": b, "keypoints": kp}
+                   for s, l, b, kp in zip(scores, labels, picked_boxes, triplets)]
+        if self.nms_iou_threshold > 0:
+            for result in results:
+                keep = nms_keep(result["boxes"], result["scores"], result["labels"], self.nms_iou_threshold)
+                result.update({key: value[keep] for key, value in result.items()})
+        return results

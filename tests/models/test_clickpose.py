@@ -146,5 +146,22 @@ def test_postprocess_matches_a_direct_computation():
             kp = outputs["pred_keypoints"][image, query]
             expected = torch.stack((kp[0:2 * k:2] * w, kp[1:2 * k:2] * h, kp[2 * k:]), -1).flatten()
             torch.testing.assert_close(result["keypoints"][rank], expected)
-    with pytest.raises(NotImplementedError):
-        build_postprocessors(load_args(nms_iou_threshold=0.5))["bbox"](outputs, sizes)
+
+
+def test_postprocess_nms_drops_overlapping_boxes_of_the_same_class():
+    """nms_iou_threshold > 0: per image and class, a box overlapping a better-scored one by more than the threshold
+    goes, with its keypoints; the rest keep their score order. -1 keeps everything."""
+    k = 17
+    boxes = torch.tensor([[[0.30, 0.50, 0.20, 0.40], [0.31, 0.50, 0.20, 0.40], [0.70, 0.50, 0.20, 0.40]]])
+    logits = torch.tensor([[[-9.0, 2.0], [-9.0, 1.0], [-9.0, 0.0]]])  # scores: 0.88, 0.73, 0.5 (label 1)
+    keypoints = torch.arange(3 * 3 * k, dtype=torch.float32).reshape(1, 3, 3 * k) / (9 * k)
+    outputs = {"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints}
+    sizes = torch.tensor([[100, 200]])
+    full = build_postprocessors(load_args(num_select=3))["bbox"](outputs, sizes)[0]
+    kept = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.5))["bbox"](outputs, sizes)[0]
+    assert full["scores"].shape == (3,)
+    torch.testing.assert_close(kept["scores"], full["scores"][[0, 2]])
+    torch.testing.assert_close(kept["keypoints"], full["keypoints"][[0, 2]])
+    torch.testing.assert_close(kept["boxes"], full["boxes"][[0, 2]])
+    loose = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.99))["bbox"](outputs, sizes)[0]
+    assert loose["scores"].shape == (3,)

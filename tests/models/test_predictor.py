@@ -205,3 +205,21 @@ def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, sh
                                        np.asarray([p["keypoints"] for p in single[i]]), atol=1e-3)
     with pytest.raises(ValueError, match="batch_size"):
         predictor.predict_batch([image], batch_size=0)
+
+
+def test_nms_option_keeps_the_best_of_overlapping_people(image_and_checkpoint, shared_predictor):
+    """With nms_iou_threshold the Predictor keeps, of people whose boxes overlap more than it, the best-scored one:
+    a subset of the people without NMS, no two left overlapping."""
+    from torchvision.ops import box_iou
+
+    image, checkpoint = image_and_checkpoint
+    everyone = shared_predictor.predict(image)
+    predictor = Predictor(CONFIG, checkpoint, options={**OPTIONS, "nms_iou_threshold": 0.2})
+    kept = predictor.predict(image)
+    predictor.close()
+    boxes = torch.tensor([p["box"] for p in kept])
+    iou = box_iou(boxes, boxes) - torch.eye(len(kept))
+    assert 1 <= len(kept) < len(everyone) and iou.max() <= 0.2
+    by_box = {tuple(np.round(p["box"], 3)): p["score"] for p in everyone}
+    assert [by_box[tuple(np.round(p["box"], 3))] for p in kept] == [p["score"] for p in kept]
+    assert kept[0]["score"] == everyone[0]["score"]
