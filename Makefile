@@ -33,10 +33,11 @@ browser:
 		|| echo "[browser] apt-get could not install chromium: the browser test will skip"; \
 	else echo "[browser] chromium/chromedriver missing and apt-get unavailable (needs root): the browser test will skip"; fi
 
+# Extra demo flags: make demo DEMO_ARGS="--epochs 40" (continues a finished run from its checkpoint).
 # The demo runs without the compiled kernel too (pure-PyTorch path, slower): a failed build only warns here.
 demo: $(STAMP)
 	$(MAKE) --no-print-directory ops || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
-	$(PY) tools/demo.py --out demo_output --data data_synthetic
+	$(PY) tools/demo.py --out demo_output --data data_synthetic $(DEMO_ARGS)
 
 # The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first).
 ANNOTATE_PORT ?= 8765

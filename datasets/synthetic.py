@@ -1,11 +1,11 @@
 """Deterministic synthetic COCO-format people dataset (the embedded default data of the demo and the tests).
 
-Each image has a textured background and 1-4 front-facing stick figures with the 17 COCO keypoints (the person's
-left is on the image's right). Limb types have fixed, distinct colours (left and right share them, so a horizontal
-flip stays consistent) and every joint carries a small bright dot, which makes the task learnable by a small model in
-minutes. Figures vary in scale, lean and limb angles, overlap each other, may be cut by the image border, and
-occluding shapes may cover them. Visibility follows COCO: 2 = visible, 1 = labelled but hidden by another figure or
-an occluder, 0 = outside the image (stored as 0, 0, 0).
+Each image has a textured background and front-facing stick figures with the 17 COCO keypoints (the person's left
+is on the image's right); a :class:`Scene` says how many, how large, and whether occluding boxes are drawn. Limb
+types have fixed, distinct colours (left and right share them, so a horizontal flip stays consistent) and every joint
+carries a small bright dot. Figures vary in scale, lean and limb angles, overlap each other, may be cut by the image
+border, and occluding shapes may cover them. Visibility follows COCO: 2 = visible, 1 = labelled but hidden by another
+figure or an occluder, 0 = outside the image (stored as 0, 0, 0).
 
 Layout written by ``write_synthetic_dataset`` (loads with ``--dataset_file coco --coco_path OUT``)::
 
@@ -14,6 +14,7 @@ Layout written by ``write_synthetic_dataset`` (loads with ``--dataset_file coco 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,22 @@ LIMBS = (
 )
 HEAD_RADIUS = 0.065  # of body height
 MIN_SIDE, MAX_SIDE = 320, 640
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one image may contain: 1..max_people figures, each body_height (a fraction of the image height, drawn
+    uniformly from the range) tall, and with occluders, up to two boxes in half of the images."""
+    max_people: int = 4
+    body_height: tuple[float, float] = (0.3, 1.0)
+    occluders: bool = True
+
+
+# The default scene (tests, `tools/make_synthetic_dataset.py`), and the demo's: fewer, larger people, no occluding
+# boxes (figures still overlap and are cut by the border), which a small model learns in CPU minutes.
+FULL_SCENE = Scene()
+DEMO_SCENE = Scene(max_people=3, body_height=(0.55, 0.95), occluders=False)
+SCENES = {"full": FULL_SCENE, "demo": DEMO_SCENE}
 
 
 @dataclass
@@ -135,13 +152,13 @@ def draw_background(rng: np.random.Generator, height: int, width: int) -> np.nda
 
 
 def render_image(rng: np.random.Generator, width: int, height: int,
-                 max_people: int = 4) -> tuple[np.ndarray, list[dict]]:
+                 scene: Scene = FULL_SCENE) -> tuple[np.ndarray, list[dict]]:
     """One image and its people as COCO annotation dicts (without ids). (H, W, 3) uint8 RGB."""
     image = draw_background(rng, height, width)
-    num_people = int(rng.integers(1, max_people + 1))
+    num_people = int(rng.integers(1, scene.max_people + 1))
     figures = []
     for _ in range(num_people):
-        body = rng.uniform(0.3, 1.0) * height
+        body = rng.uniform(*scene.body_height) * height
         centre = (rng.uniform(0.05, 0.95) * width, rng.uniform(0.35, 0.75) * height + rng.normal(0, 0.1) * height)
         figures.append(sample_figure(rng, centre, body))
     figures.sort(key=lambda f: f.height)  # smaller (farther) figures first, so nearer ones cover them
@@ -153,7 +170,7 @@ def render_image(rng: np.random.Generator, width: int, height: int,
         silhouettes.append(mask > 127)
         owner[silhouettes[-1]] = index
         draw_figure(image, figure)
-    for _ in range(int(rng.integers(0, 3)) if rng.random() < 0.5 else 0):
+    for _ in range(int(rng.integers(0, 3)) if scene.occluders and rng.random() < 0.5 else 0):
         x0, y0 = int(rng.integers(0, width)), int(rng.integers(0, height))
         x1 = x0 + int(rng.uniform(0.08, 0.3) * width)
         y1 = y0 + int(rng.uniform(0.08, 0.3) * height)
@@ -188,10 +205,10 @@ def _category() -> dict:
 
 
 def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Optional[int] = None,
-                            jpeg_quality: int = 92) -> dict[str, Path]:
-    """Render ``num_images`` images; the last ``num_val`` (default max(1, N // 5)) form the val split.
+                            jpeg_quality: int = 92, scene: Scene = FULL_SCENE) -> dict[str, Path]:
+    """Render ``num_images`` images of ``scene``; the last ``num_val`` (default max(1, N // 5)) form the val split.
 
-    Image ``i`` depends only on (seed, i), so a larger N extends a smaller one. Returns the annotation paths.
+    Image ``i`` depends only on (seed, i, scene), so a larger N extends a smaller one. Returns the annotation paths.
     """
     if num_val is None:
         num_val = max(1, num_images // 5)
@@ -208,7 +225,7 @@ def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Op
         for i in indices:
             rng = np.random.default_rng([seed, i])
             width, height = (int(v) for v in rng.integers(MIN_SIDE, MAX_SIDE + 1, size=2))
-            pixels, people = render_image(rng, width, height)
+            pixels, people = render_image(rng, width, height, scene)
             image_id = i + 1
             file_name = f"{image_id:012d}.jpg"
             cv2.imwrite(str(folder / file_name), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR),
@@ -220,7 +237,8 @@ def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Op
         ann_path = out / "annotations" / f"person_keypoints_{split}2017.json"
         ann_path.parent.mkdir(parents=True, exist_ok=True)
         with open(ann_path, "w") as handle:
-            json.dump({"info": {"description": f"Click-Pose synthetic people (seed {seed})"}, "images": images,
+            json.dump({"info": {"description": f"Click-Pose synthetic people (seed {seed})",
+                                "scene": dataclasses.asdict(scene)}, "images": images,
                        "annotations": annotations, "categories": [_category()]}, handle)
         written[split] = ann_path
     return written

@@ -11,9 +11,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+DEFAULT_IMAGES, DEFAULT_VAL = 424, 24  # synthetic images in all, and of them in the val split
 
 
 def run_main(argv: list[str]) -> None:
@@ -51,11 +54,34 @@ def summarise(model_only: dict, interactive_dir: Path) -> dict:
     return {"AP": model_only["test_coco_eval_keypoints_detr"][0], "summary": noc["summary"], "ap_table": table}
 
 
+def hardware() -> str:
+    """The CPU, its logical cores and torch's thread count, for the report (training time depends on them)."""
+    import os
+    import platform
+
+    import torch
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} logical cores, torch {torch.__version__} with {torch.get_num_threads()} "
+            f"threads")
+
+
 def write_report(out: Path, results: dict[str, dict], train_minutes: float, epochs: int) -> Path:
     thresholds = [k for k in results["trained"]["summary"] if k.startswith("NoC@")]
     lines = ["# Click-Pose demo report", "",
              f"Synthetic people dataset, tiny model (`config/demo.cfg.py`), {epochs} epochs on CPU "
              f"({train_minutes:.1f} min of training).", "",
+             f"Hardware: {hardware()}.", "",
+             f"To train longer for better numbers, give more epochs: `make demo DEMO_ARGS=\"--epochs {2 * epochs}\"` "
+             f"(or `python tools/demo.py --epochs {2 * epochs}`) continues this run from its checkpoint and "
+             "re-evaluates.", "",
              "| model | model-only AP | " + " | ".join(thresholds) + " | AP@0 | AP@1 | AP@2 | AP@3 |",
              "|---|---|" + "---|" * (len(thresholds) + 4)]
     for name, res in results.items():
@@ -132,23 +158,46 @@ def example_image(out: Path, config: str, checkpoint: str, data: Path) -> None:
     save_rgb(out / "example.jpg", np.concatenate([left, np.full((image.shape[0], 8, 3), 255, np.uint8), right], 1))
 
 
+def prepare_data(data: Path, num_images: Optional[int], num_val: Optional[int]) -> None:
+    """Write the demo's synthetic dataset (``DEMO_SCENE``; default 424 images, 24 of them val) unless ``data``
+    already holds it: a folder with another scene (an older release's) or with other counts than those asked for is
+    rewritten."""
+    import dataclasses
+
+    from datasets.synthetic import DEMO_SCENE, write_synthetic_dataset
+
+    found: dict = {}
+    try:
+        for split in ("train", "val"):
+            dataset = json.loads((data / "annotations" / f"person_keypoints_{split}2017.json").read_text())
+            found.update({"scene": dataset["info"].get("scene"), split: len(dataset["images"])})
+    except (OSError, ValueError, KeyError):
+        found = {}
+    asked = {"total": num_images, "val": num_val}
+    have = {"total": found.get("train", 0) + found.get("val", 0), "val": found.get("val")}
+    scene = json.loads(json.dumps(dataclasses.asdict(DEMO_SCENE)))  # as the annotation file stores it
+    if found.get("scene") == scene and all(
+            asked[key] is None or asked[key] == have[key] for key in asked):
+        return
+    num_images = DEFAULT_IMAGES if num_images is None else num_images
+    num_val = DEFAULT_VAL if num_val is None else num_val
+    print(f"generating {num_images} synthetic images into {data}")
+    write_synthetic_dataset(data, num_images, seed=0, num_val=num_val, scene=DEMO_SCENE)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="demo_output")
     parser.add_argument("--data", default="data_synthetic")
-    parser.add_argument("--num-images", type=int, default=160)
-    parser.add_argument("--num-val", type=int, default=16)
+    parser.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT_IMAGES}, or what --data holds")
+    parser.add_argument("--num-val", type=int, default=None, help=f"default {DEFAULT_VAL}, or what --data holds")
     parser.add_argument("--epochs", type=int, default=14)
     parser.add_argument("--config", default="config/demo.cfg.py")
     parser.add_argument("--workers", type=int, default=2, help="data-loading processes for training")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
-    if not (data / "annotations" / "person_keypoints_val2017.json").is_file():
-        from datasets.synthetic import write_synthetic_dataset
-
-        print(f"generating {args.num_images} synthetic images into {data}")
-        write_synthetic_dataset(data, args.num_images, seed=0, num_val=args.num_val)
+    prepare_data(data, args.num_images, args.num_val)
 
     results: dict[str, dict] = {}
     untrained = evaluate(args.config, data, out / "untrained", None, interactive=False)

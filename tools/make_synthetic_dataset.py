@@ -1,6 +1,7 @@
 """Write the synthetic COCO-format people dataset (see datasets/synthetic.py).
 
-    python tools/make_synthetic_dataset.py --out data_synthetic --num-images 200 [--seed 0] [--split-val 40]
+    python tools/make_synthetic_dataset.py --out data_synthetic --num-images 200 [--seed 0] [--split-val 40] \
+        [--scene full|demo]
 
 The result loads with ``--dataset_file coco --coco_path <out>``.
 """
@@ -13,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.synthetic import write_synthetic_dataset  # noqa: E402
+from datasets.synthetic import SCENES, write_synthetic_dataset  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -23,10 +24,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split-val", type=int, default=None, help="how many of the images form the val split "
                         "(default: max(1, N // 5))")
+    parser.add_argument("--scene", choices=sorted(SCENES), default="full",
+                        help="full: 1-4 people of 30-100%% of the image height, occluding boxes; demo: 1-3 people of "
+                        "55-95%%, no occluding boxes (what make demo trains on)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
-        written = write_synthetic_dataset(args.out, args.num_images, seed=args.seed, num_val=args.split_val)
+        written = write_synthetic_dataset(args.out, args.num_images, seed=args.seed, num_val=args.split_val,
+                                          scene=SCENES[args.scene])
     except ValueError as err:
         parser.error(str(err))
     elapsed = time.perf_counter() - start

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from datasets import build_dataset, build_evaluator
-from datasets.synthetic import render_image, write_synthetic_dataset
+from datasets.synthetic import DEMO_SCENE, FULL_SCENE, Scene, render_image, write_synthetic_dataset
 from tools.make_synthetic_dataset import main as make_synthetic_main
 
 
@@ -41,6 +41,32 @@ def test_scenes_contain_occlusion_and_truncation():
         _, people = render_image(np.random.default_rng([0, i]), 480, 400)
         flags += [v for p in people for v in p["keypoints"][2::3]]
     assert {0, 1, 2} <= set(flags)  # out of image, occluded and visible all occur
+
+
+def test_demo_scene_has_fewer_larger_people_and_no_occluding_boxes():
+    """The demo's scene (make demo): 1-3 figures of 55-95% of the image height, no occluding boxes; the same rng
+    gives the full scene more variety (up to 4 people, small ones, boxes)."""
+    demo_people, full_people, demo_heights = [], [], []
+    for i in range(30):
+        image, people = render_image(np.random.default_rng([0, i]), 480, 400, DEMO_SCENE)
+        demo_people.append(len(people))
+        # a figure is about 0.9 of its body height from head top to ankles; the box is cut by the border at most
+        demo_heights += [p["bbox"][3] / 400 for p in people if all(p["keypoints"][2::3])]
+        full_people.append(len(render_image(np.random.default_rng([0, i]), 480, 400, FULL_SCENE)[1]))
+    assert 1 <= min(demo_people) and max(demo_people) <= 3 and max(full_people) == 4
+    assert demo_heights and min(demo_heights) > 0.4
+    # one figure alone, the same figures either way (boxes are drawn after them): the boxes hide keypoints (v = 1)
+    # that the figure alone does not
+    hidden = {flag: sum(v == 1 for i in range(30) for p in render_image(
+        np.random.default_rng([0, i]), 480, 400, Scene(max_people=1, occluders=flag))[1] for v in p["keypoints"][2::3])
+        for flag in (False, True)}
+    assert hidden[True] > hidden[False]
+
+
+def test_dataset_records_its_scene(tmp_path):
+    write_synthetic_dataset(tmp_path, num_images=2, seed=1, num_val=1, scene=DEMO_SCENE)
+    info = json.loads((tmp_path / "annotations" / "person_keypoints_val2017.json").read_text())["info"]
+    assert info["scene"] == {"max_people": 3, "body_height": [0.55, 0.95], "occluders": False}
 
 
 def test_deterministic_and_prefix_stable(tmp_path):

@@ -55,3 +55,21 @@ def test_rerun_reuses_data_and_the_finished_training(demo_run, capsys):
     assert sorted(p.stat().st_mtime_ns for p in (data / "images").rglob("*.jpg")) == images
     assert (out / "train" / "checkpoint.pth").stat().st_mtime_ns == checkpoint
     assert "generating" not in capsys.readouterr().out
+
+
+def test_data_of_another_scene_or_size_is_rewritten(tmp_path, capsys):
+    """An older release's data_synthetic (the full scene) or other asked-for counts: the demo data is rewritten."""
+    from datasets.synthetic import FULL_SCENE, write_synthetic_dataset
+    from tools.demo import prepare_data
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, 3, seed=0, num_val=1, scene=FULL_SCENE)
+    prepare_data(data, 3, 1)
+    assert "generating 3" in capsys.readouterr().out
+    info = json.loads((data / "annotations" / "person_keypoints_val2017.json").read_text())["info"]
+    assert info["scene"]["max_people"] == 3
+    prepare_data(data, None, None)
+    prepare_data(data, 3, 1)
+    assert "generating" not in capsys.readouterr().out
+    prepare_data(data, 4, 1)
+    assert "generating 4" in capsys.readouterr().out
