@@ -14,7 +14,7 @@ from models.predictor import Predictor
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "demo.cfg.py")
-OPTIONS = {"num_queries": 100, "num_group": 8, "num_group_refine": 4, "dn_number": 4}
+OPTIONS = {"num_queries": 100, "num_group": 8, "num_group_refine": 4, "dn_number": 4, "nms_iou_threshold": -1.0}
 
 
 @pytest.fixture(scope="module")
@@ -207,19 +207,11 @@ def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, sh
         predictor.predict_batch([image], batch_size=0)
 
 
-def test_nms_option_keeps_the_best_of_overlapping_people(image_and_checkpoint, shared_predictor):
-    """With nms_iou_threshold the Predictor keeps, of people whose boxes overlap more than it, the best-scored one:
-    a subset of the people without NMS, no two left overlapping."""
-    from torchvision.ops import box_iou
-
-    image, checkpoint = image_and_checkpoint
-    everyone = shared_predictor.predict(image)
-    predictor = Predictor(CONFIG, checkpoint, options={**OPTIONS, "nms_iou_threshold": 0.2})
-    kept = predictor.predict(image)
-    predictor.close()
-    boxes = torch.tensor([p["box"] for p in kept])
-    iou = box_iou(boxes, boxes) - torch.eye(len(kept))
-    assert 1 <= len(kept) < len(everyone) and iou.max() <= 0.2
-    by_box = {tuple(np.round(p["box"], 3)): p["score"] for p in everyone}
-    assert [by_box[tuple(np.round(p["box"], 3))] for p in kept] == [p["score"] for p in kept]
-    assert kept[0]["score"] == everyone[0]["score"]
+def test_nms_option_keeps_the_best_of_overlapping_people(shared_predictor, monkeypatch):
+    """With nms_iou_threshold > 0 the Predictor keeps, of people whose boxes overlap more than it, the best-scored
+    one, in score order; off (-1) it keeps everyone."""
+    boxes = torch.tensor([[0.30, 0.5, 0.2, 0.4], [0.31, 0.5, 0.2, 0.4], [0.7, 0.5, 0.2, 0.4], [0.71, 0.5, 0.2, 0.4]])
+    scores = torch.tensor([0.9, 0.8, 0.6, 0.7])
+    assert shared_predictor._kept_rows(boxes, scores).tolist() == [0, 1, 2, 3]
+    monkeypatch.setattr(shared_predictor.args, "nms_iou_threshold", 0.5)
+    assert shared_predictor._kept_rows(boxes, scores).tolist() == [0, 3]
