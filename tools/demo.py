@@ -191,7 +191,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data_synthetic")
     parser.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT_IMAGES}, or what --data holds")
     parser.add_argument("--num-val", type=int, default=None, help=f"default {DEFAULT_VAL}, or what --data holds")
-    parser.add_argument("--epochs", type=int, default=9)
+    parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--config", default="config/demo.cfg.py")
     parser.add_argument("--workers", type=int, default=1, help="data-loading processes for training")
     args = parser.parse_args(argv)
