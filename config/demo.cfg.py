@@ -1,4 +1,4 @@
-# The CPU demo (`make demo`, tools/demo.py): a small Click-Pose trained from scratch in about 10 CPU minutes on the
+# The CPU demo (`make demo`, tools/demo.py): a small Click-Pose trained from scratch in about 12 CPU minutes on the
 # synthetic people of datasets.synthetic.DEMO_SCENE. Each change from the tiny model was measured: docs/demo.md.
 _base_ = ['tiny.cfg.py']
 
