@@ -137,11 +137,13 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
 
     dataset = build_dataset("val", args)
     loader = [collate_fn([dataset[0], dataset[1]])]
-    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # parameters, not buffers: a training-mode forward updates BatchNorm running statistics before the check
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
     with pytest.raises(engine.NonFiniteLossError, match="loss_oks"):
         engine.train_one_epoch(model, NanCriterion(), loader, torch.optim.AdamW(model.parameters()),
                                torch.device("cpu"), 0, log_fn=lambda _: None)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # no step was taken
+    params = dict(model.named_parameters())
+    assert all(torch.equal(v, params[k]) for k, v in before.items())  # no step was taken
 
 
 def _free_port() -> int:
