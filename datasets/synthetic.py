@@ -14,9 +14,8 @@ Layout written by ``write_synthetic_dataset`` (loads with ``--dataset_file coco 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -238,7 +237,7 @@ def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Op
         ann_path.parent.mkdir(parents=True, exist_ok=True)
         with open(ann_path, "w") as handle:
             json.dump({"info": {"description": f"Click-Pose synthetic people (seed {seed})",
-                                "scene": dataclasses.asdict(scene)}, "images": images,
+                                "scene": asdict(scene)}, "images": images,
                        "annotations": annotations, "categories": [_category()]}, handle)
         written[split] = ann_path
     return written

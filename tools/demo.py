@@ -166,18 +166,14 @@ def prepare_data(data: Path, num_images: Optional[int], num_val: Optional[int]) 
 
     from datasets.synthetic import DEMO_SCENE, write_synthetic_dataset
 
-    found: dict = {}
-    try:
-        for split in ("train", "val"):
-            dataset = json.loads((data / "annotations" / f"person_keypoints_{split}2017.json").read_text())
-            found.update({"scene": dataset["info"].get("scene"), split: len(dataset["images"])})
-    except (OSError, ValueError, KeyError):
-        found = {}
-    asked = {"total": num_images, "val": num_val}
-    have = {"total": found.get("train", 0) + found.get("val", 0), "val": found.get("val")}
     scene = json.loads(json.dumps(dataclasses.asdict(DEMO_SCENE)))  # as the annotation file stores it
-    if found.get("scene") == scene and all(
-            asked[key] is None or asked[key] == have[key] for key in asked):
+    try:
+        splits = [json.loads((data / "annotations" / f"person_keypoints_{split}2017.json").read_text())
+                  for split in ("train", "val")]
+        have = (splits[1]["info"].get("scene"), sum(len(split["images"]) for split in splits), len(splits[1]["images"]))
+    except (OSError, ValueError, KeyError):
+        have = None
+    if have is not None and have[0] == scene and num_images in (None, have[1]) and num_val in (None, have[2]):
         return
     num_images = DEFAULT_IMAGES if num_images is None else num_images
     num_val = DEFAULT_VAL if num_val is None else num_val
