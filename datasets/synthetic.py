@@ -33,14 +33,19 @@ PART_COLOURS = {
     "torso": (205, 55, 50), "head": (240, 195, 145), "upper_arm": (50, 170, 60), "forearm": (40, 200, 215),
     "thigh": (55, 70, 210), "shin": (190, 60, 200), "joint": (255, 235, 40), "face": (30, 30, 30),
 }
-# (part, from keypoint, to keypoint, thickness as a fraction of body height)
+# (part, from keypoint, to keypoint, thickness as a fraction of body height). Limbs and head are as thick as a
+# person's: a figure's silhouette area is about 0.22 of its box height squared, as for the people of the COCO sample
+# (0.23-0.25); OKS scales its tolerance with that area (thinner figures, 0.18, made the metric stricter than COCO's).
 LIMBS = (
-    ("thigh", L_HIP, L_KNE, 0.060), ("thigh", R_HIP, R_KNE, 0.060),
-    ("shin", L_KNE, L_ANK, 0.050), ("shin", R_KNE, R_ANK, 0.050),
-    ("upper_arm", L_SHO, L_ELB, 0.045), ("upper_arm", R_SHO, R_ELB, 0.045),
-    ("forearm", L_ELB, L_WRI, 0.038), ("forearm", R_ELB, R_WRI, 0.038),
+    ("thigh", L_HIP, L_KNE, 0.090), ("thigh", R_HIP, R_KNE, 0.090),
+    ("shin", L_KNE, L_ANK, 0.075), ("shin", R_KNE, R_ANK, 0.075),
+    ("upper_arm", L_SHO, L_ELB, 0.0675), ("upper_arm", R_SHO, R_ELB, 0.0675),
+    ("forearm", L_ELB, L_WRI, 0.057), ("forearm", R_ELB, R_WRI, 0.057),
 )
-HEAD_RADIUS = 0.065  # of body height
+HEAD_RADIUS = 0.0715  # of body height
+# Bumped whenever the same (seed, index, scene) renders differently; recorded in the annotation info, so that a folder
+# written by an older release is recognised (tools/demo.py rewrites it). 2: human-thick limbs and head.
+RENDER_VERSION = 2
 MIN_SIDE, MAX_SIDE = 320, 640
 
 
@@ -237,7 +242,7 @@ def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Op
         ann_path.parent.mkdir(parents=True, exist_ok=True)
         with open(ann_path, "w") as handle:
             json.dump({"info": {"description": f"Click-Pose synthetic people (seed {seed})",
-                                "scene": asdict(scene)}, "images": images,
+                                "scene": asdict(scene), "render_version": RENDER_VERSION}, "images": images,
                        "annotations": annotations, "categories": [_category()]}, handle)
         written[split] = ann_path
     return written

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from datasets import build_dataset, build_evaluator
-from datasets.synthetic import DEMO_SCENE, FULL_SCENE, Scene, render_image, write_synthetic_dataset
+from datasets.synthetic import DEMO_SCENE, FULL_SCENE, RENDER_VERSION, Scene, render_image, write_synthetic_dataset
 from tools.make_synthetic_dataset import main as make_synthetic_main
 
 
@@ -67,6 +67,16 @@ def test_dataset_records_its_scene(tmp_path):
     write_synthetic_dataset(tmp_path, num_images=2, seed=1, num_val=1, scene=DEMO_SCENE)
     info = json.loads((tmp_path / "annotations" / "person_keypoints_val2017.json").read_text())["info"]
     assert info["scene"] == {"max_people": 3, "body_height": [0.55, 0.95], "occluders": False}
+    assert info["render_version"] == RENDER_VERSION
+
+
+def test_figures_have_human_silhouette_area():
+    """OKS scales its tolerance with the annotated area: the figures' area / box height^2 is near that of the COCO
+    sample's people (0.23-0.25), not the 0.18 of the stick-thin figures of render version 1."""
+    ratios = [p["area"] / p["bbox"][3] ** 2 for i in range(40)
+              for p in render_image(np.random.default_rng([0, i]), 480, 400, DEMO_SCENE)[1] if p["num_keypoints"] >= 12]
+    assert len(ratios) > 40
+    assert 0.20 < float(np.median(ratios)) < 0.26
 
 
 def test_deterministic_and_prefix_stable(tmp_path):

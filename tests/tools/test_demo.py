@@ -73,3 +73,19 @@ def test_data_of_another_scene_or_size_is_rewritten(tmp_path, capsys):
     assert "generating" not in capsys.readouterr().out
     prepare_data(data, 4, 1)
     assert "generating 4" in capsys.readouterr().out
+
+
+def test_data_of_an_older_render_version_is_rewritten(tmp_path, capsys):
+    """Same scene and counts, but drawn by an older release (thinner figures): the demo data is rewritten."""
+    from tools.demo import prepare_data
+
+    data = tmp_path / "data"
+    prepare_data(data, 3, 1)
+    path = data / "annotations" / "person_keypoints_val2017.json"
+    old = json.loads(path.read_text())
+    old["info"]["render_version"] = 1
+    path.write_text(json.dumps(old))
+    capsys.readouterr()
+    prepare_data(data, 3, 1)
+    assert "generating 3" in capsys.readouterr().out
+    assert json.loads(path.read_text())["info"]["render_version"] != 1
