@@ -208,6 +208,12 @@ def _category() -> dict:
             "skeleton": [[a + 1, b + 1] for a, b in meta.skeleton]}
 
 
+def provenance(scene: Scene) -> dict:
+    """What decides the pixels of a dataset besides seed and image index, as its annotation info stores it (JSON
+    types: tuples become lists). A folder whose info differs was written by another scene or an older release."""
+    return json.loads(json.dumps({"scene": asdict(scene), "render_version": RENDER_VERSION}))
+
+
 def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Optional[int] = None,
                             jpeg_quality: int = 92, scene: Scene = FULL_SCENE) -> dict[str, Path]:
     """Render ``num_images`` images of ``scene``; the last ``num_val`` (default max(1, N // 5)) form the val split.
@@ -242,7 +248,7 @@ def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Op
         ann_path.parent.mkdir(parents=True, exist_ok=True)
         with open(ann_path, "w") as handle:
             json.dump({"info": {"description": f"Click-Pose synthetic people (seed {seed})",
-                                "scene": asdict(scene), "render_version": RENDER_VERSION}, "images": images,
+                                **provenance(scene)}, "images": images,
                        "annotations": annotations, "categories": [_category()]}, handle)
         written[split] = ann_path
     return written

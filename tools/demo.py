@@ -162,20 +162,16 @@ def prepare_data(data: Path, num_images: Optional[int], num_val: Optional[int]) 
     """Write the demo's synthetic dataset (``DEMO_SCENE``; default 424 images, 24 of them val) unless ``data``
     already holds it: a folder an older release wrote (another scene or render version) or with other counts than
     those asked for is rewritten."""
-    import dataclasses
+    from datasets.synthetic import DEMO_SCENE, provenance, write_synthetic_dataset
 
-    from datasets.synthetic import DEMO_SCENE, RENDER_VERSION, write_synthetic_dataset
-
-    made_by = (json.loads(json.dumps(dataclasses.asdict(DEMO_SCENE))), RENDER_VERSION)  # as the annotations store it
     try:
-        splits = [json.loads((data / "annotations" / f"person_keypoints_{split}2017.json").read_text())
-                  for split in ("train", "val")]
-        info = splits[1]["info"]
-        have = ((info.get("scene"), info.get("render_version")), sum(len(split["images"]) for split in splits),
-                len(splits[1]["images"]))
+        train, val = (json.loads((data / "annotations" / f"person_keypoints_{split}2017.json").read_text())
+                      for split in ("train", "val"))
+        same_source = all(val["info"].get(key) == value for key, value in provenance(DEMO_SCENE).items())
+        have = (len(train["images"]) + len(val["images"]), len(val["images"]))
     except (OSError, ValueError, KeyError):
-        have = None
-    if have is not None and have[0] == made_by and num_images in (None, have[1]) and num_val in (None, have[2]):
+        same_source, have = False, None
+    if same_source and num_images in (None, have[0]) and num_val in (None, have[1]):
         return
     num_images = DEFAULT_IMAGES if num_images is None else num_images
     num_val = DEFAULT_VAL if num_val is None else num_val
