@@ -11,10 +11,12 @@ venv: $(STAMP)
 # (Re)install when the requirements change. The project itself is not installed: it runs from this checkout
 # (targets run from the repository root; pytest.ini sets the path), so nothing named models/datasets/util/tools
 # lands in site-packages. The kernel is built in place by `make ops` (setup.py can install it: see README).
+# A new environment first checks the disk (about 6.2 GB at pip's peak) so that a full disk fails at once, saying so.
+# No pip cache: it would hold a second copy of the multi-GB wheels.
 $(STAMP): requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools wheel
-	$(PY) -m pip install -q -r requirements.txt
+	test -x $(PY) || { $(PYTHON) tools/check_disk_space.py $(VENV) && $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install -q --no-cache-dir --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --no-cache-dir -r requirements.txt
 	touch $(STAMP)
 
 # Compiled deformable-attention backends (optional: everything runs on the pure-PyTorch path without them).
