@@ -93,6 +93,7 @@ bbox_loss_coef = 5.0
 cls_loss_coef = 2.0
 enc_loss_coef = 1.0
 focal_alpha = 0.25
+cls_quality_target = None  # 'oks': matched queries' class target is their OKS (box IoU before the keypoint layers), not 1; not in the reference
 giou_loss_coef = 2.0
 interm_loss_coef = 1.0
 keypoints_loss_coef = 10.0

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou_pairwise
+from util.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou_pairwise
 
 from . import keypoints as kp
 from .losses import GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, weighted_keypoint_l1
@@ -28,12 +28,14 @@ INTERM_LOSSES = ("labels", "boxes", "matching")
 
 
 class LossJob(NamedTuple):
-    """One output dict to match and score: which terms, the key suffix, whether to log ``class_error``."""
+    """One output dict to match and score: which terms, the key suffix, whether to log ``class_error``, whether
+    its layer predicts keypoints (box-only decoder layers and the encoder proposals do not)."""
 
     outputs: dict
     names: list[str]
     suffix: str
     log: bool
+    keypoint_layer: bool = True
 
 
 def _global_num_boxes(targets: Sequence[dict[str, Tensor]], device: torch.device) -> float:
@@ -71,10 +73,14 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], focal_alpha: float,
                  losses: Sequence[str], num_box_decoder_layers: int = 2, num_body_points: Optional[int] = None,
-                 sigmas: Optional[Sequence[float]] = None):
+                 sigmas: Optional[Sequence[float]] = None, cls_quality_target: Optional[str] = None):
         """``sigmas`` (OKS, one per keypoint) default to the matcher's, so matching and losses use one layout;
-        ``num_body_points`` defaults to their count."""
+        ``num_body_points`` defaults to their count. ``cls_quality_target``: None (the reference: matched queries
+        aim at score 1) or 'oks' (they aim at their prediction's OKS, or box IoU before the keypoint layers)."""
         super().__init__()
+        if cls_quality_target not in (None, "oks"):
+            raise ValueError(f"cls_quality_target must be None or 'oks', got {cls_quality_target!r}")
+        self.cls_quality_target = cls_quality_target
         if sigmas is None:
             sigmas = matcher.sigmas.tolist()
         if num_body_points is None:
@@ -95,8 +101,11 @@ class SetCriterion(nn.Module):
 
     # ---- matched (set) losses ------------------------------------------------------------------------------------
     def loss_labels(self, outputs: dict, targets: Sequence[dict], match: Match, num_boxes: float,
-                    log: bool = True) -> LossDict:
-        """Sigmoid focal loss over every query and class; unmatched queries have an all-zero target row."""
+                    log: bool = True, keypoint_layer: bool = True) -> LossDict:
+        """Sigmoid focal loss over every query and class; unmatched queries have an all-zero target row.
+
+        With ``cls_quality_target='oks'`` a matched query's target is the quality of its prediction instead of 1:
+        its OKS on layers that predict keypoints (``keypoint_layer``), its box IoU on the others."""
         indices = match[0]
         logits = outputs["pred_logits"]
         matched = _matched_query_index(indices)
@@ -104,10 +113,32 @@ class SetCriterion(nn.Module):
         labels = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device)
         labels[matched] = matched_labels
         onehot = _onehot_without_background(labels, self.num_classes, logits.dtype)
-        losses = {"loss_ce": focal_loss_total(logits, onehot, num_boxes, self.focal_alpha)}
+        quality = None
+        if self.cls_quality_target == "oks":
+            quality = torch.zeros_like(onehot)
+            quality[matched] = self._match_quality(outputs, targets, indices, keypoint_layer)[:, None].to(onehot)
+        losses = {"loss_ce": focal_loss_total(logits, onehot, num_boxes, self.focal_alpha, quality=quality)}
         if log:
             losses["class_error"] = self._class_error(logits[matched], matched_labels)
         return losses
+
+    @torch.no_grad()
+    def _match_quality(self, outputs: dict, targets: Sequence[dict], indices: MatchIndices,
+                       keypoint_layer: bool) -> Tensor:
+        """(M,) how good each matched prediction is, in [0, 1]: OKS of its keypoints or IoU of its box."""
+        matched = _matched_query_index(indices)
+        if keypoint_layer and "pred_keypoints" in outputs:
+            k = self.num_body_points
+            pred_xy, _ = kp.split(outputs["pred_keypoints"][matched], k)
+            gt_xy, gt_vis = kp.split(_matched_targets(targets, indices, "keypoints"), k)
+            area = _matched_targets(targets, indices, "area")
+            quality = keypoint_oks(pred_xy.reshape(-1, k, 2), gt_xy.reshape(-1, k, 2), gt_vis, area,
+                                   self.sigmas.to(pred_xy))
+        else:
+            pred = box_cxcywh_to_xyxy(outputs["pred_boxes"][matched])
+            gt = box_cxcywh_to_xyxy(_matched_targets(targets, indices, "boxes"))
+            quality = box_iou(pred, gt)[0].diagonal() if len(pred) else pred.new_zeros(0)
+        return quality.clamp(0, 1)
 
     @staticmethod
     @torch.no_grad()
@@ -182,15 +213,14 @@ class SetCriterion(nn.Module):
         return {f"{prefix}loss_bbox": F.l1_loss(pred, gt, reduction="none").sum() / normaliser,
                 f"{prefix}loss_giou": (1 - giou).sum() / normaliser}
 
-    def _terms(self, outputs: dict, targets: Sequence[dict], match: Match, names: Sequence[str], num_boxes: float,
-               suffix: str, log: bool) -> LossDict:
+    def _terms(self, job: LossJob, targets: Sequence[dict], match: Match, num_boxes: float) -> LossDict:
         """The named terms of one output dict, keys suffixed."""
         methods = self._loss_methods()
         result: LossDict = {}
-        for name in names:
-            extra = {"log": log} if name == "labels" else {}
-            for key, value in methods[name](outputs, targets, match, num_boxes, **extra).items():
-                result[key + suffix] = value
+        for name in job.names:
+            extra = {"log": job.log, "keypoint_layer": job.keypoint_layer} if name == "labels" else {}
+            for key, value in methods[name](job.outputs, targets, match, num_boxes, **extra).items():
+                result[key + job.suffix] = value
         return result
 
     def _match_all(self, outputs_list: list[dict], targets: Sequence[dict]) -> list[Match]:
@@ -209,14 +239,14 @@ class SetCriterion(nn.Module):
         for layer, aux in enumerate(outputs.get("aux_outputs", [])):
             box_only = layer < self.num_box_decoder_layers
             names = [n for n in self.losses if not (box_only and n in KEYPOINT_LOSSES)]
-            jobs.append(LossJob(aux, names, f"_{layer}", False))
+            jobs.append(LossJob(aux, names, f"_{layer}", False, keypoint_layer=not box_only))
         if "interm_outputs" in outputs:
             jobs.append(LossJob(outputs["interm_outputs"], [n for n in self.losses if n in INTERM_LOSSES], "_interm",
-                                False))
+                                False, keypoint_layer=False))
         matches = self._match_all([job.outputs for job in jobs], targets)
         losses: LossDict = {}
         for job, match in zip(jobs, matches):
-            losses.update(self._terms(job.outputs, targets, match, job.names, num_boxes, job.suffix, job.log))
+            losses.update(self._terms(job, targets, match, num_boxes))
         return losses
 
 
@@ -273,4 +303,5 @@ def build_criterion(args: Any, matcher: HungarianMatcher) -> SetCriterion:
         losses += list(DN_LOSSES)
     losses.append("matching")
     return SetCriterion(args.num_classes, matcher, build_weight_dict(args), args.focal_alpha, losses,
-                        num_box_decoder_layers=args.num_box_decoder_layers, num_body_points=args.num_body_points)
+                        num_box_decoder_layers=args.num_box_decoder_layers, num_body_points=args.num_body_points,
+                        cls_quality_target=getattr(args, "cls_quality_target", None))

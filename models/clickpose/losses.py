@@ -28,14 +28,34 @@ def keypoint_sigmas(num_keypoints: int, sigmas: Optional[Sequence[float]] = None
     return torch.tensor(values, dtype=torch.float32)
 
 
-def focal_loss_total(logits: Tensor, onehot: Tensor, normaliser: float, alpha: float, gamma: float = 2.0) -> Tensor:
+def focal_loss_total(logits: Tensor, onehot: Tensor, normaliser: float, alpha: float, gamma: float = 2.0,
+                     quality: Optional[Tensor] = None) -> Tensor:
     """Sum of the element-wise sigmoid focal loss divided by ``normaliser``.
 
     logits, onehot: (B, N, C). Reduced as mean over N, sum, / normaliser, * N: the same value as sum / normaliser,
-    kept in this order so that the result equals the reference bit for bit.
+    kept in this order so that the result equals the reference bit for bit. ``quality`` (B, N, C) in [0, 1], where
+    given, replaces the positives' target 1 (:func:`quality_focal_loss`).
     """
-    per_element = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="none")
+    if quality is None:
+        per_element = sigmoid_focal_loss(logits, onehot, alpha=alpha, gamma=gamma, reduction="none")
+    else:
+        per_element = quality_focal_loss(logits, onehot, quality, alpha=alpha, gamma=gamma)
     return per_element.mean(1).sum() / normaliser * logits.shape[1]
+
+
+def quality_focal_loss(logits: Tensor, onehot: Tensor, quality: Tensor, alpha: float, gamma: float = 2.0) -> Tensor:
+    """Element-wise focal loss whose positive targets are soft: the positives (``onehot`` = 1) aim at ``quality``.
+
+    BCE(sigmoid(x), t) * |t - sigmoid(x)|^gamma, weighted alpha for positives and 1 - alpha for negatives (t = 0).
+    With t in {0, 1} this is exactly the sigmoid focal loss; with soft t its minimum is at sigmoid(x) = t, so a
+    score learns how good the matched prediction is (the quality focal loss of Generalized Focal Loss, Li et al.
+    2020, with the focal loss's alpha).
+    """
+    target = onehot * quality.detach().clamp(0, 1)
+    prob = logits.sigmoid()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    weight = onehot * alpha + (1 - onehot) * (1 - alpha)
+    return bce * (target - prob).abs().pow(gamma) * weight
 
 
 def weighted_keypoint_l1(pred_xy: Tensor, gt_xy: Tensor, visible: Tensor) -> Tensor:

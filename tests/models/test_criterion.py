@@ -264,3 +264,57 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     (rows, cols), = crit.matcher(outputs, targets)[0]
     l1_sum = (outputs["pred_boxes"][0, rows] - targets[0]["boxes"][cols]).abs().sum()
     assert loss.item() == pytest.approx(l1_sum.item() / 2, rel=1e-6)
+
+
+# ---- cls_quality_target='oks' (an option; the reference's target is 1) ----------------------------------------------
+def test_quality_focal_loss_is_the_focal_loss_for_hard_targets_and_is_minimal_at_the_quality():
+    from torchvision.ops import sigmoid_focal_loss
+
+    from models.clickpose.losses import quality_focal_loss
+
+    logits = torch.randn(2, 6, 3)
+    onehot = (torch.rand(2, 6, 3) > 0.6).float()
+    hard = quality_focal_loss(logits, onehot, torch.ones_like(onehot), alpha=0.25)
+    assert torch.allclose(hard, sigmoid_focal_loss(logits, onehot, alpha=0.25, gamma=2, reduction="none"), atol=1e-6)
+    # one positive aiming at 0.3: the loss over logits is smallest where sigmoid(logit) = 0.3
+    grid = torch.linspace(-4, 4, 801)
+    values = quality_focal_loss(grid, torch.ones_like(grid), torch.full_like(grid, 0.3), alpha=0.25)
+    assert grid[values.argmin()].sigmoid().item() == pytest.approx(0.3, abs=0.01)
+
+
+def _one_person_scene(pred_shift: float):
+    """One query against one person; the prediction's keypoints are shifted by ``pred_shift`` (0: exact)."""
+    torch.manual_seed(0)
+    targets = make_targets([1])
+    gt = targets[0]
+    pred_kpts = gt["keypoints"][0].clone()
+    pred_kpts[:34] += pred_shift
+    outputs = {"pred_logits": torch.tensor([[[0.0, 0.5]]]), "pred_boxes": gt["boxes"][None].clone(),
+               "pred_keypoints": pred_kpts[None, None]}
+    return outputs, targets
+
+
+def test_oks_quality_target_leaves_a_perfect_pose_as_the_reference_and_lowers_a_poor_ones_target():
+    reference = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels"])
+    quality = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels"], cls_quality_target="oks")
+    exact, targets = _one_person_scene(0.0)
+    assert quality(exact, targets)["loss_ce"].item() == pytest.approx(reference(exact, targets)["loss_ce"].item(),
+                                                                       rel=1e-4)
+    poor, targets = _one_person_scene(0.2)
+    logit = poor["pred_logits"].requires_grad_()
+    quality(poor, targets)["loss_ce"].backward()
+    # the person logit (0.5 -> p = 0.62) is above a poor pose's OKS: the loss pushes it down; the reference pushes up
+    assert logit.grad[0, 0, 1].item() > 0
+    logit.grad = None
+    reference(poor, targets)["loss_ce"].backward()
+    assert logit.grad[0, 0, 1].item() < 0
+
+
+def test_quality_target_uses_box_iou_on_box_only_layers_and_refuses_unknown_kinds():
+    crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels"], cls_quality_target="oks")
+    outputs, targets = _one_person_scene(0.2)
+    indices = [(torch.tensor([0]), torch.tensor([0]))]
+    assert crit._match_quality(outputs, targets, indices, keypoint_layer=False).item() == pytest.approx(1.0)
+    assert crit._match_quality(outputs, targets, indices, keypoint_layer=True).item() < 0.9
+    with pytest.raises(ValueError, match="cls_quality_target"):
+        SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels"], cls_quality_target="iou")

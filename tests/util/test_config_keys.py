@@ -112,6 +112,7 @@ BUILT: dict[str, tuple[str, dict]] = {
     "dn_keypoints_coef": ("criterion", {"dn_keypoints_coef": 0.2}),
     "dn_label_coef": ("criterion", {"dn_label_coef": 0.2}),
     "focal_alpha": ("criterion", {"focal_alpha": 0.5}),
+    "cls_quality_target": ("criterion", {"cls_quality_target": "oks"}),
     "set_cost_bbox": ("criterion", {"set_cost_bbox": 1.0}),
     "set_cost_class": ("criterion", {"set_cost_class": 1.0}),
     "set_cost_giou": ("criterion", {"set_cost_giou": 1.0}),
