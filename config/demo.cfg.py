@@ -32,12 +32,6 @@ num_select = 10
 # trained for minutes cannot rank; box NMS keeps the best of each (the reference declares this key, unimplemented).
 nms_iou_threshold = 0.5
 
-# Scores that say how good a pose is: a matched query's class target is its OKS, not 1 (the quality focal loss;
-# an option of this implementation, the reference trains with 1). With target 1 the scores of good and poor poses
-# were the same (medians 0.31 / 0.32) and ranking them by true OKS would have scored 0.39 instead of 0.27; with OKS
-# targets AP 0.315 instead of 0.271 on 124 val images (docs/demo.md).
-cls_quality_target = 'oks'
-
 human_feedback = True
 # clicks stay where they are made (the paper's intent; the reference default 'none' lets refinement move them)
 click_freeze = 'all'
