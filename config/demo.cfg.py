@@ -8,7 +8,7 @@ batch_norm_type = 'BatchNorm2d'
 backbone_trainable_stages = 'all'
 lr = 0.001
 lr_backbone = 0.001
-lr_drop = 9  # tools/demo.py trains 12 epochs: the last three at lr / 10
+lr_drop = 7  # tools/demo.py trains 10 epochs: the last three at lr / 10
 
 # About 160-pixel images: a training step of 4 images in about 0.6 s on 2 cores.
 data_aug_scales = [128, 144, 160]

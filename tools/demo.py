@@ -185,9 +185,12 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data_synthetic")
     parser.add_argument("--num-images", type=int, default=None, help=f"default {DEFAULT_IMAGES}, or what --data holds")
     parser.add_argument("--num-val", type=int, default=None, help=f"default {DEFAULT_VAL}, or what --data holds")
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--config", default="config/demo.cfg.py")
-    parser.add_argument("--workers", type=int, default=1, help="data-loading processes for training")
+    # 0: load in the training process. A worker process is forked anew every epoch, and the training process then
+    # pays a copy-on-write page fault for each page of its ~2.6 GB it writes: 13 s of a 70 s demo epoch on 2 cores,
+    # more than the loading itself costs (docs/demo.md).
+    parser.add_argument("--workers", type=int, default=0, help="data-loading processes for training (default 0)")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
