@@ -114,11 +114,22 @@ def run_scenario(url: str, annotations: Path, browser: str, driver_path: str, sc
         first = wait_for(driver, "annotator.ready && annotator.state.image", what="the first image")
         wait_for(driver, "annotator.state.people.some(p => p.touched || p.score >= annotator.threshold)",
                  what="people drawn")
+        # the canvas pixels around the selected person's keypoints, counted by exact colour (keypoints of an
+        # untrained model can pile up, so a keypoint's centre may be painted over by its neighbours)
         colours = driver.execute_script("""
             const p = annotator.state.people.find(q => q.index === annotator.selected.person);
-            const c = document.getElementById('canvas').getContext('2d');
-            return p.keypoints.map((kp, k) => { const s = annotator.keypointScreen(p.index, k);
-              return Array.from(c.getImageData(Math.round(s.x), Math.round(s.y), 1, 1).data.slice(0, 3)); });""")
+            const canvas = document.getElementById('canvas'), c = canvas.getContext('2d');
+            const pts = p.keypoints.map((kp, k) => annotator.keypointScreen(p.index, k));
+            const x0 = Math.max(0, Math.floor(Math.min(...pts.map(s => s.x))) - 12);
+            const y0 = Math.max(0, Math.floor(Math.min(...pts.map(s => s.y))) - 12);
+            const x1 = Math.min(canvas.width, Math.ceil(Math.max(...pts.map(s => s.x))) + 12);
+            const y1 = Math.min(canvas.height, Math.ceil(Math.max(...pts.map(s => s.y))) + 12);
+            const data = c.getImageData(x0, y0, Math.max(1, x1 - x0), Math.max(1, y1 - y0)).data, counts = {};
+            for (let i = 0; i < data.length; i += 4) {
+              const key = data[i] + ',' + data[i + 1] + ',' + data[i + 2];
+              counts[key] = (counts[key] || 0) + 1;
+            }
+            return counts;""")
         person = driver.execute_script("return annotator.selected.person;")
         before = driver.execute_script(f"return annotator.state.people.find(p => p.index === {person}).keypoints;")
         keypoint = 9 if len(before) > 9 else 0
