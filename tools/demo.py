@@ -187,9 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--num-val", type=int, default=None, help=f"default {DEFAULT_VAL}, or what --data holds")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--config", default="config/demo.cfg.py")
-    # 0: load in the training process. A worker process is forked anew every epoch, and the training process then
-    # pays a copy-on-write page fault for each page of its ~2.6 GB it writes: 13 s of a 70 s demo epoch on 2 cores,
-    # more than the loading itself costs (docs/demo.md).
+    # 0: load in the training process. With a worker, forked anew every epoch, each epoch after the first took
+    # about 13 s longer (of 70 s on 2 cores; its first step 3-5 s), more than the loading itself costs; most likely
+    # copy-on-write faults in the 2.6 GB training process after each fork (docs/demo.md).
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes for training (default 0)")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
