@@ -94,3 +94,54 @@ def test_only_temporaries_of_named_files_are_removed(tmp_path):
         path.write_text("x")
     assert sorted(remove_stale_temp_files(tmp_path, ["checkpoint", "best_metric.json"])) == sorted(ours)
     assert all(path.exists() for path in theirs)
+
+
+def test_atomic_write_flushes_the_folder_after_the_rename(tmp_path, monkeypatch):
+    """Without the folder's fsync a power loss can undo the rename: the old file would come back after a save
+    that was acknowledged."""
+    import stat
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(
+        "folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("rename"), real_replace(a, b))[1])
+    atomic_write_text(tmp_path / "ann.json", "{}")
+    assert events == ["file", "rename", "folder"]
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_names_the_first(tmp_path):
+    from util.files import ExclusiveFileLock, FileLockedError
+
+    first = ExclusiveFileLock(tmp_path / "ann.json").acquire(port=8765)
+    try:
+        with pytest.raises(FileLockedError, match="in use by another program") as refused:
+            ExclusiveFileLock(tmp_path / "ann.json").acquire()
+        assert refused.value.owner == {"pid": os.getpid(), "port": 8765}
+        first.update(url="http://127.0.0.1:8765/")
+        assert ExclusiveFileLock(tmp_path / "ann.json").read_owner()["url"] == "http://127.0.0.1:8765/"
+    finally:
+        first.release()
+    with ExclusiveFileLock(tmp_path / "ann.json") as again:  # released: free for the next one
+        assert again.owner["pid"] == os.getpid()
+
+
+def test_lock_is_dropped_when_its_process_dies(tmp_path):
+    import subprocess
+    import sys
+
+    from util.files import ExclusiveFileLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]);"
+                               "from util.files import ExclusiveFileLock;"
+                               "ExclusiveFileLock(sys.argv[2]).acquire(); print('held', flush=True); time.sleep(60)",
+                               str(files.Path(files.__file__).parents[1]), str(tmp_path / "ann.json")],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(Exception, match="in use"):
+            ExclusiveFileLock(tmp_path / "ann.json").acquire()
+    finally:
+        holder.kill()  # kill -9: no clean-up code runs
+        holder.wait(30)
+    ExclusiveFileLock(tmp_path / "ann.json").acquire().release()
