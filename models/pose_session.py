@@ -108,6 +108,15 @@ class PoseSession:
         self._undo: list[Poses] = []
         self._redo: list[Poses] = []
 
+    def snapshot(self) -> tuple[Poses, tuple[Poses, ...], tuple[Poses, ...]]:
+        """Everything an edit can change (poses are immutable values, so this copies no tensor)."""
+        return self.poses, tuple(self._undo), tuple(self._redo)
+
+    def restore(self, snapshot: tuple[Poses, tuple[Poses, ...], tuple[Poses, ...]]) -> None:
+        """Go back to a :meth:`snapshot` (an edit whose saving failed is taken back this way)."""
+        self.poses, undo, redo = snapshot
+        self._undo, self._redo = list(undo), list(redo)
+
     # ---- reading ---------------------------------------------------------------------------------------------
     @property
     def can_undo(self) -> bool:

@@ -36,12 +36,16 @@ MAX_PENDING = 2  # background predictions kept waiting for their image to be ope
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path."""
+    """Image files under ``folder`` (recursively, hidden entries skipped), sorted by relative path. A symbolic
+    link is listed only when its target is inside the folder too, so a tool serving these files serves nothing
+    from elsewhere."""
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"image folder not found: {root}")
+    real_root = root.resolve()
     files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-             and not any(part.startswith(".") for part in p.relative_to(root).parts)]
+             and not any(part.startswith(".") for part in p.relative_to(root).parts)
+             and p.resolve().is_relative_to(real_root)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 

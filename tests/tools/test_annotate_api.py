@@ -17,13 +17,14 @@ from tools.annotate.server import create_app  # noqa: E402
 from tools.annotate.workspace import Workspace  # noqa: E402
 
 REPO_ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+LOCAL = "http://127.0.0.1:8765"  # the Host the guard accepts (TestClient's default, testserver, is refused)
 
 
 @pytest.fixture()
 def tool(annotate_assets, annotate_predictor, tmp_path):
     """A fresh workspace and client writing to tmp_path/ann.json; threshold 0 so every predicted person is kept."""
     workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", annotate_predictor, threshold=0.0)
-    return workspace, TestClient(create_app(workspace))
+    return workspace, TestClient(create_app(workspace), base_url=LOCAL)
 
 
 def ok(response):
@@ -131,7 +132,7 @@ def test_save_reload_round_trip_through_pycocotools(tool, annotate_predictor):
     ok(client.post("/api/visibility", json={"image": "a.jpg", "person": index, "keypoint": 16, "visibility": 1}))
     ok(client.post("/api/accept", json={"image": "a.jpg"}))
     ok(client.post("/api/open", json={"image": "b.jpg"}))
-    assert ok(client.post("/api/save"))["saved"] == str(workspace.path)
+    assert ok(client.post("/api/save", json={}))["saved"] == str(workspace.path)
 
     coco = COCO(str(workspace.path))
     cat = coco.loadCats(coco.getCatIds())[0]
@@ -292,7 +293,7 @@ def test_any_keypoint_layout_crowdpose_14(annotate_assets, tmp_path):
     options = {**ANNOTATE_OPTIONS, "num_body_points": 14}
     predictor = Predictor(ANNOTATE_CONFIG, make_checkpoint(tmp_path / "k14.pth", options), options=options)
     workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", predictor, threshold=0.0)
-    client = TestClient(create_app(workspace))
+    client = TestClient(create_app(workspace), base_url=LOCAL)
     meta = ok(client.get("/api/meta"))
     assert meta["keypoint_names"] == list(CROWDPOSE_KEYPOINTS.keypoint_names) and [0, 1] in meta["flip_pairs"]
     state = ok(client.post("/api/open", json={"image": "a.jpg"}))

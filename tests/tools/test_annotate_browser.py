@@ -58,3 +58,49 @@ def test_annotate_in_headless_chromium(annotate_assets, annotate_predictor, tmp_
           + ", ".join(f"{v:.0f}" for v in latencies))
     if os.environ.get("ANNOTATE_SCREENSHOT"):  # where to keep the screenshot (the README's is made this way)
         shutil.copy(screenshot, os.environ["ANNOTATE_SCREENSHOT"])
+
+
+@pytest.mark.slow
+def test_markup_in_keypoint_names_shows_as_text_and_never_runs(annotate_assets, tmp_path):
+    """A checkpoint loads as safe (weights_only) yet its keypoint names are anyone's strings: a name holding markup
+    must appear literally in the page and run nothing, even where it would be parsed as HTML."""
+    import torch
+
+    from datasets.metadata import COCO_KEYPOINTS
+    from models.predictor import Predictor
+    from tools.annotate.browser_check import start_browser, wait_for
+
+    from .conftest import ANNOTATE_CONFIG, ANNOTATE_OPTIONS
+
+    found = find_chromium()
+    if found is None:
+        pytest.skip("no Chromium + chromedriver on this machine (`make browser` installs Debian's chromium and "
+                    "chromium-driver; it needs apt and root)")
+    evil = '<img src=x onerror="window.__injected=1;fetch(\'/api/delete_person\')">'
+    names = [evil] + list(COCO_KEYPOINTS.keypoint_names[1:])
+    checkpoint = torch.load(annotate_assets["checkpoint"], weights_only=True)
+    checkpoint["keypoint_metadata"] = {**COCO_KEYPOINTS.to_dict(), "keypoint_names": names}
+    torch.save(checkpoint, tmp_path / "markup.pth")
+    predictor = Predictor(ANNOTATE_CONFIG, tmp_path / "markup.pth", options=ANNOTATE_OPTIONS)
+    workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", predictor, threshold=0.0)
+    driver = None
+    try:
+        with serve(create_app(workspace)) as url:
+            driver = start_browser(*found)
+            driver.get(url)
+            wait_for(driver, "annotator.ready && document.querySelectorAll('#keypoints tr').length > 0",
+                     what="the keypoint table")
+            # also try the page's own status line (set from a keypoint name when a keypoint is armed)
+            driver.execute_script("annotator.state && document.querySelector('#keypoints tr').click();")
+            first_row = driver.execute_script("return document.querySelector('#keypoints tr td').textContent;")
+            injected = driver.execute_script("return window.__injected === undefined ? null : window.__injected;")
+            images_in_table = driver.execute_script("return document.querySelectorAll('#keypoints img').length;")
+            status = driver.execute_script("return document.getElementById('status').textContent;")
+    finally:
+        if driver is not None:
+            driver.quit()
+        predictor.close()
+    assert injected is None and images_in_table == 0
+    assert evil in first_row and evil in status
+    people = workspace.records["a.jpg"]["people"]
+    assert not any(p["deleted"] for p in people)

@@ -5,7 +5,8 @@
 
 Serves the page on 127.0.0.1 only and prints its URL. Every change is saved at once to the annotation file
 (default: IMAGES_keypoints.json beside the folder); starting again on the same file resumes where you were, and
-an existing COCO keypoints file (from any tool) opens for review.
+an existing COCO keypoints file (from any tool) opens for review. While the tool runs it holds a lock on the file
+(``.FILE.json.lock`` beside it): a second tool started on the same file refuses, naming the first one's PID and port.
 """
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--threshold", type=float, default=0.3, help="initial person score threshold")
     parser.add_argument("--no-pin-existing", action="store_true",
                         help="let refinement move keypoints loaded from an existing file (default: they stay)")
+    parser.add_argument("--folder-moved", action="store_true",
+                        help="the annotation file was written for these images in another folder: use it anyway")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="images with more pixels are skipped as unreadable (default: PIL's limit)")
     parser.add_argument("--summary", metavar="FILE.json", help="print the effort log of an annotation file and exit")
     args = parser.parse_args(argv)
     if args.summary is None:
@@ -67,6 +72,16 @@ def bind(port: int) -> socket.socket:
     return sock
 
 
+def claim(annotations: Path):
+    """Lock the annotation file for this process's lifetime, then remove the temporary files that a killed save
+    of it left (only now: another tool's save in progress would have one too). Raises ``FileLockedError``."""
+    from util.files import ExclusiveFileLock, remove_stale_temp_files
+
+    lock = ExclusiveFileLock(annotations.parent / f".{annotations.name}").acquire()
+    remove_stale_temp_files(annotations.parent, [annotations.name])
+    return lock
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     if args.summary:
@@ -77,22 +92,34 @@ def main(argv: Optional[list[str]] = None) -> int:
     from tools.annotate.server import create_app
     from tools.annotate.store import AnnotationFileError
     from tools.annotate.workspace import Workspace
+    from util.files import FileLockedError
 
     images = Path(args.images)
     if not images.is_dir():
         print(f"error: image folder not found: {images}", file=sys.stderr)
         return 2
     folder = images.resolve()
-    annotations = Path(args.annotations) if args.annotations else folder.parent / f"{folder.name}_keypoints.json"
+    annotations = (Path(args.annotations) if args.annotations
+                   else folder.parent / f"{folder.name}_keypoints.json").resolve()
+    try:
+        lock = claim(annotations)
+    except FileLockedError as exc:
+        owner = exc.owner
+        print(f"error: {annotations} is open in another annotation tool (pid {owner.get('pid', '?')}, "
+              f"{owner.get('url') or 'port not known yet'}); close that one first (Ctrl+C) or pass another "
+              "--annotations file", file=sys.stderr)
+        return 2
     predictor = Predictor(args.config, args.checkpoint, device=args.device)
     try:
         workspace = Workspace(images, annotations, predictor, threshold=args.threshold,
-                              pin_existing=not args.no_pin_existing)
+                              pin_existing=not args.no_pin_existing, max_pixels=args.max_pixels,
+                              folder_moved=args.folder_moved)
     except (AnnotationFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     sock = bind(args.port)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    lock.update(port=sock.getsockname()[1], url=url)
     print(f"{len(workspace.names)} images, annotations saved to {workspace.path}\nopen {url}  (Ctrl+C to stop)",
           flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(workspace), log_level="warning"))
@@ -100,4 +127,5 @@ def main(argv: Optional[list[str]] = None) -> int:
         server.run(sockets=[sock])
     finally:
         predictor.close()
+        lock.release()
     return 0

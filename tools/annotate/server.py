@@ -2,25 +2,32 @@
 
 Images are named by their path relative to the image folder, exactly as ``GET /api/images`` lists them; any other
 name is refused with 404, so no file outside the folder (or the annotation file the tool writes) can be reached.
-Malformed requests get 422 (FastAPI's validation, naming the field), impossible edits 400, both with a message.
+Malformed requests get 422 (FastAPI's validation in strict mode, naming the field: ``"1"`` is not a number),
+impossible edits 400, an image that cannot be used 422, a full disk 507 (the edit is taken back), anything else 500;
+every error is a JSON object whose ``detail`` is a sentence. Requests pass ``guard.RequestGuard`` first (Host,
+Origin, JSON writes, body size, Content-Security-Policy).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Iterable, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
-from tools.annotate.workspace import UnknownImageError, Workspace
+from tools.annotate.guard import LOCAL_HOSTS, MAX_BODY_BYTES, RequestGuard
+from tools.annotate.workspace import UnknownImageError, UnusableImageError, Workspace
+from util.files import DiskFullError
 
 STATIC = Path(__file__).resolve().parent / "static"
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt field is an error, not silently ignored
+    # a misspelt field is an error, not silently ignored; strict: "1" is not an int, 1 is not a bool
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ImageBody(_Body):
@@ -59,17 +66,13 @@ class AcceptBody(ImageBody):
     done: bool = True
 
 
-def create_app(workspace: Workspace) -> FastAPI:
+def create_app(workspace: Workspace, allowed_hosts: Iterable[str] = LOCAL_HOSTS,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The page and its API; ``allowed_hosts``: the host names the server answers to (see ``guard``)."""
     app = FastAPI(title="Click-Pose annotation tool", docs_url="/api/docs", redoc_url=None)
+    app.add_middleware(RequestGuard, allowed_hosts=allowed_hosts, max_body_bytes=max_body_bytes)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.exception_handler(UnknownImageError)
-    async def unknown_image(_: Request, exc: UnknownImageError) -> JSONResponse:
-        return JSONResponse(status_code=404, content={"detail": str(exc)})
-
-    @app.exception_handler(ValueError)
-    async def bad_edit(_: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"detail": str(exc)})
+    _error_answers(app)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -79,6 +82,27 @@ def create_app(workspace: Workspace) -> FastAPI:
     _editing_routes(app, workspace)
     return app
 
+
+def _error_answers(app: FastAPI) -> None:
+    """Exceptions -> a status and a JSON sentence; never a traceback or a bare text body."""
+    def answer(status: int):
+        async def handler(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse(status_code=status, content={"detail": str(exc)})
+        return handler
+
+    app.add_exception_handler(UnknownImageError, answer(404))
+    app.add_exception_handler(UnusableImageError, answer(422))
+    app.add_exception_handler(ValueError, answer(400))
+    app.add_exception_handler(DiskFullError, answer(507))
+
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        logging.getLogger(__name__).exception("request failed")
+        what = "could not write the annotation file" if isinstance(exc, OSError) else "internal error"
+        return JSONResponse(status_code=500, content={
+            "detail": f"{what} ({type(exc).__name__}: {exc}); the edit was not applied and the saved file is as "
+                      "before"})
+    app.add_exception_handler(OSError, failed)
+    app.add_exception_handler(Exception, failed)
 
 def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
     @app.get("/api/meta")
@@ -91,11 +115,10 @@ def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
 
     @app.get("/api/images")
     def images() -> dict[str, Any]:
-        """Every image in order with its status; the image to resume at; progress."""
+        """Every image in order with its status ('unreadable' and a ``problem`` for an image that cannot be used);
+        the image to resume at; progress."""
         with workspace.lock:
-            rows = [{"image": name, "status": workspace.records.get(name, {}).get("status", "todo")}
-                    for name in workspace.names]
-            return {"images": rows, "current": workspace.current, "progress": workspace.progress()}
+            return {"images": workspace.listing(), "current": workspace.current, "progress": workspace.progress()}
 
     @app.get("/api/file/{name:path}")
     def image_file(name: str) -> FileResponse:

@@ -1,15 +1,24 @@
 """The annotation work on one image folder: sessions per image, the effort log, and saving after every change.
 
 All methods that change anything hold one lock, apply the change to the image's ``PoseSession``, update the effort
-log and rewrite the annotation file atomically before returning, so a killed browser or server loses nothing.
+log and rewrite the annotation file atomically before returning, so a killed browser or server loses nothing. A
+change whose file could not be written (a full disk) is taken back before the error reaches the client, so what
+the page shows is always what the file holds.
+
+An image that cannot be used (not decodable, over ``max_pixels``, or changed since the annotation file was written)
+is listed with its problem and refused when opened; the other images work as before, and what the file held for
+it is written back unchanged. So are the records of images that are missing from the folder for a while.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import threading
 import time
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from PIL import Image
 
@@ -25,11 +34,19 @@ class UnknownImageError(LookupError):
     """An image name that is not one of the folder's images (this is also how path traversal is refused)."""
 
 
+class UnusableImageError(ValueError):
+    """An image of the folder that cannot be annotated: unreadable, too large, or not the image the file describes."""
+
+
+UNUSABLE = "unreadable"  # the status /api/images lists for such an image
+
+
 class Workspace:
     """See the module docstring. ``clock`` is injectable for tests of the effort log."""
 
     def __init__(self, images_dir: str | Path, annotations: str | Path, predictor: Predictor,
-                 threshold: float = 0.3, pin_existing: bool = True, clock: Callable[[], float] = time.monotonic):
+                 threshold: float = 0.3, pin_existing: bool = True, clock: Callable[[], float] = time.monotonic,
+                 max_pixels: Optional[int] = None, folder_moved: bool = False):
         self.root = Path(images_dir).resolve()
         self.paths = {p.relative_to(self.root).as_posix(): p for p in list_images(self.root)}
         if not self.paths:
@@ -43,18 +60,33 @@ class Workspace:
         self.sessions: dict[str, PoseSession] = {}
         self._last_action: Optional[tuple[str, float]] = None
         self._sizes: dict[str, tuple[int, int]] = {}
-        self._load(threshold, pin_existing)
+        self.problems: dict[str, str] = {}  # name -> why the image cannot be used
+        # larger images are refused before decoding (PIL's own limit, under which it only warns, by default)
+        self.max_pixels = int(max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS or 2**31)
+        self._load(threshold, pin_existing, folder_moved)
 
     # ---- the file ------------------------------------------------------------------------------------------------
-    def _load(self, threshold: float, pin_existing: bool) -> None:
+    def _load(self, threshold: float, pin_existing: bool, folder_moved: bool) -> None:
         data = store.read_document(self.path, self.metadata.keypoint_names) if self.path.exists() else {}
         tool = data.get(store.TOOL_KEY) or {}
-        self.records: dict[str, dict[str, Any]] = {name: rec for name, rec in (tool.get("images") or {}).items()
-                                                   if name in self.paths}
+        recorded_dir = tool.get("images_dir")
+        if recorded_dir and Path(recorded_dir).resolve() != self.root and not folder_moved:
+            raise store.AnnotationFileError(
+                f"{self.path} holds the annotations of the images in {recorded_dir}, not of {self.root}: images of "
+                "the same name would open with another image's people. Pass the folder it was written for, another "
+                "--annotations file, or --folder-moved if these are the same images in a new place")
+        saved = tool.get("images") or {}
+        self.records: dict[str, dict[str, Any]] = {name: rec for name, rec in saved.items() if name in self.paths}
+        # images missing from the folder now: their records are written back unchanged (they may come back)
+        self.absent_records = {name: rec for name, rec in saved.items() if name not in self.paths}
         self.threshold = float(tool.get("threshold", threshold))
         self.current = tool.get("current") if tool.get("current") in self.paths else self.names[0]
         images = data.get("images", [])
         by_name = {image.get("file_name"): image for image in images}
+        self._file_images = {name: by_name[name] for name in self.names if name in by_name}
+        # the sizes this tool wrote for its own records: an image of another size is not the one annotated
+        self._recorded_sizes = {name: (entry.get("width"), entry.get("height"))
+                                for name, entry in self._file_images.items() if name in self.records}
         self.image_ids = {name: by_name[name]["id"] for name in self.names if name in by_name}
         ours = set(self.image_ids.values())
         self.foreign_images = [image for image in images if image.get("id") not in ours]
@@ -78,17 +110,55 @@ class Workspace:
                                 + [0]) + 1
 
     def size(self, name: str) -> tuple[int, int]:
-        if name not in self._sizes:
-            with Image.open(self.paths[name]) as image:
-                self._sizes[name] = image.size
-        return self._sizes[name]
+        """(width, height) from the image's header, read once; ``UnusableImageError`` for an image that cannot be
+        used (the reason is kept in ``problems`` and listed by /api/images)."""
+        if name in self.problems:  # also an image whose header was fine but whose data was not
+            raise UnusableImageError(self.problems[name])
+        if name in self._sizes:
+            return self._sizes[name]
+        try:
+            with warnings.catch_warnings():  # PIL warns above its limit; the check below refuses instead
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(self.paths[name]) as image:
+                    size = image.size
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise self._unusable(name, f"cannot read image {name}: {exc}") from exc
+        if size[0] * size[1] > self.max_pixels:
+            raise self._unusable(name, f"image {name} is {size[0]}x{size[1]} pixels, more than the limit of "
+                                       f"{self.max_pixels} (a decompression bomb, or a scan to downscale); it is "
+                                       "skipped (--max-pixels raises the limit)")
+        recorded = self._recorded_sizes.get(name)
+        if recorded is not None and tuple(recorded) != size:
+            raise self._unusable(name, f"image {name} is {size[0]}x{size[1]} but {self.path} annotated an image of "
+                                       f"{recorded[0]}x{recorded[1]} under that name: it is another image, so its "
+                                       "saved people are kept and not shown on it")
+        self._sizes[name] = size
+        return size
+
+    def _unusable(self, name: str, reason: str) -> UnusableImageError:
+        self.problems[name] = reason
+        return UnusableImageError(reason)
+
+    def usable(self, name: str) -> bool:
+        try:
+            self.size(name)
+            return True
+        except UnusableImageError:
+            return False
 
     def document(self) -> dict[str, Any]:
         """The whole annotation file as it is saved (see ``store``)."""
         images, annotations = list(self.foreign_images), list(self.foreign_annotations)
         for name in self.names:
-            width, height = self.size(name)
-            images.append({"id": self.image_ids[name], "file_name": name, "width": width, "height": height})
+            if self.usable(name):
+                width, height = self.size(name)
+                images.append({"id": self.image_ids[name], "file_name": name, "width": width, "height": height})
+            elif name in self._file_images:  # what the file said about it, unchanged
+                entry = self._file_images[name]
+                images.append(entry)
+                width, height = entry.get("width") or 0, entry.get("height") or 0
+            else:
+                continue
             record = self.records.get(name)
             for person in (record or {}).get("people", []):
                 if not person["deleted"] and (person["touched"] or person["score"] >= record["threshold"]):
@@ -99,7 +169,7 @@ class Workspace:
         return {"info": {"description": "keypoints annotated with the Click-Pose annotation tool"},
                 "images": images, "annotations": annotations, "categories": [self.category],
                 store.TOOL_KEY: {"version": store.FORMAT_VERSION, "images_dir": str(self.root), "current": self.current,
-                                 "threshold": self.threshold, "images": self.records}}
+                                 "threshold": self.threshold, "images": {**self.absent_records, **self.records}}}
 
     def save(self) -> Path:
         with self.lock:
@@ -116,9 +186,13 @@ class Workspace:
         """The image's session, opened (predicted, or resumed from the file) on first use."""
         name = self.check_name(name)
         if name not in self.sessions:
+            self.size(name)  # refuses an unusable image before it is decoded
             record = self.records.get(name)
             saved = record.get("people") if record else None
-            self.sessions[name] = self.predictor.open(self.paths[name], saved)
+            try:
+                self.sessions[name] = self.predictor.open(self.paths[name], saved)
+            except (OSError, Image.DecompressionBombError) as exc:  # e.g. a truncated JPEG: its header was fine
+                raise self._unusable(name, f"cannot decode image {name}: {exc.__cause__ or exc}") from exc
             if record is None:
                 self.records[name] = {"status": "in_progress", "threshold": self.threshold,
                                       "effort": effort.new_image_log(), "people": []}
@@ -143,14 +217,45 @@ class Workspace:
                 "status": record["status"], "threshold": record["threshold"], "people": session.people(),
                 "can_undo": session.can_undo, "can_redo": session.can_redo, "progress": self.progress()}
 
+    def listing(self) -> list[dict[str, Any]]:
+        """Every image in order with its status ('unreadable' with the ``problem`` for an unusable image)."""
+        rows = []
+        for name in self.names:
+            if self.usable(name):
+                rows.append({"image": name, "status": self.records.get(name, {}).get("status", "todo")})
+            else:
+                rows.append({"image": name, "status": UNUSABLE, "problem": self.problems[name]})
+        return rows
+
     def progress(self) -> dict[str, int]:
         done = sum(1 for rec in self.records.values() if rec.get("status") == "done")
         return {"done": done, "total": len(self.names)}
 
     # ---- actions -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _all_or_nothing(self, name: str) -> Iterator[None]:
+        """Take back everything done inside when it raises (a save that failed: the edit is not in the file, so
+        it must not stay on the page either, nor be written later by another edit)."""
+        session = self.sessions.get(name)
+        before = (session.snapshot() if session is not None else None, copy.deepcopy(self.records.get(name)),
+                  self.threshold, self.current, self._last_action)
+        try:
+            yield
+        except BaseException:
+            snapshot, record, self.threshold, self.current, self._last_action = before
+            if session is None:
+                self.sessions.pop(name, None)
+            else:
+                session.restore(snapshot)
+            if record is None:
+                self.records.pop(name, None)
+            else:
+                self.records[name] = record
+            raise
+
     def _act(self, name: str, change: Callable[[PoseSession], Any], edit: Optional[str] = None,
              person: Optional[int] = None, clicks: Optional[dict[int, int]] = None) -> dict[str, Any]:
-        with self.lock:
+        with self.lock, self._all_or_nothing(self.check_name(name)):
             session = self.session(name)
             started = time.perf_counter()
             change(session)
@@ -167,14 +272,15 @@ class Workspace:
 
     def open(self, name: str) -> dict[str, Any]:
         """Show an image: predicted (or taken from the prefetch) on first use; the next image is prefetched."""
-        with self.lock:
-            self.check_name(name)
+        with self.lock, self._all_or_nothing(self.check_name(name)):
             self.current = name
             self._last_action = (name, self.clock())
             state = self.state(name)  # opens and saves
             following = self.names.index(name) + 1
             if following < len(self.names) and self.names[following] not in self.sessions:
-                self.predictor.prefetch(self.paths[self.names[following]])
+                upcoming = self.names[following]
+                if self.usable(upcoming):  # never decode a refused image, not even in the background
+                    self.predictor.prefetch(self.paths[upcoming])
             return state
 
     def refine(self, name: str, clicks: Sequence[Sequence[Any]]) -> dict[str, Any]:
@@ -206,7 +312,7 @@ class Workspace:
         images opened later."""
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be between 0 and 1, got {threshold}")
-        with self.lock:
+        with self.lock, self._all_or_nothing(self.check_name(name)):
             self.session(name)
             self.records[name]["threshold"] = self.threshold = float(threshold)
             self.save()
@@ -216,7 +322,7 @@ class Workspace:
         """Mark an image done (or back in progress)."""
         def mark(_: PoseSession) -> None:
             self.records[name]["status"] = "done" if done else "in_progress"
-        with self.lock:
+        with self.lock, self._all_or_nothing(self.check_name(name)):
             self.session(name)
             return self._act(name, mark, "accept")
 

@@ -1,5 +1,7 @@
 // The annotation page: draws the server's people on the image and turns mouse and keys into API calls.
 // Every change goes to the server (which saves it at once); the page keeps no data of its own.
+// Strings from the server (keypoint names, image names, messages) are only ever set as text, never as markup: they
+// come from checkpoints and files, and the page's Content-Security-Policy forbids inline script besides.
 "use strict";
 
 const SIDE_COLOURS = { left: "#60a5fa", right: "#fb923c", centre: "#4ade80" };
@@ -27,7 +29,11 @@ function call(path, body) {  // one request at a time, in order
     try {
       const response = await fetch(path, body === undefined ? {} : {
         method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
-      const data = await response.json();
+      const text = await response.text();
+      let data;
+      try { data = JSON.parse(text); } catch (err) {
+        throw new Error(`${response.status}: the server answered without JSON (${text.slice(0, 120)})`);
+      }
       if (!response.ok) {
         const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
         throw new Error(`${response.status}: ${detail}`);
@@ -63,6 +69,12 @@ function layout() {
 }
 const toScreen = (x, y) => [app.view.x + x * app.view.scale, app.view.y + y * app.view.scale];
 const toImage = (sx, sy) => [(sx - app.view.x) / app.view.scale, (sy - app.view.y) / app.view.scale];
+function element(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
 const clampToImage = ([x, y]) => [Math.min(Math.max(x, 0), app.state.width), Math.min(Math.max(y, 0), app.state.height)];
 
 function sideOf(k) {
@@ -176,7 +188,7 @@ function panel() {
   $("progress-text").textContent = `done ${s.progress.done} / ${s.progress.total}`;
   $("threshold").value = app.threshold; $("threshold-value").textContent = app.threshold.toFixed(2);
   $("undo").disabled = !s.can_undo; $("redo").disabled = !s.can_redo;
-  const list = $("people"); list.innerHTML = "";
+  const list = $("people"); list.replaceChildren();
   for (const p of s.people) {
     const li = document.createElement("li");
     const hidden = !(p.touched || p.score >= app.threshold);
@@ -185,14 +197,19 @@ function panel() {
     li.onclick = () => select(p.index, app.selected.keypoint);
     list.appendChild(li);
   }
-  const table = $("keypoints"); table.innerHTML = "";
+  const table = $("keypoints"); table.replaceChildren();
   const p = app.selected.person === null ? null : person(app.selected.person);
   if (!p) return;
   app.meta.keypoint_names.forEach((name, k) => {
     const row = table.insertRow();
     row.className = k === app.selected.keypoint ? "selected" : "";
-    row.insertCell().innerHTML = `<span class="${sideOf(k)}">●</span> ${name}${p.pinned[k] ? " ■" : ""}`;
-    row.insertCell().innerHTML = `<div class="bar" title="confidence ${p.confidence[k].toFixed(2)}"><div style="width:${Math.round(100 * p.confidence[k])}%"></div></div>`;
+    const label = row.insertCell();
+    label.append(element("span", sideOf(k), "●"), ` ${name}${p.pinned[k] ? " ■" : ""}`);
+    const bar = element("div", "bar"), fill = element("div");
+    bar.title = `confidence ${p.confidence[k].toFixed(2)}`;
+    fill.style.width = `${Math.round(100 * p.confidence[k])}%`;  // CSSOM, which the policy allows
+    bar.appendChild(fill);
+    row.insertCell().appendChild(bar);
     const menu = document.createElement("select");
     [["2", "visible"], ["1", "occluded"], ["0", "not labelled"]].forEach(([v, label]) => menu.add(new Option(label, v)));
     menu.value = String(p.visibility[k]);
@@ -243,10 +260,18 @@ async function openImage(name) {
   } catch (err) { report(err.message, true); }
 }
 
-function step(delta) {
-  const names = app.images.map((i) => i.image);
-  const next = names.indexOf(app.name) + delta;
-  if (next >= 0 && next < names.length) openImage(names[next]);
+const usable = (row) => row.status !== "unreadable";
+
+function step(delta) {  // the next image in that direction that can be opened (unreadable ones are skipped)
+  let at = app.images.findIndex((row) => row.image === app.name);
+  for (at += delta; at >= 0 && at < app.images.length; at += delta) {
+    if (usable(app.images[at])) { openImage(app.images[at].image); return; }
+  }
+}
+
+function reportUnreadable() {
+  const bad = app.images.filter((row) => !usable(row));
+  if (bad.length) report(`${bad.length} image(s) skipped: ${bad.map((row) => row.problem).join(" · ")}`, true);
 }
 
 // armed: the selected keypoint was chosen on purpose (clicked, keys, list); the next click on the image places it
@@ -396,6 +421,9 @@ window.addEventListener("resize", () => { layout(); draw(); });
     app.meta = await call("/api/meta");
     const listing = await call("/api/images");
     app.images = listing.images;
-    await openImage(listing.current);
+    const current = app.images.find((row) => row.image === listing.current && usable(row)) || app.images.find(usable);
+    if (!current) { reportUnreadable(); return; }
+    await openImage(current.image);
+    if (app.images.some((row) => !usable(row))) reportUnreadable();
   } catch (err) { report(err.message, true); }
 })();
