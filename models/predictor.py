@@ -33,6 +33,7 @@ from models.pose_session import PoseSession, Poses, keypoint_confidence, new_pos
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
+PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -96,7 +97,8 @@ class Predictor:
         ckpt = read_checkpoint(checkpoint, trust=trust_checkpoint) if checkpoint is not None else None
         self.metadata = keypoint_metadata(args, ckpt)
         args.num_body_points = self.metadata.num_keypoints  # a recorded layout sets the model's keypoint count
-        self.model, _, _ = build_model(args, self.metadata)
+        self.model, _, postprocessors = build_model(args, self.metadata)
+        self.postprocess = postprocessors["pose"]  # the decoding that AP is measured on
         if ckpt is not None:
             weights = ckpt["ema_model"] if use_ema and "ema_model" in ckpt else ckpt["model"]
             load_model_weights(self.model, weights, strict=True, source=str(checkpoint))
@@ -298,6 +300,29 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             for prediction in self._predict_images(images[start:start + batch_size]):
                 people.append(PoseSession(self, None, prediction.size, prediction.poses).people(self.score_threshold))
+        return people
+
+    @torch.no_grad()
+    def detect_batch(self, images: Sequence[ImageLike], score_threshold: float = 0.0,
+                     autocast_dtype: Optional[torch.dtype] = None) -> list[list[dict[str, Any]]]:
+        """People of each image as the evaluation scores them: one forward pass of the batch decoded by the
+        config's postprocessor (its ``num_select``, ``nms_iou_threshold``), person class only, at or above
+        ``score_threshold``, best first. Each person: 'score', 'box' (x0, y0, x1, y1) and 'keypoints' (K, 2), in
+        pixels. ``autocast_dtype`` runs the model under ``torch.autocast`` (bfloat16 on CPU or CUDA, float16 on
+        CUDA); the decoding is fp32 either way. No session or encoder state is kept (pre-annotation)."""
+        pils = [self._load(image) for image in images]
+        samples = self._samples(pils)
+        with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
+                            enabled=autocast_dtype is not None and autocast_dtype != torch.float32):
+            outputs = self.model(samples)
+        outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes", "pred_keypoints")}
+        sizes = torch.tensor([[pil.height, pil.width] for pil in pils], dtype=torch.float32, device=self.device)
+        people = []
+        for result in self.postprocess(outputs, sizes):
+            keep = (result["labels"] == PERSON_LABEL) & (result["scores"] >= score_threshold)
+            scores, boxes = result["scores"][keep].tolist(), result["boxes"][keep].tolist()
+            keypoints = result["keypoints"][keep].view(-1, self.num_keypoints, 3)[..., :2].tolist()
+            people.append([{"score": s, "box": b, "keypoints": k} for s, b, k in zip(scores, boxes, keypoints)])
         return people
 
     def predict_folder(self, folder: str | Path, batch_size: int = 4) -> Iterator[tuple[Path, list[dict[str, Any]]]]:

@@ -75,6 +75,8 @@ class Workspace:
                 f"{self.path} holds the annotations of the images in {recorded_dir}, not of {self.root}: images of "
                 "the same name would open with another image's people. Pass the folder it was written for, another "
                 "--annotations file, or --folder-moved if these are the same images in a new place")
+        # top-level keys of other programs (e.g. tools/preannotate.py's report) are written back as they were
+        self.extra = {k: v for k, v in data.items() if k not in ("images", "annotations", "categories", store.TOOL_KEY)}
         saved = tool.get("images") or {}
         self.records: dict[str, dict[str, Any]] = {name: rec for name, rec in saved.items() if name in self.paths}
         # images missing from the folder now: their records are written back unchanged (they may come back)
@@ -166,7 +168,7 @@ class Workspace:
                         person["ann_id"], self._next_ann_id = self._next_ann_id, self._next_ann_id + 1
                     annotations.append(store.annotation(person, person["ann_id"], self.image_ids[name],
                                                         self.category["id"], (width, height)))
-        return {"info": {"description": "keypoints annotated with the Click-Pose annotation tool"},
+        return {"info": {"description": "keypoints annotated with the Click-Pose annotation tool"}, **self.extra,
                 "images": images, "annotations": annotations, "categories": [self.category],
                 store.TOOL_KEY: {"version": store.FORMAT_VERSION, "images_dir": str(self.root), "current": self.current,
                                  "threshold": self.threshold, "images": {**self.absent_records, **self.records}}}
