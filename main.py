@@ -263,6 +263,8 @@ class Run:
     output_dir: Optional[Path] = None
     writer: Any = None
     metadata: Any = None  # the run's keypoint layout (util.keypoint_metadata.KeypointMetadata)
+    scaler: Any = None  # torch.amp.GradScaler, enabled for float16 --amp; its state is part of checkpoint.pth
+    max_clicks: int = 0  # the interactive evaluation's click cap: max_clicks, or the layout's keypoint count
 
     @property
     def log_fn(self):
@@ -296,14 +298,18 @@ def wrap_distributed(model, args, device, logger):
 
 def build_run(args, logger) -> Run:
     """Model, criterion, EMA, data, optimizer and schedule, in the order that fixes the random streams."""
+    import torch
+
     from datasets import build_dataset, get_metadata
     from models import build_model
     from util.ema import ModelEma
+    from util.noc import resolve_max_clicks
     from util.training import BestMetricHolder, build_lr_scheduler, build_optimizer
 
     device = resolve_device(args.device, logger)
     seed_everything(args.seed + args.rank)
     metadata = get_metadata(args)  # the keypoint layout, resolved once
+    max_clicks = resolve_max_clicks(args.max_clicks, metadata.num_keypoints)  # checked before anything is built
     model, criterion, postprocessors = build_model(args, metadata)
     model.to(device)
     criterion.to(device)
@@ -316,9 +322,12 @@ def build_run(args, logger) -> Run:
     train_loader, val_loader = build_loaders(args, dataset_train, dataset_val)
     optimizer = build_optimizer(args, model)
     lr_scheduler, per_iter = build_lr_scheduler(args, optimizer, len(train_loader) if train_loader else 1)
+    # built here, not in train(), so that a resume restores its loss scale with the optimizer's state
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "float16")
     return Run(args, logger, device, wrapped, model, criterion, postprocessors, ema, dataset_val, train_loader,
                val_loader, optimizer, lr_scheduler, per_iter, n_parameters, BestMetricHolder(use_ema=args.use_ema),
-               Path(args.output_dir) if args.output_dir else None, metadata=metadata)
+               Path(args.output_dir) if args.output_dir else None, metadata=metadata, scaler=scaler,
+               max_clicks=max_clicks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -387,10 +396,11 @@ def load_starting_point(run: Run) -> Optional[dict]:
 
 
 def restore_training_state(run: Run, ckpt: dict, folder: Path) -> None:
-    from util.checkpoint import restore_rng_state
+    from util.checkpoint import restore_rng_state, restore_scaler_state
 
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+    restore_scaler_state(run.scaler, ckpt)
     run.args.start_epoch = ckpt["epoch"] + 1
     load_best_metric(run.best, folder, run.logger)
     restore_rng_state(ckpt, run.args.rank, run.args.world_size)
@@ -466,7 +476,7 @@ def run_interactive_evaluation(run: Run, net) -> dict:
     report_evaluator = build_evaluator(dataset, args, output_dir)
     results = engine.evaluate_interactive(
         net, postprocess, run.val_loader, report_evaluator.per_image_ap(), run.device,
-        max_clicks=args.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
+        max_clicks=run.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
         report_evaluator=report_evaluator, round_evaluator_factory=None if report_evaluator.backend == "coco" else
         lambda: build_evaluator(dataset, args, iou_types=("keypoints",), log=None), log_fn=run.log_fn)
     if output_dir is not None and is_main_process():
@@ -516,7 +526,7 @@ def save_epoch_checkpoints(run: Run, epoch: int, train_stats: dict, seconds: flo
     snapshot = snapshot_path(run, epoch)
     for path in [run.output_dir / "checkpoint.pth"] + ([snapshot] if snapshot is not None else []):
         save_checkpoint(path, run.model_without_ddp, run.optimizer, run.lr_scheduler, epoch, run.args,
-                        ema_model=run.ema.module if run.ema is not None else None, extra=extra)
+                        ema_model=run.ema.module if run.ema is not None else None, extra=extra, scaler=run.scaler)
 
 
 def update_best(run: Run, epoch: int, kinds: list) -> None:
@@ -606,8 +616,6 @@ def train(run: Run, resumed: Optional[dict]) -> int:
     import datetime
     import time
 
-    import torch
-
     import engine
 
     args, logger = run.args, run.logger
@@ -616,7 +624,6 @@ def train(run: Run, resumed: Optional[dict]) -> int:
     if args.start_epoch >= args.epochs:
         logger.warning(f"nothing to train: the next epoch is {args.start_epoch} and epochs={args.epochs} (raise "
                        "epochs, e.g. --options epochs=N, to train further)")
-    scaler = torch.amp.GradScaler(run.device.type, enabled=args.amp and run.amp_dtype == torch.float16)
     logger.info("Start training")
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
@@ -624,7 +631,7 @@ def train(run: Run, resumed: Optional[dict]) -> int:
         run.train_loader.batch_sampler.sampler.set_epoch(epoch)
         train_stats = engine.train_one_epoch(
             run.model, run.criterion, run.train_loader, run.optimizer, run.device, epoch, args.clip_max_norm,
-            amp=args.amp, amp_dtype=run.amp_dtype, scaler=scaler, lr_scheduler=run.lr_scheduler,
+            amp=args.amp, amp_dtype=run.amp_dtype, scaler=run.scaler, lr_scheduler=run.lr_scheduler,
             step_scheduler_per_iter=run.per_iter,
             ema=run.ema if epoch >= args.ema_epoch else None, max_iters=run.max_iters, log_fn=run.log_fn)
         if not run.per_iter:

@@ -143,7 +143,7 @@ click_policy = 'worst'  # simulated user's click: 'worst' (reference: largest |d
 crop_marks_invisible = False  # True: keypoints cropped out of the window become unlabelled
 ema_unique_params = False  # True: update each shared (aliased) tensor once per step
 flip_exact = False  # True: flip keypoints as x -> w - x, like the boxes (reference: w - x - 1)
-max_clicks = 17  # rounds of the interactive evaluation
+max_clicks = None  # rounds of the interactive evaluation (the NoC cap); None = K, one per keypoint (17 on COCO)
 msda_backend = None  # None = fastest available; 'pytorch' | 'cpu' | 'cuda' to force one
 noc_thresholds = [0.85, 0.90, 0.95]  # per-image AP thresholds of NoC@85/90/95 (the one home of this default)
 # Pose error modeling: the paper's error types as optional additions to the reference's denoising noise.

@@ -89,3 +89,25 @@ def test_21_keypoints_fine_tune_from_17_then_evaluate(humanart21, coco17_checkpo
     assert {"test_NoC@85", "test_NoC@90", "test_NoC@95", "test_AP@0", "test_AP@2"} <= set(log)
     noc = json.loads((interactive / "noc_results.json").read_text())
     assert len(noc["images"]) == 2 and all(len(i["ap_per_round"]) == 3 for i in noc["images"])
+
+
+@pytest.mark.parametrize("options, expected", [((), 21), (("max_clicks=3",), 3)])
+def test_interactive_click_cap_follows_the_layout_unless_set(humanart21, tmp_path, monkeypatch, options, expected):
+    """max_clicks=None (the default) caps NoC at the layout's K, here 21; an explicit value is used as given."""
+    import engine
+
+    class Stop(Exception):
+        """Raised by the stand-in evaluation: the cap is all this test needs."""
+
+    seen = []
+
+    def capture(*args, max_clicks, **kwargs):
+        seen.append(max_clicks)
+        raise Stop
+
+    monkeypatch.setattr(engine, "evaluate_interactive", capture)
+    root, ann = humanart21
+    with pytest.raises(Stop):
+        clickpose_main.main(_argv(root, ann, tmp_path / "run", "--eval",
+                                  options=["feedback_loop_NOC_test=TRUE", *options]))
+    assert seen == [expected]

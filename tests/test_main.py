@@ -291,6 +291,36 @@ def test_huge_lr_is_reported_as_divergence_with_epoch_and_iteration(synthetic, t
     assert "not finite" in err and "at epoch 0, iteration" in err and "training diverged" in err, err
 
 
+def _backbone_weights_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.pth"
+    if kind == "strings":
+        torch.save({"note": "not a tensor", "epoch": "3"}, path)
+    elif kind == "text":
+        path.write_text("these are not weights\n")
+    else:  # a Python object: torch's own refusal advises weights_only=False
+        torch.save({"model": {"conv1.weight": torch.zeros(1)}, "note": Payload(tmp_path / "marker")}, path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["return_interm_indices=[0,0,1]", "num_feature_levels=2",
+                                  "backbone=timm:does_not_exist", "backbone_weights:strings", "backbone_weights:text",
+                                  "backbone_weights:object", "backbone_weights:missing"])
+def test_model_config_errors_are_one_error_line_naming_the_key(synthetic, tmp_path, capsys, case):
+    """Values that only the model build can check stop with exit code 2 (a ConfigError) and one line."""
+    if case.startswith("backbone_weights:"):
+        kind = case.split(":")[1]
+        path = tmp_path / "none.pth" if kind == "missing" else _backbone_weights_file(tmp_path, kind)
+        option = f"backbone_weights={path}"
+    else:
+        option = case
+    key = option.split("=")[0]
+    assert clickpose_main.main(_argv(synthetic, tmp_path / "run", "--eval", options=[option])) == 2
+    err = _error_line(capsys)
+    assert [line.startswith("error:") for line in err.splitlines()] == [True], err
+    assert key in err and "weights_only=False" not in err, err
+    assert not (tmp_path / "marker").exists()
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "empty"])
 def test_unusable_checkpoint_is_one_error_line(synthetic, tmp_path, capsys, kind):
     path = {"missing": tmp_path / "none.pth", "directory": tmp_path, "empty": tmp_path / "empty.pth"}[kind]
@@ -310,14 +340,20 @@ def test_debug_shows_the_traceback(synthetic, tmp_path):
 def test_start_removes_stale_temporaries_and_a_cut_log_line(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    stale = [out / ".checkpoint.pth.1a2b3c4d.tmp", out / ".best_metric.json.00ff00ff.tmp"]
+    # checkpoint.pth's, best_metric.json's and a snapshot's (checkpoint_best_* share the prefix)
+    stale = [out / ".checkpoint.pth.1a2b3c4d.tmp", out / ".best_metric.json.00ff00ff.tmp",
+             out / ".checkpoint0004.pth.abcd1234.tmp"]
     for path in stale:
         path.write_bytes(b"partial")
     unrelated = out / ".mine.tmp"
     unrelated.write_text("the user's")
+    real = {out / name: name.encode() for name in ("checkpoint.pth", "checkpoint0004.pth", "best_metric.json")}
+    for path, content in real.items():
+        path.write_bytes(content)
     (out / "log.txt").write_text('{"epoch": 0}\n{"epoch": 1, "trai')
     clickpose_main.prepare(["-c", CONFIG, "--output_dir", str(out)], environ={})
     assert not any(path.exists() for path in stale) and unrelated.exists()
+    assert all(path.read_bytes() == content for path, content in real.items())
     assert (out / "log.txt").read_text() == '{"epoch": 0}\n'
 
 
@@ -362,5 +398,27 @@ def test_two_process_resume_equals_an_uninterrupted_run(synthetic, tmp_path):
     full = read_checkpoint(tmp_path / "full" / "checkpoint.pth")
     split = read_checkpoint(tmp_path / "split" / "checkpoint.pth")
     assert full["epoch"] == split["epoch"] == 1
+    for key, value in full["model"].items():
+        assert torch.equal(value, split["model"][key]), key
+
+
+@pytest.mark.slow
+def test_amp_float16_resume_equals_an_uninterrupted_run(synthetic, tmp_path):
+    """The GradScaler's scale and growth tracker are saved and restored: under --amp (float16, CPU autocast) 2 epochs
+    == 1 epoch, stop, resume to 2, bit for bit. Batches of one give enough steps for the scale to fall from its
+    initial value in epoch 0, so a resume that restarted the scale would skip other steps in epoch 1."""
+    from util.checkpoint import read_checkpoint
+
+    amp = ("--amp", "--amp_dtype", "float16")
+    for out, epochs in (("full", 2), ("split", 1), ("split", 2)):
+        assert clickpose_main.main(_argv(synthetic, tmp_path / out, *amp, options=[f"epochs={epochs}",
+                                                                                    "batch_size=1"])) == 0
+        if (out, epochs) == ("split", 1):
+            saved = read_checkpoint(tmp_path / "split" / "checkpoint.pth").get("scaler", {})
+            assert {"scale", "_growth_tracker"} <= set(saved), saved
+    full = read_checkpoint(tmp_path / "full" / "checkpoint.pth")
+    split = read_checkpoint(tmp_path / "split" / "checkpoint.pth")
+    assert full["epoch"] == split["epoch"] == 1
+    assert full["scaler"] == split["scaler"]
     for key, value in full["model"].items():
         assert torch.equal(value, split["model"][key]), key

@@ -72,6 +72,7 @@ def _ours(spec: dict) -> dict:
     from datasets.oks_ap import PerImageKeypointAP
     from models import build_model
     from util.misc import collate_fn
+    from util.noc import resolve_max_clicks
     from util.noc_report import write_interactive_report
 
     args = _our_args(spec["coco"], spec["short_side"], spec["max_size"])
@@ -87,7 +88,8 @@ def _ours(spec: dict) -> dict:
         start, start_cpu = time.perf_counter(), time.process_time()
         results = engine.evaluate_interactive(
             model, postprocess, loader, PerImageKeypointAP(gt, sigmas=COCO_KEYPOINTS.sigmas), torch.device("cpu"),
-            max_clicks=args.max_clicks, thresholds=args.noc_thresholds,
+            max_clicks=resolve_max_clicks(args.max_clicks, COCO_KEYPOINTS.num_keypoints),
+            thresholds=args.noc_thresholds,
             report_evaluator=KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None), log_fn=lambda _: None)
         with tempfile.TemporaryDirectory() as tmp:
             write_interactive_report(tmp, results, printer=None)
@@ -228,7 +230,9 @@ def main() -> None:
     if not args.original:
         parser.error("--original is required (the original Click-Pose checkout)")
     sys.path.insert(0, str(REPO))
+    from datasets.metadata import COCO_KEYPOINTS
     from util.config import Config
+    from util.noc import resolve_max_clicks
     cfg = Config.fromfile(REPO / "config" / "clickpose.cfg.py")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -245,7 +249,8 @@ def main() -> None:
     print("original NoC runs: clicks " + ", ".join(f"@{t}: {r['clicks']}" for t, r in orig["noc"].items()))
     for key, label in (("seconds", "wall"), ("cpu_seconds", "process CPU")):
         ours_s = statistics.median(ours[key])
-        noc_s, ap_s, orig_s = _original_total(orig, int(cfg.max_clicks), key)
+        max_clicks = resolve_max_clicks(cfg.max_clicks, COCO_KEYPOINTS.num_keypoints)  # 17: the original's
+        noc_s, ap_s, orig_s = _original_total(orig, max_clicks, key)
         print(f"[{label}] ours {ours_s:.1f} s (runs: {', '.join(f'{s:.1f}' for s in ours[key])}); original: NoC runs "
               + ", ".join(f"{r[key]:.1f}" for r in orig["noc"].values()) + " s; AP runs "
               + ", ".join(f"k={k}: {r[key]:.1f}" for k, r in orig["ap_runs"].items()) + " s")

@@ -41,11 +41,11 @@ from datasets.dataset_ap import DatasetKeypointAP  # noqa: E402
 from datasets.metadata import COCO_KEYPOINTS  # noqa: E402
 from datasets.oks_ap import PerImageKeypointAP  # noqa: E402
 from util.config import Config  # noqa: E402
-from util.noc import noc_per_image  # noqa: E402
+from util.noc import noc_per_image, resolve_max_clicks  # noqa: E402
 
 _CONFIG = Config.fromfile(Path(__file__).resolve().parents[1] / "config" / "clickpose.cfg.py")
 THRESHOLDS = tuple(_CONFIG.noc_thresholds)  # NoC@85/90/95 (the config holds the default)
-MAX_CLICKS = int(_CONFIG.max_clicks)
+MAX_CLICKS = resolve_max_clicks(_CONFIG.max_clicks, COCO_KEYPOINTS.num_keypoints)  # 17 unless the config sets it
 NUM_SELECT = 20
 # A standing person in a unit box (x, y), COCO-17 order: head, arms, hips, legs.
 _POSE_TEMPLATE = np.array([[.50, .08], [.54, .05], [.46, .05], [.58, .07], [.42, .07], [.66, .22], [.34, .22],

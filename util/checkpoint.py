@@ -1,8 +1,9 @@
 """Checkpoint files: atomic writes, safe loading, weight loading with clear reports, RNG state.
 
 A checkpoint holds ``model``, ``optimizer``, ``lr_scheduler``, ``epoch``, ``args`` (as the reference) and optionally
-``ema_model``, ``rng_state`` (ours: a resumed run continues the same random stream) and ``keypoint_metadata`` (the
-keypoint layout the model was trained with, a plain dict: ``KeypointMetadata.to_dict``).
+``ema_model``, ``rng_state`` (ours: a resumed run continues the same random stream), ``scaler`` (the float16
+GradScaler's ``state_dict``: loss scale and growth tracker, plain numbers, as torchvision's detection references) and
+``keypoint_metadata`` (the keypoint layout the model was trained with, a plain dict: ``KeypointMetadata.to_dict``).
 """
 from __future__ import annotations
 
@@ -145,11 +146,12 @@ def _as_python_state(state: Any) -> tuple:
 
 def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_scheduler=None, epoch: int = -1,
                     args: Optional[argparse.Namespace] = None, ema_model: Optional[nn.Module] = None,
-                    with_rng: bool = True, extra: Optional[Mapping[str, Any]] = None) -> None:
+                    with_rng: bool = True, extra: Optional[Mapping[str, Any]] = None,
+                    scaler: Optional[torch.amp.GradScaler] = None) -> None:
     """Write a checkpoint atomically on rank 0 (a crash leaves the previous file intact).
 
     ``with_rng`` stores every rank's random state (a collective: all ranks must call this); ``extra`` adds keys
-    (plain numbers, strings, tensors).
+    (plain numbers, strings, tensors); ``scaler``: an enabled GradScaler's state is stored under ``scaler``.
     """
     ckpt: dict[str, Any] = {"model": model.state_dict(), "epoch": epoch, "args": args}
     layout = getattr(model, "keypoint_metadata", None)
@@ -161,6 +163,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, optimizer=None, lr_sched
         ckpt["lr_scheduler"] = lr_scheduler.state_dict()
     if ema_model is not None:
         ckpt["ema_model"] = ema_model.state_dict()
+    if scaler is not None and scaler.is_enabled():  # a disabled scaler's state is empty and cannot be loaded
+        ckpt["scaler"] = scaler.state_dict()
     if with_rng:
         states = all_gather(rng_state())
         ckpt["rng_state"] = states[0]
@@ -182,6 +186,21 @@ def restore_rng_state(ckpt: Mapping[str, Any], rank: int, world_size: int) -> bo
     saved = len(per_rank) if per_rank is not None else (1 if "rng_state" in ckpt else 0)
     log.warning(f"the checkpoint holds random states of {saved} process(es), this run has {world_size}: the random "
                 "streams restart from the seed, so the resumed run is not identical to an uninterrupted one")
+    return False
+
+
+def restore_scaler_state(scaler: Optional[torch.amp.GradScaler], ckpt: Mapping[str, Any]) -> bool:
+    """Continue the float16 loss scale from ``ckpt['scaler']``; False (and a warning) when an enabled ``scaler``
+    finds none there (a checkpoint written before the key existed, or by a run without float16 --amp)."""
+    if scaler is None or not scaler.is_enabled():
+        return False
+    state = ckpt.get("scaler")
+    if state:
+        scaler.load_state_dict(dict(state))
+        return True
+    log.warning("the checkpoint holds no GradScaler state (written without --amp float16, or by an older version): "
+                "the loss scale restarts from its initial value, so the resumed run is not identical to an "
+                "uninterrupted one")
     return False
 
 

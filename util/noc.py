@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from util.config import ConfigError
+
 # The thresholds' default (NoC@85/90/95) lives in the config (noc_thresholds); the stat names live with the scorers
 # (datasets.evaluation.KEYPOINT_STAT_NAMES). Everything here takes them as arguments.
 
@@ -25,6 +27,20 @@ def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
         raise ValueError(f"NoC thresholds must be per-image AP values in (0, 1], got {list(thresholds)}; "
                          "e.g. noc_thresholds=[0.85,0.9,0.95]")
     return tuple(values)
+
+
+def resolve_max_clicks(configured: Any, num_keypoints: int) -> int:
+    """The NoC click cap: ``configured`` (the ``max_clicks`` key) when set, else ``num_keypoints``.
+
+    The original capped at one click per keypoint, written as 17 for COCO; following the layout keeps COCO at 17 and
+    gives a 14- or 21-keypoint layout its own K.
+    """
+    if configured is None:
+        return int(num_keypoints)
+    if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
+        raise ConfigError(f"max_clicks={configured!r}: the NoC click cap must be an integer >= 1, or None (one click "
+                          f"per keypoint: {num_keypoints} for this layout); e.g. --options max_clicks=none")
+    return configured
 
 
 def threshold_key(threshold: float, prefix: str = "NoC") -> str:
@@ -53,7 +69,7 @@ def noc_per_image(ap_curves: np.ndarray, thresholds: Sequence[float], max_clicks
         ap_curves: (N, R+1) per-image AP after 0..R click rounds (-1 where the image has no GT); at least
             ``max_clicks`` columns (the AP after ``max_clicks`` clicks cannot change the count).
         thresholds: AP thresholds, e.g. (0.85, 0.90, 0.95).
-        max_clicks: the cap (the original: number of keypoints, 17).
+        max_clicks: the cap (the original: the number of keypoints, 17 for COCO; ``resolve_max_clicks``).
     Returns:
         {threshold: (N,) int64}: the first round r < max_clicks with AP_r >= threshold, else max_clicks.
     """

@@ -161,3 +161,30 @@ def test_each_rank_restores_its_own_random_state():
         assert float(torch.rand(1)) == expected[rank]
     assert not restore_rng_state(ckpt, 0, 4)  # another world size: the streams restart (with a warning)
     assert restore_rng_state({"rng_state": states[1]}, 0, 1) and float(torch.rand(1)) == expected[1]
+
+
+def test_grad_scaler_state_roundtrips_and_an_old_checkpoint_without_it_still_resumes(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from util.checkpoint import restore_scaler_state
+
+    monkeypatch.setattr(logging.getLogger("clickpose"), "propagate", True)  # main.py's logger setup turns it off
+
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    scaler.scale(torch.ones(()))
+    scaler.update(new_scale=128.0)  # as after overflows: the state a resume must continue from
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint(path, _model(), epoch=0, scaler=scaler)
+    ckpt = read_checkpoint(path)  # weights_only: the scaler's state is plain numbers
+    fresh = torch.amp.GradScaler("cpu")
+    assert restore_scaler_state(fresh, ckpt) and fresh.get_scale() == 128.0
+    assert fresh.state_dict() == scaler.state_dict()
+    # a checkpoint written before the key existed, or without float16 --amp: the scale restarts, with a warning
+    old = tmp_path / "old.pth"
+    save_checkpoint(old, _model(), epoch=0, scaler=torch.amp.GradScaler("cpu", enabled=False))
+    assert "scaler" not in read_checkpoint(old)
+    restarted = torch.amp.GradScaler("cpu")
+    with caplog.at_level("WARNING", logger="clickpose"):
+        assert not restore_scaler_state(restarted, read_checkpoint(old))
+    assert restarted.get_scale() == 65536.0 and "loss scale restarts" in caplog.text
+    assert not restore_scaler_state(torch.amp.GradScaler("cpu", enabled=False), ckpt)  # no --amp float16: ignored

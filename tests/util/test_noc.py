@@ -205,3 +205,28 @@ def test_results_log_stats():
     assert [stats[f"AP@{k}"] for k in range(3)] == pytest.approx([0.6, 0.62, 0.64])
     assert stats["coco_eval_keypoints_detr"][0] == pytest.approx(stats["AP@2"])
     assert results.clicks[0.9].tolist() == [0, 3, 12, MAX, MAX]
+
+
+@pytest.mark.parametrize("layout, expected", [("coco", 17), ("crowdpose", 14), ("humanart21", 21)])
+def test_click_cap_defaults_to_the_layouts_keypoint_count(layout, expected):
+    """The original's cap is one click per keypoint (17 on COCO); a 14- or 21-keypoint layout gets its own K."""
+    from pathlib import Path
+
+    from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS
+    from util.config import Config
+    from util.noc import resolve_max_clicks
+
+    metadata = {"coco": COCO_KEYPOINTS, "crowdpose": CROWDPOSE_KEYPOINTS, "humanart21": HUMANART21_KEYPOINTS}[layout]
+    config = Config.fromfile(Path(__file__).resolve().parents[2] / "config" / "clickpose.cfg.py")
+    assert resolve_max_clicks(config.max_clicks, metadata.num_keypoints) == expected
+    assert resolve_max_clicks(5, metadata.num_keypoints) == 5  # an explicit value wins, also above K
+    assert resolve_max_clicks(30, metadata.num_keypoints) == 30
+
+
+@pytest.mark.parametrize("value", [0, -1, 2.5, True, "17"])
+def test_click_cap_must_be_a_positive_integer_or_none(value):
+    from util.config import ConfigError
+    from util.noc import resolve_max_clicks
+
+    with pytest.raises(ConfigError, match=r"max_clicks=.*integer >= 1, or None \(one click per keypoint: 21"):
+        resolve_max_clicks(value, 21)
