@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from torch import Tensor, nn
 
+from util.config import ConfigError
 from util.misc import NestedTensor, downsample_mask
 
 from .backbones.common import FrozenBatchNorm2d, check_batch_norm_type
@@ -44,8 +45,8 @@ def _resnet(name: str, opts: BackboneOptions) -> nn.Module:
 
 def _swin(name: str, opts: BackboneOptions) -> nn.Module:
     if opts.batch_norm != DEFAULT_BATCH_NORM:
-        raise ValueError(f"batch_norm_type={opts.batch_norm!r} has no effect on {name}: a Swin has only layer norms; "
-                         f"leave batch_norm_type at {DEFAULT_BATCH_NORM!r}")
+        raise ConfigError(f"batch_norm_type={opts.batch_norm!r} has no effect on {name}: a Swin has only layer norms; "
+                          f"leave batch_norm_type at {DEFAULT_BATCH_NORM!r}")
     return SwinBackbone(name, opts.return_interm_indices, dilation=opts.dilation, weights_path=opts.weights_path,
                         use_checkpoint=opts.use_checkpoint)
 
@@ -62,14 +63,26 @@ BACKBONES: dict[str, Callable[[str, BackboneOptions], nn.Module]] = {
 }
 
 
+def check_interm_indices(indices: Sequence[int]) -> None:
+    """``return_interm_indices`` name distinct backbone levels in increasing order (0..3: strides 4, 8, 16, 32);
+    a repeated or out-of-order level would give the encoder feature maps that do not match its level count."""
+    values = list(indices) if isinstance(indices, (list, tuple)) else None
+    if not values or not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i <= 3 for i in values) \
+            or values != sorted(set(values)):
+        raise ConfigError(f"return_interm_indices={indices!r}: the backbone levels must be distinct, increasing "
+                          f"indices in 0..3 (0 = stride 4, 1 = stride 8, 2 = stride 16, 3 = stride 32); set e.g. "
+                          f"return_interm_indices=[1,2,3] (the reference's) or [0,1,2,3]")
+
+
 def make_backbone(name: str, opts: BackboneOptions) -> nn.Module:
     """The backbone called ``name`` ('resnet50', 'swin_L_384_22k', 'timm:convnext_tiny', ...)."""
     check_batch_norm_type(opts.batch_norm)
+    check_interm_indices(opts.return_interm_indices)
     if name.startswith(TIMM_PREFIX):
         return _timm(name, opts)
     if name not in BACKBONES:
-        raise ValueError(f"backbone {name!r} is not supported; choose one of {sorted(BACKBONES)} or "
-                         f"'{TIMM_PREFIX}NAME' for a timm model")
+        raise ConfigError(f"backbone {name!r} is not supported; choose one of {sorted(BACKBONES)} or "
+                          f"'{TIMM_PREFIX}NAME' for a timm model")
     return BACKBONES[name](name, opts)
 
 
@@ -82,15 +95,15 @@ def set_trainable(backbone: nn.Module, train: bool, stages: Any = None,
     if stages is None:
         stages = getattr(backbone, "default_trainable", None) or "all"
     if stages != "all" and (isinstance(stages, str) or not all(isinstance(s, str) for s in stages)):
-        raise ValueError(f"backbone_trainable_stages must be None, 'all' or a list of name parts such as "
-                         f"['layer3', 'layer4'], got {stages!r}")
+        raise ConfigError(f"backbone_trainable_stages must be None, 'all' or a list of name parts such as "
+                          f"['layer3', 'layer4'], got {stages!r}")
     if isinstance(freeze_keywords, str):
-        raise ValueError(f"backbone_freeze_keywords must be a list of name parts, got the string {freeze_keywords!r}")
+        raise ConfigError(f"backbone_freeze_keywords must be a list of name parts, got the string {freeze_keywords!r}")
     names = [name for name, _ in backbone.named_parameters()]
     for part in [] if stages == "all" else stages:
         if not any(part in name for name in names):
-            raise ValueError(f"backbone_trainable_stages entry {part!r} matches no backbone parameter "
-                             f"(names look like {names[0]!r}, {names[-1]!r})")
+            raise ConfigError(f"backbone_trainable_stages entry {part!r} matches no backbone parameter "
+                              f"(names look like {names[0]!r}, {names[-1]!r})")
     for name, param in backbone.named_parameters():
         trainable = train and (stages == "all" or any(part in name for part in stages))
         if freeze_keywords and any(word in name for word in freeze_keywords):
@@ -120,8 +133,8 @@ def build_backbone(args: Any) -> Joiner:
                            use_checkpoint=bool(getattr(args, "use_checkpoint", False)))
     if opts.batch_norm == "SyncBatchNorm" and getattr(args, "distributed", False) and \
             str(getattr(args, "device", "cuda")).startswith("cpu"):
-        raise ValueError("batch_norm_type='SyncBatchNorm' needs CUDA devices under distributed training (PyTorch "
-                         "synchronises batch statistics only on GPUs); use 'BatchNorm2d' on CPUs")
+        raise ConfigError("batch_norm_type='SyncBatchNorm' needs CUDA devices under distributed training (PyTorch "
+                          "synchronises batch statistics only on GPUs); use 'BatchNorm2d' on CPUs")
     backbone = make_backbone(args.backbone, opts)
     set_trainable(backbone, args.lr_backbone > 0, getattr(args, "backbone_trainable_stages", None),
                   getattr(args, "backbone_freeze_keywords", None))

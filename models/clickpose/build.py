@@ -5,6 +5,7 @@ from typing import Any, Optional
 
 from torch import nn
 
+from util.config import ConfigError
 from util.keypoint_metadata import KeypointMetadata
 
 from .backbone import build_backbone
@@ -20,8 +21,18 @@ def check_layout(args: Any, metadata: KeypointMetadata) -> None:
         raise TypeError(f"metadata must be a KeypointMetadata (datasets.get_metadata(args)), got "
                         f"{type(metadata).__name__}")
     if int(args.num_body_points) != metadata.num_keypoints:
-        raise ValueError(f"the keypoint layout {metadata.name!r} has {metadata.num_keypoints} keypoints but "
-                         f"num_body_points={args.num_body_points}; set num_body_points={metadata.num_keypoints}")
+        raise ConfigError(f"the keypoint layout {metadata.name!r} has {metadata.num_keypoints} keypoints but "
+                          f"num_body_points={args.num_body_points}; set num_body_points={metadata.num_keypoints}")
+
+
+def check_feature_levels(num_feature_levels: int, backbone_channels: list[int], indices: Any) -> None:
+    """The encoder's ``num_feature_levels`` must cover the backbone's levels (extra ones are strided convolutions on
+    the last); fewer would leave backbone maps without a level embedding."""
+    if num_feature_levels < len(backbone_channels):
+        raise ConfigError(f"num_feature_levels={num_feature_levels} is fewer than the {len(backbone_channels)} "
+                          f"backbone levels of return_interm_indices={list(indices)}; set num_feature_levels >= "
+                          f"{len(backbone_channels)} (each level beyond the backbone's adds a stride-2 map; the "
+                          f"reference: 4 over [1,2,3]) or return fewer levels")
 
 
 def build_clickpose(args: Any, metadata: KeypointMetadata, matcher: Optional[nn.Module] = None) -> ClickPose:
@@ -31,13 +42,15 @@ def build_clickpose(args: Any, metadata: KeypointMetadata, matcher: Optional[nn.
     check_layout(args, metadata)
     expected_refine_layers = args.dec_layers - args.num_box_decoder_layers
     if getattr(args, "num_humanfeedback_layers", expected_refine_layers) != expected_refine_layers:
-        raise ValueError(f"num_humanfeedback_layers ({args.num_humanfeedback_layers}) must equal dec_layers - "
-                         f"num_box_decoder_layers ({expected_refine_layers}): the refinement runs those layers")
+        raise ConfigError(f"num_humanfeedback_layers ({args.num_humanfeedback_layers}) must equal dec_layers - "
+                          f"num_box_decoder_layers ({expected_refine_layers}): the refinement runs those layers")
     if matcher is None:
         from .matcher import build_matcher
         matcher = build_matcher(args, metadata.sigmas)
+    backbone = build_backbone(args)  # before the transformer, as always: the random streams stay the same
+    check_feature_levels(args.num_feature_levels, backbone.num_channels, args.return_interm_indices)
     model = ClickPose(
-        build_backbone(args), build_transformer(args), num_classes=args.num_classes,
+        backbone, build_transformer(args), num_classes=args.num_classes,
         num_feature_levels=args.num_feature_levels, num_body_points=args.num_body_points, num_group=args.num_group,
         num_group_refine=args.num_group_refine, dn_number=args.dn_number if args.use_dn else 0,
         dn_labelbook_size=args.dn_labelbook_size, dn_box_noise_scale=args.dn_box_noise_scale,

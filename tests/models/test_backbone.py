@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import pathlib
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from models.clickpose.backbone import (BACKBONES, BackboneOptions, FrozenBatchNo
                                        make_backbone, set_trainable)
 from models.clickpose.backbones.common import convert_batch_norm
 from models.clickpose.position_encoding import PositionEmbeddingSineHW, query_sine_embedding
+from util.config import ConfigError
 from util.misc import nested_tensor_from_tensor_list
 
 
@@ -38,7 +40,7 @@ def test_local_weights_are_loaded_and_bad_files_are_clear_errors(tmp_path):
     backbone = ResNetBackbone("resnet18", [1, 2, 3], weights_path=str(path))
     assert torch.equal(backbone.body.layer3[0].conv1.weight, source.layer3[0].conv1.weight)
     assert torch.equal(backbone.body.bn1.running_var, source.bn1.running_var)
-    with pytest.raises(FileNotFoundError, match="missing.pth.*torchvision ResNet state dict"):
+    with pytest.raises(ConfigError, match="backbone_weights file .*missing.pth does not exist.*torchvision ResNet"):
         ResNetBackbone("resnet18", [1, 2, 3], weights_path=str(tmp_path / "missing.pth"))
     with pytest.raises(ValueError, match=r"does not fit this backbone: missing \(165\): layer1.0.conv3.weight.*wrong shape \(23\)"):
         ResNetBackbone("resnet50", [1, 2, 3], weights_path=str(path))
@@ -113,6 +115,31 @@ def test_one_table_of_names_and_clear_errors():
         make_backbone("vgg16", BackboneOptions([1, 2, 3]))
     with pytest.raises(ValueError, match="a Swin has only layer norms"):
         make_backbone("swin_T_224_1k", BackboneOptions([1, 2, 3], batch_norm="BatchNorm2d"))
+
+
+@pytest.mark.parametrize("indices", [[0, 0, 1], [3, 2], [1, 4], []])
+def test_interm_indices_must_be_distinct_increasing_levels(indices):
+    for name in ("resnet18", "swin_T_224_1k", "timm:resnet18"):
+        with pytest.raises(ConfigError, match=r"return_interm_indices=.*distinct.*increasing"):
+            make_backbone(name, BackboneOptions(indices))
+
+
+def test_unknown_timm_model_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"backbone='timm:does_not_exist': timm has no model 'does_not_exist'"):
+        make_backbone("timm:does_not_exist", BackboneOptions([1, 2, 3]))
+
+
+def test_backbone_weights_that_hold_no_tensors_are_config_errors(tmp_path):
+    files = {"strings": tmp_path / "strings.pth", "text": tmp_path / "text.pth", "object": tmp_path / "object.pth"}
+    torch.save({"note": "not a tensor"}, files["strings"])
+    files["text"].write_text("these are not weights")
+    torch.save({"conv1.weight": torch.zeros(1), "note": pathlib.PurePosixPath("x")}, files["object"])
+    expected = {"strings": "holds no state dict of tensors", "text": "could not be read",
+                "object": "holds Python objects beyond tensors"}
+    for kind, path in files.items():
+        with pytest.raises(ConfigError, match=f"backbone_weights file .*{kind}.pth {expected[kind]}") as info:
+            ResNetBackbone("resnet18", [1, 2, 3], weights_path=str(path))
+        assert "weights_only=False" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_build_backbone_reads_every_backbone_key():

@@ -6,6 +6,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from util.config import ConfigError
 from util.misc import NestedTensor, downsample_mask
 
 BATCH_NORM_TYPES = ("FrozenBatchNorm2d", "BatchNorm2d", "SyncBatchNorm")
@@ -39,7 +40,7 @@ class FrozenBatchNorm2d(nn.Module):
 
 def check_batch_norm_type(kind: str) -> None:
     if kind not in BATCH_NORM_TYPES:
-        raise ValueError(f"batch_norm_type must be one of {BATCH_NORM_TYPES}, got {kind!r}")
+        raise ConfigError(f"batch_norm_type must be one of {BATCH_NORM_TYPES}, got {kind!r}")
 
 
 def batch_norm_layer(kind: str) -> type[nn.Module]:

@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.models._utils import IntermediateLayerGetter
 
+from util.config import ConfigError
 from util.misc import NestedTensor
 
 from .common import FrozenBatchNorm2d, batch_norm_layer, with_masks
@@ -46,17 +47,18 @@ class ResNetBackbone(nn.Module):
                  use_checkpoint: bool = False):
         super().__init__()
         if name not in RESNET_CHANNELS:
-            raise ValueError(f"backbone {name!r} is not supported; choose one of {sorted(RESNET_CHANNELS)}")
+            raise ConfigError(f"backbone {name!r} is not supported; choose one of {sorted(RESNET_CHANNELS)}")
         indices = list(return_interm_indices)
         if indices not in SUPPORTED_INTERM_INDICES:
-            raise ValueError(f"return_interm_indices must be one of {SUPPORTED_INTERM_INDICES}, got {indices}")
+            raise ConfigError(f"return_interm_indices={indices}: a ResNet backbone returns one of "
+                              f"{list(SUPPORTED_INTERM_INDICES)} (its last stages); set one of them")
         if dilation and RESNET_CHANNELS[name][0] == 64:
-            raise ValueError(f"dilation=True needs a bottleneck ResNet (resnet50/resnet101); {name} has basic blocks, "
-                             "which torchvision cannot dilate")
+            raise ConfigError(f"dilation=True needs a bottleneck ResNet (resnet50/resnet101); {name} has basic blocks, "
+                              "which torchvision cannot dilate")
         if use_checkpoint and batch_norm != "FrozenBatchNorm2d":
-            raise ValueError(f"use_checkpoint=True with batch_norm_type={batch_norm!r} is not supported for a ResNet: "
-                             "recomputing a stage in the backward pass would update the batch-norm running "
-                             "statistics twice; use batch_norm_type='FrozenBatchNorm2d' or use_checkpoint=False")
+            raise ConfigError(f"use_checkpoint=True with batch_norm_type={batch_norm!r} is not supported for a ResNet: "
+                              "recomputing a stage in the backward pass would update the batch-norm running "
+                              "statistics twice; use batch_norm_type='FrozenBatchNorm2d' or use_checkpoint=False")
         resnet = getattr(torchvision.models, name)(weights=None, norm_layer=batch_norm_layer(batch_norm),
                                                    replace_stride_with_dilation=[False, False, dilation])
         if weights_path is not None:

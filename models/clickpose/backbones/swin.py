@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from torchvision.ops import StochasticDepth
 
+from util.config import ConfigError
 from util.misc import NestedTensor
 
 from .common import with_masks
@@ -218,12 +219,12 @@ class SwinBackbone(nn.Module):
                  config: Optional[SwinConfig] = None):
         super().__init__()
         if config is None and name not in SWIN_CONFIGS:
-            raise ValueError(f"backbone {name!r} is not a Swin; choose one of {sorted(SWIN_CONFIGS)}")
+            raise ConfigError(f"backbone {name!r} is not a Swin; choose one of {sorted(SWIN_CONFIGS)}")
         cfg = config or SWIN_CONFIGS[name]  # ``config``: other sizes (small ones for tests)
         self.out_indices = [int(i) for i in return_interm_indices]
         if not self.out_indices or any(i not in range(len(cfg.depths)) for i in self.out_indices):
-            raise ValueError(f"return_interm_indices for {name} must be stage indices in 0..3, got "
-                             f"{list(return_interm_indices)}")
+            raise ConfigError(f"return_interm_indices for {name} must be stage indices in 0..3, got "
+                              f"{list(return_interm_indices)}")
         widths = [cfg.embed_dim * 2 ** i for i in range(len(cfg.depths))]
         downsample = [i < len(widths) - 1 for i in range(len(widths))]
         if dilation:

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 from torch import Tensor, nn
 
+from util.config import ConfigError
 from util.misc import NestedTensor
 
 from .common import convert_batch_norm, with_masks
@@ -40,21 +41,22 @@ class TimmBackbone(nn.Module):
         import timm
 
         if dilation:
-            raise ValueError(f"dilation=True is not supported for the timm backbone {name!r} (only ResNets and Swins "
-                             "have the original's dilated last stage); set dilation=False")
+            raise ConfigError(f"dilation=True is not supported for the timm backbone {name!r} (only ResNets and Swins "
+                              "have the original's dilated last stage); set dilation=False")
         if use_checkpoint:
-            raise ValueError(f"use_checkpoint=True is not supported for the timm backbone {name!r}; it is "
-                             "implemented for the ResNets and Swins; set use_checkpoint=False")
+            raise ConfigError(f"use_checkpoint=True is not supported for the timm backbone {name!r}; it is "
+                              "implemented for the ResNets and Swins; set use_checkpoint=False")
         if name not in timm.list_models():
             close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
-            raise ValueError(f"timm has no model {name!r} (similar: {close}); use backbone='timm:NAME' with a name "
-                             "from timm.list_models()")
+            similar = f" (similar: {', '.join(close)})" if close else ""
+            raise ConfigError(f"backbone='timm:{name}': timm has no model {name!r}{similar}; set backbone='timm:NAME' "
+                              "with a NAME from timm.list_models()")
         probe = timm.create_model(name, pretrained=False, features_only=True)
         strides = list(probe.feature_info.reduction())
         wanted = [LEVEL_STRIDES[int(i)] for i in return_interm_indices]
         if any(stride not in strides for stride in wanted):
-            raise ValueError(f"timm model {name!r} has feature strides {strides}; return_interm_indices "
-                             f"{list(return_interm_indices)} asks for strides {wanted} (index i = stride 4 * 2**i)")
+            raise ConfigError(f"timm model {name!r} has feature strides {strides}; return_interm_indices "
+                              f"{list(return_interm_indices)} asks for strides {wanted} (index i = stride 4 * 2**i)")
         out_indices = [strides.index(stride) for stride in wanted]
         body = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
         if weights_path is not None:
