@@ -5,6 +5,8 @@ weights that do not depend on the keypoint count load as they are. The per-keypo
 *name*: a keypoint the source knows gets exactly the source's row(s); a new keypoint is initialised from the mean
 of the source's keypoints (default) or from a chosen source keypoint (``init_from``, e.g. finger <- wrist).
 Source keypoints the target lacks are dropped. ``AdaptationReport`` says what was copied, initialised, dropped.
+When one layout does not contain the other (e.g. CrowdPose 14 -> Human-Art 21: 12 shared names), a warning names
+the target keypoints that start untrained; layouts that share no name are an error (nothing would be adapted).
 
 Per-keypoint tensors (K = keypoint count, G = num_group):
 - ``transformer.decoder.hw.weight`` (K, 2): each keypoint's learned box-relative size;
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from util.checkpoint import CheckpointError, load_model_weights, strip_prefix
+from util.config import ConfigError
 from util.keypoint_metadata import KeypointMetadata
 
 log = logging.getLogger("clickpose")
@@ -51,6 +54,22 @@ class AdaptationReport:
         lines += [f"  dropped     {name}" for name in self.dropped]
         return "\n".join(lines)
 
+    @property
+    def partial(self) -> bool:
+        """Neither layout contains the other: some source keypoints are dropped while target keypoints are new."""
+        return bool(self.dropped) and bool(self.initialised)
+
+    def warning(self) -> str:
+        """One line for a ``partial`` adaptation: what is copied, what starts untrained, and the fix."""
+        total = len(self.copied) + len(self.initialised)
+        return (f"keypoint adaptation {self.source} -> {self.target}: the layouts share only {len(self.copied)} "
+                f"keypoint names, so {len(self.copied)} of the {total} keypoints are copied and "
+                f"{len(self.initialised)} start untrained (initialised from other keypoints): "
+                f"{', '.join(name for name, _ in self.initialised)} (the source's {', '.join(self.dropped)} are "
+                f"dropped). If some are the same keypoints under other names, map them with adapt_keypoint_init "
+                f"(target name: source name, e.g. {{'{self.initialised[0][0]}': '{self.dropped[0]}'}}) or name them "
+                f"alike in custom_keypoint_names; else fine-tune long enough for the new keypoints to train")
+
 
 def _plan(source: KeypointMetadata, target: KeypointMetadata, init_from: Optional[Mapping[str, str]],
           report: AdaptationReport) -> list[Optional[int]]:
@@ -60,9 +79,9 @@ def _plan(source: KeypointMetadata, target: KeypointMetadata, init_from: Optiona
     unknown = {new: old for new, old in init_from.items()
                if new not in target.keypoint_names or old not in index}
     if unknown:
-        raise ValueError(f"adapt_keypoint_init maps {unknown}: each key must be a keypoint of the target layout "
-                         f"{list(target.keypoint_names)} and each value one of the source's "
-                         f"{list(source.keypoint_names)}")
+        raise ConfigError(f"adapt_keypoint_init maps {unknown}: each key must be a keypoint of the target layout "
+                          f"{list(target.keypoint_names)} and each value one of the source's "
+                          f"{list(source.keypoint_names)}")
     plan: list[Optional[int]] = []
     for dst, name in enumerate(target.keypoint_names):
         if name in index:
@@ -94,9 +113,25 @@ def _remap(tensor: Tensor, plan: list[Optional[int]], num_source: int, lead: int
 
 def adapt_state_dict(state_dict: Mapping[str, Tensor], source: KeypointMetadata, target: KeypointMetadata,
                      init_from: Optional[Mapping[str, str]] = None) -> tuple[dict[str, Tensor], AdaptationReport]:
-    """A copy of ``state_dict`` (trained with layout ``source``) whose per-keypoint tensors fit ``target``."""
+    """A copy of ``state_dict`` (trained with layout ``source``) whose per-keypoint tensors fit ``target``.
+
+    Warns when the layouts share only some names (``AdaptationReport.partial``); raises ``CheckpointError`` when no
+    target keypoint gets a source keypoint (no shared name, no ``init_from``) and ``state_dict`` holds a
+    per-keypoint tensor to adapt."""
     report = AdaptationReport(source.name, target.name)
     plan = _plan(source, target, init_from, report)
+    if not any(key in state_dict for key in PER_KEYPOINT_TENSORS):  # none to adapt (e.g. all --finetune_ignore'd)
+        return dict(state_dict), report
+    if all(src is None for src in plan):
+        raise CheckpointError(
+            f"the checkpoint's keypoint layout {source.name!r} {list(source.keypoint_names)} and this run's "
+            f"{target.name!r} {list(target.keypoint_names)} share no keypoint name, so no per-keypoint weight can be "
+            f"carried over. If they are the same keypoints under other names, give custom_keypoint_names in the "
+            f"checkpoint's names or map each new keypoint to a source one with adapt_keypoint_init; to train the "
+            f"per-keypoint weights from scratch and keep the rest, pass --finetune_ignore "
+            f"{' '.join(PER_KEYPOINT_TENSORS)}")
+    if report.partial:
+        log.warning(report.warning())
     adapted = dict(state_dict)
     for key, (lead, grouped) in PER_KEYPOINT_TENSORS.items():
         if key in adapted:
@@ -125,6 +160,10 @@ def load_pretrained(model: nn.Module, ckpt: Mapping[str, Any], target: KeypointM
     weights when the checkpoint's layout differs from ``target``. Returns the report, or None if none was needed."""
     weights = strip_prefix(ckpt["model"])
     layout = source_metadata(ckpt, weights)
+    ignore = [word for word in (ignore_keywords or []) if word]
+    # per-keypoint tensors that --finetune_ignore drops anyway are not adapted (nor can they block the load)
+    weights = {k: v for k, v in weights.items()
+               if not (k in PER_KEYPOINT_TENSORS and any(word in k for word in ignore))}
     report = None
     if layout.keypoint_names != target.keypoint_names:
         weights, report = adapt_state_dict(weights, layout, target, init_from)

@@ -87,3 +87,57 @@ def test_bad_init_mapping_is_an_error(source_checkpoint):
     with pytest.raises(ValueError, match="adapt_keypoint_init maps"):
         adapt_state_dict(source_checkpoint["model"], COCO_KEYPOINTS, HUMANART21_KEYPOINTS,
                          init_from={"left_finger": "left_thumb"})
+
+
+@pytest.fixture
+def clickpose_log(caplog, monkeypatch):
+    """The project logger's records (main.py's setup_logger stops it propagating to pytest's handler)."""
+    import logging
+
+    monkeypatch.setattr(logging.getLogger("clickpose"), "propagate", True)
+    caplog.set_level(logging.INFO, logger="clickpose")
+    return caplog
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "clickpose" and r.levelname == "WARNING"]
+
+
+def test_17_to_21_is_an_info_line_not_a_warning(source_checkpoint, clickpose_log):
+    """Every source keypoint is in the target: the adaptation the paper describes, nothing to warn about."""
+    load_pretrained(_model(HUMANART21_KEYPOINTS), source_checkpoint, HUMANART21_KEYPOINTS)
+    assert _warnings(clickpose_log) == []
+    assert any("17 keypoints copied, 4 initialised" in r.getMessage() for r in clickpose_log.records)
+
+
+def test_partly_shared_layouts_warn_with_the_untrained_keypoints(source_checkpoint, clickpose_log):
+    """CrowdPose 14 -> 21: 12 names are shared; the other 9 target keypoints start untrained, head and neck go."""
+    crowdpose, _ = adapt_state_dict(source_checkpoint["model"], COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS)
+    clickpose_log.clear()
+    adapted, report = adapt_state_dict(crowdpose, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS)
+    assert adapted[HW].shape == (21, 2) and len(report.copied) == 12
+    (warning,) = _warnings(clickpose_log)
+    untrained = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_finger", "right_finger", "left_toe",
+                 "right_toe"]
+    assert "crowdpose -> humanart21" in warning and "12 of the 21 keypoints are copied" in warning, warning
+    assert f"9 start untrained (initialised from other keypoints): {', '.join(untrained)}" in warning and "head, neck" in warning, warning
+    assert "adapt_keypoint_init" in warning
+
+
+def test_layouts_without_a_shared_name_are_an_error_unless_the_keypoint_weights_are_ignored(source_checkpoint):
+    from util.checkpoint import CheckpointError
+    from util.keypoint_metadata import KeypointMetadata
+
+    names = tuple(f"animal_{k}" for k in range(17))
+    animal = KeypointMetadata("animal", names, flip_pairs=(), sigmas=(0.05,) * 17)
+    with pytest.raises(CheckpointError, match=r"share no keypoint name.*custom_keypoint_names.*adapt_keypoint_init"
+                                              r".*--finetune_ignore"):
+        adapt_state_dict(source_checkpoint["model"], COCO_KEYPOINTS, animal)
+    # the fix the message gives: train the per-keypoint weights from scratch, keep the rest
+    model = _model(animal)
+    before = {k: v.clone() for k, v in model.state_dict().items() if k in PER_KEYPOINT_TENSORS}
+    load_pretrained(model, source_checkpoint, animal, ignore_keywords=list(PER_KEYPOINT_TENSORS))
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    backbone = "backbone.0.body.layer2.0.conv1.weight"
+    assert torch.equal(after[backbone], source_checkpoint["model"][backbone])
