@@ -4,7 +4,8 @@
         [--images 3] [--size 800 1333] [--runs 3] [--batch-sizes 1 2] [--dtypes float32 bfloat16] [--device cpu]
 
 In one run, on the same images: the machine's matmul peak (a 2048x2048 fp32 product, best of several, the
-threads torch uses), the model's FLOPs for one image (torch's FlopCounterMode; the deformable-attention sampling is
+threads torch uses; measured before and after every run and the highest taken, so a slow moment does not lower the
+floor), the model's FLOPs for one image (torch's FlopCounterMode; the deformable-attention sampling is
 not counted, so the floor is optimistic), and the median seconds per image of
 
 - ``predict``: ``Predictor.predict`` one image at a time (the page's path: it also runs one refinement for the
@@ -58,18 +59,6 @@ def model_gflop(predictor, image) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def has_bfloat16(device) -> bool:
-    if device.type == "cuda":
-        import torch
-
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def seconds_per_image(run, images, batch: int, sync) -> float:
     start = time.perf_counter()
     for i in range(0, len(images), batch):
@@ -90,14 +79,22 @@ def main(argv=None) -> int:
                                                                                          "float16"])
     parser.add_argument("--force-dtypes", action="store_true", help="run bfloat16 even without hardware support")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed large blocks, as tools/preannotate.py sets it "
+                             "(util/allocator.py); default: the C library's own policy")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    if args.allocator == "keep":
+        from util.allocator import keep_freed_memory
+
+        keep_freed_memory()
 
     import numpy as np
     import torch
     from PIL import Image
 
     from models.predictor import Predictor
+    from tools.preannotate import has_bfloat16
 
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -106,12 +103,11 @@ def main(argv=None) -> int:
     images = [Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)) for _ in range(args.images)]
     predictor = Predictor(args.config, args.checkpoint, device=args.device)
     dtypes = [d for d in args.dtypes if d == "float32" or args.force_dtypes
-              or (d == "bfloat16" and has_bfloat16(device)) or (d == "float16" and device.type == "cuda")]
+              or (d == "bfloat16" and has_bfloat16(args.device)) or (d == "float16" and device.type == "cuda")]
     skipped = sorted(set(args.dtypes) - set(dtypes))
 
-    peak = matmul_peak(torch.float32, device)
+    peaks = [matmul_peak(torch.float32, device)]  # measured again after every run: the highest one counts
     gflop = model_gflop(predictor, images[0])
-    floor = gflop / peak
     methods = {"predict": (lambda batch: [predictor.predict(image) for image in batch], 1)}
     for dtype in dtypes:
         autocast = None if dtype == "float32" else getattr(torch, dtype)
@@ -126,6 +122,9 @@ def main(argv=None) -> int:
         for name in order:
             run, batch = methods[name]
             times[name].append(seconds_per_image(run, images, batch, sync))
+        peaks.append(matmul_peak(torch.float32, device))
+    peak = max(peaks)
+    floor = gflop / peak
 
     deviation = {}
     if "bfloat16" in dtypes:
@@ -136,9 +135,10 @@ def main(argv=None) -> int:
                 np.abs(np.asarray(full[0]["keypoints"]) - np.asarray(half[0]["keypoints"])).max())
 
     baseline = statistics.median(times["predict"])
-    print(f"device {args.device}, {torch.get_num_threads()} threads, images {height}x{width}, {args.images} images x "
-          f"{args.runs} runs")
-    print(f"fp32 matmul peak {peak:.1f} GFLOP/s; model {gflop:.1f} GFLOP per image; floor {floor:.2f} s per image")
+    print(f"device {args.device}, {torch.get_num_threads()} threads, allocator {args.allocator}, images "
+          f"{height}x{width}, {args.images} images x {args.runs} runs")
+    print(f"fp32 matmul peak {peak:.1f} GFLOP/s (highest of {len(peaks)}: "
+          f"{', '.join(f'{p:.0f}' for p in peaks)}); model {gflop:.1f} GFLOP per image; floor {floor:.2f} s per image")
     print("| method | s per image (median) | images/s | vs predict | floor / measured |")
     print("|---|---|---|---|---|")
     rows = {}
@@ -151,7 +151,8 @@ def main(argv=None) -> int:
     for key, value in deviation.items():
         print(f"{key}: {value:.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_gflops": peak, "model_gflop": gflop, "floor_s": floor,
+        Path(args.json).write_text(json.dumps({"peak_gflops": peak, "peaks": peaks, "model_gflop": gflop,
+                                               "floor_s": floor,
                                                "methods": rows, "skipped": skipped, **deviation}, indent=1))
     return 0
 

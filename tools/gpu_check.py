@@ -54,6 +54,7 @@ PLAN: List[Step] = [
     Step("kernel_accuracy", "Kernel vs pure PyTorch", 90, 60),
     Step("msda_benchmark", "Deformable attention: time and memory", 120, 60),
     Step("inference", "Model inference latency", 120, 60),
+    Step("preannotate", "Pre-annotation throughput", 120, 120),
     Step("click", "Click refinement latency", 90, 60),
     Step("train_step", "Training step", 150, 90),
     Step("nccl", "NCCL, 2 processes", 150, 0, gpu_only=True),

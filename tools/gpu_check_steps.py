@@ -351,6 +351,43 @@ def step_inference(sizes: Sizes) -> Result:
             "tables": {f"inference, {Path(sizes.config).stem}, batch 1, {size}": rows}}
 
 
+def step_preannotate(sizes: Sizes) -> Result:
+    """Pre-annotation throughput (``Predictor.detect_batch``, tools/preannotate.py's path): images per second at
+    batch 1 and 4, fp32 and AMP, on four images of the run's size (random weights and pixels; two on the CPU)."""
+    torch = _torch()
+    import numpy as np
+    from PIL import Image
+
+    from models.predictor import Predictor
+    from tools.preannotate import has_bfloat16
+
+    predictor = Predictor(REPO / sizes.config, None, device=sizes.device)
+    # emulated bfloat16 (a CPU without AVX512-BF16/AMX) is many times slower than fp32: not a number worth a row
+    precisions = [(label, amp) for label, amp in _precisions(sizes)
+                  if not amp or sizes.amp_dtype != "bfloat16" or has_bfloat16(sizes.device)]
+    rng = np.random.default_rng(0)
+    height, width = sizes.image
+    count = 4 if sizes.device == "cuda" else 2  # the CPU version is a smoke run (bfloat16 emulated there)
+    images = [Image.fromarray((rng.random((height, width, 3)) * 255).astype(np.uint8)) for _ in range(count)]
+    rows = []
+    for label, amp in precisions:
+        dtype = getattr(torch, sizes.amp_dtype) if amp else None
+        for batch in (1, count):
+            def run(batch=batch, dtype=dtype):
+                return [predictor.detect_batch(images[i:i + batch], autocast_dtype=dtype)
+                        for i in range(0, len(images), batch)]
+            timing = _median_ms(run, sizes.device, sizes.runs, sizes.warmup)
+            per_image = timing["median_ms"] / len(images)
+            rows.append({"precision": label, "batch": batch, "ms_per_image": round(per_image, 2),
+                         "images_per_s": round(1e3 / per_image, 2)})
+    best = max(rows, key=lambda row: row["images_per_s"])
+    summary = (f"{Path(sizes.config).stem} at {height}x{width}: fp32 batch 1 {rows[0]['images_per_s']} images/s; "
+               f"best {best['images_per_s']} images/s ({best['precision']}, batch {best['batch']})"
+               + ("" if len(precisions) > 1 else f"; no {sizes.amp_dtype} row: this device only emulates it"))
+    return {"summary": summary, "rows": rows,
+            "tables": {f"pre-annotation, {Path(sizes.config).stem}, {height}x{width}": rows}}
+
+
 def _top_people(outputs: Dict[str, Any], num_keypoints: int, count: int):
     """Boxes (B, R, 4) and keypoints (B, R, K, 2) of the ``count`` highest-scoring predictions."""
     torch = _torch()
@@ -464,5 +501,5 @@ def _free_port() -> int:
 STEPS: Dict[str, Callable[[Sizes], Result]] = {
     "environment": step_environment, "build": step_build, "cuda_tests": step_cuda_tests,
     "kernel_accuracy": step_kernel_accuracy, "msda_benchmark": step_msda_benchmark, "inference": step_inference,
-    "click": step_click, "train_step": step_train, "nccl": step_nccl,
+    "preannotate": step_preannotate, "click": step_click, "train_step": step_train, "nccl": step_nccl,
 }

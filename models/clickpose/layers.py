@@ -28,9 +28,16 @@ class MLP(nn.Module):
         return x
 
 
+def _relu_in_place(x: Tensor) -> Tensor:
+    return F.relu(x, inplace=True)
+
+
 def activation_fn(name: str) -> Callable[[Tensor], Tensor]:
-    """Activation of the transformer feed-forward blocks (config ``transformer_activation``)."""
-    table = {"relu": F.relu, "gelu": F.gelu, "glu": F.glu, "selu": F.selu}
+    """Activation of the transformer feed-forward blocks (config ``transformer_activation``), applied to a linear
+    layer's fresh output. ReLU works in place there: the hidden tensor is the largest of the encoder (tokens x
+    d_ffn), and a second one of that size costs an allocation and a pass over memory; autograd allows it, since the
+    linear layer's backward does not need its output."""
+    table = {"relu": _relu_in_place, "gelu": F.gelu, "glu": F.glu, "selu": F.selu}
     if name not in table:
         raise ValueError(f"transformer_activation must be one of {sorted(table)}, got {name!r}")
     return table[name]

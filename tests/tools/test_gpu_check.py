@@ -16,7 +16,7 @@ from tools.gpu_check import Step
 
 REPO = Path(__file__).resolve().parents[2]
 GPU_STEPS = ("build", "cuda_tests", "nccl")
-MEASURED_ON_CPU = ("msda_benchmark", "inference", "click", "train_step")
+MEASURED_ON_CPU = ("msda_benchmark", "inference", "preannotate", "click", "train_step")
 
 
 @pytest.mark.slow

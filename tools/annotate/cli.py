@@ -109,6 +109,9 @@ def main(argv: Optional[list[str]] = None) -> int:
               f"{owner.get('url') or 'port not known yet'}); close that one first (Ctrl+C) or pass another "
               "--annotations file", file=sys.stderr)
         return 2
+    from util.allocator import keep_freed_memory
+
+    keep_freed_memory()  # each image's prediction reuses the large CPU buffers of the last one
     predictor = Predictor(args.config, args.checkpoint, device=args.device)
     try:
         workspace = Workspace(images, annotations, predictor, threshold=args.threshold,
