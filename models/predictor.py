@@ -50,6 +50,32 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
+class UnreadableImageError(ValueError):
+    """A file that is not a readable image, or one with more pixels than the caller allows; the message names it."""
+
+
+def image_size(path: str | Path, max_pixels: Optional[int] = None, name: Optional[str] = None) -> tuple[int, int]:
+    """(width, height) from the image's header, without decoding it. Raises ``UnreadableImageError`` for a file that
+    is not a readable image, or that has more than ``max_pixels`` pixels (default: PIL's decompression-bomb limit,
+    under which PIL itself only warns): such a file is refused before its data is decoded. ``name``: how messages
+    call the file (default: its path)."""
+    import warnings
+
+    label = name or str(path)
+    limit = max_pixels if max_pixels is not None else int(Image.MAX_IMAGE_PIXELS or 2 ** 31)
+    try:
+        with warnings.catch_warnings():  # PIL warns above its limit; the check below refuses instead
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                size = image.size
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise UnreadableImageError(f"cannot read image {label}: {exc}") from exc
+    if size[0] * size[1] > limit:
+        raise UnreadableImageError(f"image {label} is {size[0]}x{size[1]} pixels, more than the limit of {limit} (a "
+                                   "decompression bomb, or a scan to downscale); --max-pixels raises the limit")
+    return size
+
+
 def keypoint_metadata(args: argparse.Namespace, checkpoint: Optional[Mapping[str, Any]] = None):
     """Names, skeleton, flip pairs and OKS sigmas of the model's keypoints (the one place that decides them): the
     layout the checkpoint was trained with when it records one, else the config's (its dataset's, or its custom_*

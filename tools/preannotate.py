@@ -69,26 +69,17 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
 
 
 # ---- the images and their batches ------------------------------------------------------------------------------
-def read_sizes(root: Path, names: Sequence[str], max_pixels: int) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+def read_sizes(root: Path, names: Sequence[str], max_pixels: Optional[int]
+               ) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
     """Width and height of each image from its header (no decoding); the unreadable ones with the reason."""
-    import warnings
-
-    from PIL import Image
+    from models.predictor import UnreadableImageError, image_size
 
     sizes, unreadable = {}, {}
     for name in names:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(root / name) as image:
-                    size = image.size
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            unreadable[name] = f"cannot read: {exc}"
-            continue
-        if size[0] * size[1] > max_pixels:
-            unreadable[name] = f"{size[0]}x{size[1]} pixels, over the limit of {max_pixels} (--max-pixels)"
-        else:
-            sizes[name] = size
+            sizes[name] = image_size(root / name, max_pixels, name)
+        except UnreadableImageError as exc:
+            unreadable[name] = str(exc)
     return sizes, unreadable
 
 
@@ -266,8 +257,7 @@ def coco_document(root: Path, names: Sequence[str], results: dict[str, Any], unr
     first = next((name for name in names if name in results), None)
     return {"info": {"description": "keypoints pre-annotated by Click-Pose (tools/preannotate.py)"},
             "images": images, "annotations": annotations, "categories": [category],
-            store.TOOL_KEY: {"version": store.FORMAT_VERSION, "images_dir": str(root), "current": first,
-                             "threshold": threshold, "images": records},
+            store.TOOL_KEY: store.tool_state(root, first, threshold, records),
             REPORT_KEY: {**report, "unreadable": dict(sorted(unreadable.items()))}}
 
 
@@ -311,12 +301,10 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not parts.folder.exists() and not args.overwrite:
         raise PreannotateError(f"{out} exists; pass --overwrite to replace it, or another --out")
 
-    from PIL import Image
-
     names = [p.relative_to(root).as_posix() for p in list_images(root)]
     if not names:
         raise PreannotateError(f"no images found under {root}")
-    sizes, unreadable = read_sizes(root, names, args.max_pixels or int(Image.MAX_IMAGE_PIXELS or 2**31))
+    sizes, unreadable = read_sizes(root, names, args.max_pixels)
     batches = plan_batches(sizes, args.batch_size)
     mine = batches[rank::world_size]
     done, _ = parts.load_all()

@@ -101,8 +101,11 @@ def _error_answers(app: FastAPI) -> None:
         return JSONResponse(status_code=500, content={
             "detail": f"{what} ({type(exc).__name__}: {exc}); the edit was not applied and the saved file is as "
                       "before"})
+    # OSError by name: handled like the others; Exception: answered by Starlette's outermost layer, which re-raises
+    # afterwards so that the server logs it
     app.add_exception_handler(OSError, failed)
     app.add_exception_handler(Exception, failed)
+
 
 def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
     @app.get("/api/meta")

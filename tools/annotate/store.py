@@ -86,6 +86,14 @@ def annotation(person: dict[str, Any], ann_id: int, image_id: int, category_id: 
             "area": round(box[2] * box[3], 2), "iscrowd": 0, "score": round(float(person["score"]), 4)}
 
 
+def tool_state(images_dir: str | Path, current: str | None, threshold: float, records: dict[str, Any]
+               ) -> dict[str, Any]:
+    """The tool's own section (``TOOL_KEY``): the folder, the image to resume at, the default threshold, and per
+    image its record (status, threshold, effort log, people as ``PoseSession.to_record`` writes them)."""
+    return {"version": FORMAT_VERSION, "images_dir": str(images_dir), "current": current, "threshold": threshold,
+            "images": records}
+
+
 def category(keypoint_names: Sequence[str], skeleton: Sequence[Sequence[int]], existing: dict | None = None) -> dict:
     """The person category: the model's keypoint names and its skeleton, 1-based as COCO writes it."""
     base = {"id": 1, "name": "person", "supercategory": "person"}

@@ -16,14 +16,13 @@ import copy
 import json
 import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 from PIL import Image
 
 from models.pose_session import PoseSession
-from models.predictor import IMAGE_SUFFIXES, Predictor, list_images
+from models.predictor import IMAGE_SUFFIXES, Predictor, UnreadableImageError, image_size, list_images
 from tools.annotate import effort, store
 from util.files import atomic_write_text
 
@@ -61,8 +60,7 @@ class Workspace:
         self._last_action: Optional[tuple[str, float]] = None
         self._sizes: dict[str, tuple[int, int]] = {}
         self.problems: dict[str, str] = {}  # name -> why the image cannot be used
-        # larger images are refused before decoding (PIL's own limit, under which it only warns, by default)
-        self.max_pixels = int(max_pixels if max_pixels is not None else Image.MAX_IMAGE_PIXELS or 2**31)
+        self.max_pixels = max_pixels  # larger images are refused before decoding (None: image_size's default)
         self._load(threshold, pin_existing, folder_moved)
 
     # ---- the file ------------------------------------------------------------------------------------------------
@@ -119,16 +117,9 @@ class Workspace:
         if name in self._sizes:
             return self._sizes[name]
         try:
-            with warnings.catch_warnings():  # PIL warns above its limit; the check below refuses instead
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                with Image.open(self.paths[name]) as image:
-                    size = image.size
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise self._unusable(name, f"cannot read image {name}: {exc}") from exc
-        if size[0] * size[1] > self.max_pixels:
-            raise self._unusable(name, f"image {name} is {size[0]}x{size[1]} pixels, more than the limit of "
-                                       f"{self.max_pixels} (a decompression bomb, or a scan to downscale); it is "
-                                       "skipped (--max-pixels raises the limit)")
+            size = image_size(self.paths[name], self.max_pixels, name)
+        except UnreadableImageError as exc:
+            raise self._unusable(name, str(exc)) from exc
         recorded = self._recorded_sizes.get(name)
         if recorded is not None and tuple(recorded) != size:
             raise self._unusable(name, f"image {name} is {size[0]}x{size[1]} but {self.path} annotated an image of "
@@ -141,19 +132,23 @@ class Workspace:
         self.problems[name] = reason
         return UnusableImageError(reason)
 
-    def usable(self, name: str) -> bool:
+    def known_size(self, name: str) -> Optional[tuple[int, int]]:
+        """``size(name)``, or None for an image that cannot be used."""
         try:
-            self.size(name)
-            return True
+            return self.size(name)
         except UnusableImageError:
-            return False
+            return None
+
+    def usable(self, name: str) -> bool:
+        return self.known_size(name) is not None
 
     def document(self) -> dict[str, Any]:
         """The whole annotation file as it is saved (see ``store``)."""
         images, annotations = list(self.foreign_images), list(self.foreign_annotations)
         for name in self.names:
-            if self.usable(name):
-                width, height = self.size(name)
+            size = self.known_size(name)
+            if size is not None:
+                width, height = size
                 images.append({"id": self.image_ids[name], "file_name": name, "width": width, "height": height})
             elif name in self._file_images:  # what the file said about it, unchanged
                 entry = self._file_images[name]
@@ -170,8 +165,8 @@ class Workspace:
                                                         self.category["id"], (width, height)))
         return {"info": {"description": "keypoints annotated with the Click-Pose annotation tool"}, **self.extra,
                 "images": images, "annotations": annotations, "categories": [self.category],
-                store.TOOL_KEY: {"version": store.FORMAT_VERSION, "images_dir": str(self.root), "current": self.current,
-                                 "threshold": self.threshold, "images": {**self.absent_records, **self.records}}}
+                store.TOOL_KEY: store.tool_state(self.root, self.current, self.threshold,
+                                                 {**self.absent_records, **self.records})}
 
     def save(self) -> Path:
         with self.lock:
@@ -324,9 +319,7 @@ class Workspace:
         """Mark an image done (or back in progress)."""
         def mark(_: PoseSession) -> None:
             self.records[name]["status"] = "done" if done else "in_progress"
-        with self.lock, self._all_or_nothing(self.check_name(name)):
-            self.session(name)
-            return self._act(name, mark, "accept")
+        return self._act(name, mark, "accept")  # which opens the image first, all or nothing
 
     def effort_summary(self) -> dict[str, Any]:
         with self.lock:
