@@ -11,19 +11,21 @@ def build_model(args: Any, metadata: KeypointMetadata):
     (``datasets.get_metadata(args)``, or a checkpoint's recorded layout); model and criterion share one matcher,
     so matching, losses and the pose error modeling use the layout's sigmas and flip pairs.
 
-    Config keys this implementation does not support are refused here (``util.config_support``).
+    ``args``: the flat config keys (a namespace or mapping; keys it lacks take ``config/clickpose.cfg.py``'s
+    values), converted once by ``util.settings.model_settings``, which also refuses the config keys this
+    implementation does not support (``util.config_support``).
     """
-    if getattr(args, "modelname", "clickpose") != "clickpose":
-        raise ValueError(f"unknown modelname {args.modelname!r}; this project provides 'clickpose'")
-    from util.config_support import refuse_unsupported_keys
+    from util.settings import model_settings
 
     from .clickpose.build import build_clickpose, build_postprocessors, check_layout
     from .clickpose.criterion import build_criterion
     from .clickpose.matcher import build_matcher
 
-    refuse_unsupported_keys(args)
-    check_layout(args, metadata)
-    matcher = build_matcher(args, metadata.sigmas)
-    model = build_clickpose(args, metadata, matcher)
-    criterion = build_criterion(args, matcher)
-    return model, criterion, build_postprocessors(args)
+    settings = model_settings(args)
+    if settings.modelname != "clickpose":
+        raise ValueError(f"unknown modelname {settings.modelname!r}; this project provides 'clickpose'")
+    check_layout(settings.num_keypoints, metadata)
+    matcher = build_matcher(settings.matcher, metadata.sigmas)
+    model = build_clickpose(settings, metadata, matcher)
+    criterion = build_criterion(settings.loss, matcher)
+    return model, criterion, build_postprocessors(settings)

@@ -24,15 +24,13 @@ from typing import Any, Iterable, Mapping
 
 from addict import Dict as AttrDict
 
+from util.errors import ConfigError  # defined beside the CLI's exit codes; re-exported here
+
 BASE_KEY = "_base_"
 DELETE_KEY = "_delete_"
 # A config file with bases may only set keys its bases define (a misspelt key is an error), unless it sets
 # ``_defines_keys_ = True``: then it introduces keys (as clickpose.cfg.py over its augmentation base).
 DEFINES_KEY = "_defines_keys_"
-
-
-class ConfigError(ValueError):
-    """A config file or an override is invalid; the message says what to change."""
 
 
 # ---------------------------------------------------------------------------------------------------------------

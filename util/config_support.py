@@ -6,7 +6,7 @@ Each entry: key -> (the only accepted value, the reason). The decisions are list
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from util.config import ConfigError
 
@@ -61,10 +61,14 @@ def _same(value: Any, default: Any) -> bool:
 
 
 def refuse_unsupported_keys(args: Any) -> None:
-    """Raise ``ConfigError`` naming every unsupported key that ``args`` sets to a non-default value."""
-    problems = [f"{key}={getattr(args, key)!r} (only {default!r} is supported: {reason})"
+    """Raise ``ConfigError`` naming every unsupported key that ``args`` (a namespace, a mapping or a
+    ``util.config.Config``) sets to a non-default value."""
+    as_mapping = isinstance(args, Mapping) or (hasattr(args, "__contains__") and hasattr(args, "__getitem__"))
+    given = ({key: args[key] for key in UNSUPPORTED_KEYS if key in args} if as_mapping else
+             {key: getattr(args, key) for key in UNSUPPORTED_KEYS if hasattr(args, key)})
+    problems = [f"{key}={given[key]!r} (only {default!r} is supported: {reason})"
                 for key, (default, reason) in UNSUPPORTED_KEYS.items()
-                if hasattr(args, key) and not _same(getattr(args, key), default)]
+                if key in given and not _same(given[key], default)]
     if problems:
         raise ConfigError("unsupported config values:\n  " + "\n  ".join(problems) +
                           "\nRemove them from the config / --options (see docs/deviations.md).")

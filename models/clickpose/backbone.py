@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from util.config import ConfigError
 from util.misc import NestedTensor, downsample_mask
+from util.settings import BackboneCfg
 
 from .backbones.common import FrozenBatchNorm2d, check_batch_norm_type
 from .backbones.resnet import RESNET_CHANNELS, ResNetBackbone, load_resnet_weights
@@ -124,21 +125,14 @@ class Joiner(nn.Sequential):
         return features, positions
 
 
-def build_backbone(args: Any) -> Joiner:
-    """Config: ``backbone``, ``return_interm_indices``, ``dilation``, ``lr_backbone``, ``backbone_weights``,
-    ``batch_norm_type``, ``use_checkpoint``, ``backbone_freeze_keywords``, ``backbone_trainable_stages``."""
-    opts = BackboneOptions(list(args.return_interm_indices), dilation=bool(args.dilation),
-                           weights_path=getattr(args, "backbone_weights", None),
-                           batch_norm=getattr(args, "batch_norm_type", DEFAULT_BATCH_NORM),
-                           use_checkpoint=bool(getattr(args, "use_checkpoint", False)))
-    if opts.batch_norm == "SyncBatchNorm" and getattr(args, "distributed", False) and \
-            str(getattr(args, "device", "cuda")).startswith("cpu"):
-        raise ConfigError("batch_norm_type='SyncBatchNorm' needs CUDA devices under distributed training (PyTorch "
-                          "synchronises batch statistics only on GPUs); use 'BatchNorm2d' on CPUs")
-    backbone = make_backbone(args.backbone, opts)
-    set_trainable(backbone, args.lr_backbone > 0, getattr(args, "backbone_trainable_stages", None),
-                  getattr(args, "backbone_freeze_keywords", None))
-    return Joiner(backbone, build_position_encoding(args))
+def build_backbone(cfg: BackboneCfg) -> Joiner:
+    """The backbone section's backbone (weights, batch norm, checkpointing, trainable parameters) joined with its
+    position encoding."""
+    opts = BackboneOptions(list(cfg.return_interm_indices), dilation=cfg.dilation, weights_path=cfg.weights,
+                           batch_norm=cfg.batch_norm, use_checkpoint=cfg.use_checkpoint)
+    backbone = make_backbone(cfg.name, opts)
+    set_trainable(backbone, cfg.trainable, cfg.trainable_stages, cfg.freeze_keywords)
+    return Joiner(backbone, build_position_encoding(cfg))
 
 
 # kept importable from here: the one home of backbones

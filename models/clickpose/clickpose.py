@@ -15,7 +15,9 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from util.keypoint_metadata import KeypointMetadata
 from util.misc import NestedTensor, downsample_mask, nested_tensor_from_tensor_list
+from util.settings import DenoisingCfg, FeedbackCfg
 
 from .backbone import Joiner
 from .encoder import EncoderState
@@ -30,24 +32,27 @@ from .transformer import Transformer
 class ClickPose(nn.Module):
     """See the module docstring. Sub-module names follow the reference checkpoints exactly."""
 
-    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int = 2, num_feature_levels: int = 4,
-                 num_body_points: int = 17, num_group: int = 50, num_group_refine: int = 20, dn_number: int = 50,
-                 dn_labelbook_size: int = 100, dn_box_noise_scale: float = 0.4, dn_kpt_noise_scale: float = 0.4,
-                 dn_box_label_noise_ratio: float = 0.5, dn_kpt_label_noise_ratio: float = 0.5,
-                 human_feedback: bool = False, click_freeze: str = "none", only_correction: bool = False,
-                 pem_error_types: Sequence[str] = (), pem_error_prob: float = 0.0,
-                 flip_pairs: Sequence[tuple[int, int]] = (), keypoint_sigmas: Optional[Sequence[float]] = None,
-                 click_simulator: Optional[ClickSimulator] = None):
+    def __init__(self, backbone: Joiner, transformer: Transformer, denoising: DenoisingCfg, feedback: FeedbackCfg,
+                 metadata: KeypointMetadata, click_simulator: Optional[ClickSimulator] = None):
+        """The shapes come from ``transformer`` (width, feature levels, groups) and ``metadata`` (K keypoints, their
+        flip pairs and OKS sigmas, kept as ``keypoint_metadata`` and saved with the model); ``denoising`` and
+        ``feedback`` are the training-time sections. ``click_simulator``: the oracle of the training click loop
+        and the default of :meth:`click_rounds`."""
         super().__init__()
         hidden_dim = transformer.d_model
         decoder = transformer.decoder
-        if num_group_refine > num_group:
-            raise ValueError(f"num_group_refine ({num_group_refine}) cannot exceed num_group ({num_group})")
-        check_click_freeze(click_freeze)
+        num_keypoints = metadata.num_keypoints
+        if denoising.num_keypoints != num_keypoints or decoder.num_keypoints != num_keypoints:
+            raise ValueError(f"the keypoint layout has {num_keypoints} keypoints, the denoising section "
+                             f"{denoising.num_keypoints} and the decoder {decoder.num_keypoints}")
+        num_group = decoder.num_group
+        if feedback.num_group_refine > num_group:
+            raise ValueError(f"num_group_refine ({feedback.num_group_refine}) cannot exceed num_group ({num_group})")
+        check_click_freeze(feedback.click_freeze)
         self.transformer = transformer
-        self.label_enc = nn.Embedding(dn_labelbook_size + 1, hidden_dim)
-        self.label_enc_pose = nn.Embedding(num_body_points + 1, hidden_dim)
-        self.input_proj = self._make_input_proj(backbone.num_channels, hidden_dim, num_feature_levels)
+        self.label_enc = nn.Embedding(denoising.labelbook_size + 1, hidden_dim)
+        self.label_enc_pose = nn.Embedding(num_keypoints + 1, hidden_dim)
+        self.input_proj = self._make_input_proj(backbone.num_channels, hidden_dim, transformer.num_feature_levels)
         self.backbone = backbone
         # the heads live in the decoder; registering them here too gives the reference's aliased keys
         self.bbox_embed = decoder.bbox_embed
@@ -55,22 +60,25 @@ class ClickPose(nn.Module):
         self.pose_embed = decoder.pose_embed
         self.pose_hw_embed = decoder.pose_hw_embed
 
-        self.num_classes = num_classes
-        self.num_feature_levels = num_feature_levels
-        self.num_body_points = num_body_points
-        self.num_group, self.num_group_refine, self.nheads = num_group, num_group_refine, decoder.nheads
-        self.dn_number, self.dn_labelbook_size = dn_number, dn_labelbook_size
-        self.dn_box_noise_scale, self.dn_kpt_noise_scale = dn_box_noise_scale, dn_kpt_noise_scale
-        self.dn_box_label_noise_ratio, self.dn_kpt_label_noise_ratio = dn_box_label_noise_ratio, dn_kpt_label_noise_ratio
-        self.human_feedback = bool(human_feedback)  # the reference tests truthiness ('FLASE' counts as True)
-        self.click_freeze = click_freeze
-        self.only_correction = only_correction
-        self.pem_error_types = tuple(pem_error_types or ())
-        self.pem_error_prob = pem_error_prob
-        self.flip_pairs = tuple(flip_pairs)
-        self.keypoint_sigmas = keypoint_sigmas
-        # the oracle of the training click loop and the default of click_rounds; a plain attribute (not a
-        # sub-module): its matcher has no weights and must not enter the state dict
+        self.denoising = denoising
+        # plain copies of the section values: read by the model, the predictor and tools
+        self.num_classes = denoising.num_classes
+        self.num_feature_levels = transformer.num_feature_levels
+        self.num_body_points = num_keypoints
+        self.num_group, self.num_group_refine, self.nheads = num_group, feedback.num_group_refine, decoder.nheads
+        self.dn_number, self.dn_labelbook_size = denoising.number, denoising.labelbook_size
+        self.dn_box_noise_scale, self.dn_kpt_noise_scale = denoising.box_noise_scale, denoising.kpt_noise_scale
+        self.dn_box_label_noise_ratio = denoising.box_label_noise_ratio
+        self.dn_kpt_label_noise_ratio = denoising.kpt_label_noise_ratio
+        self.human_feedback = feedback.human_feedback
+        self.click_freeze = feedback.click_freeze
+        self.only_correction = feedback.only_correction
+        self.pem_error_types = tuple(denoising.error_types)
+        self.pem_error_prob = denoising.error_prob
+        self.flip_pairs = tuple(metadata.flip_pairs)
+        self.keypoint_sigmas = metadata.sigmas
+        self.keypoint_metadata = metadata
+        # a plain attribute (not a sub-module): its matcher has no weights and must not enter the state dict
         self.click_simulator = click_simulator
 
     @staticmethod
@@ -108,13 +116,9 @@ class ClickPose(nn.Module):
 
     # ---- decoder side ------------------------------------------------------------------------------
     def _denoising_queries(self, targets: Sequence[dict]) -> DenoisingQueries:
-        return build_denoising_queries(
-            targets, self.dn_number, self.num_body_points, self.num_classes, self.label_enc, self.label_enc_pose,
-            labelbook_size=self.dn_labelbook_size, box_label_noise_ratio=self.dn_box_label_noise_ratio,
-            kpt_label_noise_ratio=self.dn_kpt_label_noise_ratio, box_noise_scale=self.dn_box_noise_scale,
-            kpt_noise_scale=self.dn_kpt_noise_scale, clicked_subset=self.human_feedback,
-            error_types=self.pem_error_types, error_prob=self.pem_error_prob, flip_pairs=self.flip_pairs,
-            sigmas=self.keypoint_sigmas)
+        return build_denoising_queries(targets, self.denoising, self.label_enc, self.label_enc_pose,
+                                       clicked_subset=self.human_feedback, flip_pairs=self.flip_pairs,
+                                       sigmas=self.keypoint_sigmas)
 
     def _layer_predictions(self, hs: list[Tensor], refs: list[Tensor], first: int = 0) -> list[dict[str, Tensor]]:
         """Predictions of decoder layers ``first..`` (each from its normed output and input references)."""

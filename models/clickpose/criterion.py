@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou_pairwise
+from util.settings import LossCfg
 
 from . import keypoints as kp
 from .losses import GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, weighted_keypoint_l1
@@ -249,6 +250,11 @@ class SetCriterion(nn.Module):
             losses.update(self._terms(job, targets, match, num_boxes))
         return losses
 
+    def weigh(self, loss_dict: Mapping[str, Tensor]) -> tuple[Tensor, LossDict]:
+        """The training loss (:func:`weighted_total`) and its weighted terms (:func:`weighted_losses`) by this
+        criterion's ``weight_dict``: what ``engine.train_one_epoch`` backpropagates and logs."""
+        return weighted_total(loss_dict, self.weight_dict), weighted_losses(loss_dict, self.weight_dict)
+
 
 def weighted_losses(loss_dict: Mapping[str, Tensor], weight_dict: Mapping[str, float]) -> LossDict:
     """``loss * weight`` for the keys present in both, in loss_dict order (terms without a weight are logged only)."""
@@ -263,45 +269,38 @@ def weighted_total(loss_dict: Mapping[str, Tensor], weight_dict: Mapping[str, fl
     return torch.stack([t.float() for t in terms]).sum()
 
 
-def num_aux_outputs(args: Any) -> int:
-    """Entries of ``aux_outputs`` in training: decoder layers but the last, plus the feedback-loop refinement layers."""
-    feedback_layers = args.num_humanfeedback_layers if getattr(args, "human_feedback", False) else 0
-    return args.dec_layers - 1 + feedback_layers
-
-
-def build_weight_dict(args: Any) -> dict[str, float]:
-    """Loss weights from config, keys and values as the reference's build function makes them."""
-    base = {"loss_ce": args.cls_loss_coef, "loss_bbox": args.bbox_loss_coef,
-            "loss_keypoints": args.keypoints_loss_coef, "loss_oks": args.oks_loss_coef,
-            "loss_giou": args.giou_loss_coef}
+def build_weight_dict(cfg: LossCfg) -> dict[str, float]:
+    """Loss weights of the loss section, keys and values as the reference's build function makes them."""
+    base = {"loss_ce": cfg.cls_loss_coef, "loss_bbox": cfg.bbox_loss_coef,
+            "loss_keypoints": cfg.keypoints_loss_coef, "loss_oks": cfg.oks_loss_coef,
+            "loss_giou": cfg.giou_loss_coef}
     per_layer = dict(base)
-    if args.use_dn:
-        per_layer.update({"dn_loss_ce": args.dn_label_coef,
-                          "dn_loss_bbox": args.bbox_loss_coef * args.dn_bbox_coef,
-                          "dn_loss_giou": args.giou_loss_coef * args.dn_bbox_coef,
-                          "dn_loss_keypoints": args.keypoints_loss_coef * args.dn_keypoints_coef})
+    if cfg.use_dn:
+        per_layer.update({"dn_loss_ce": cfg.dn_label_coef,
+                          "dn_loss_bbox": cfg.bbox_loss_coef * cfg.dn_bbox_coef,
+                          "dn_loss_giou": cfg.giou_loss_coef * cfg.dn_bbox_coef,
+                          "dn_loss_keypoints": cfg.keypoints_loss_coef * cfg.dn_keypoints_coef})
     weights = dict(per_layer)
-    if args.aux_loss:
-        for layer in range(num_aux_outputs(args)):
-            box_only = layer < args.num_box_decoder_layers
+    if cfg.aux_loss:
+        for layer in range(cfg.num_aux_outputs):
+            box_only = layer < cfg.num_box_decoder_layers
             # on box-only layers only *keypoints* keys are dropped; loss_oks_{0,1} stay (never produced, harmless)
             weights.update({f"{k}_{layer}": v for k, v in per_layer.items() if not (box_only and "keypoints" in k)})
-    if args.two_stage_type != "no":
-        coef = getattr(args, "interm_loss_coef", 1.0)
-        no_box = getattr(args, "no_interm_box_loss", False)
+    if cfg.interm_loss:
         for k, v in base.items():
             if "keypoints" not in k:
-                weights[f"{k}_interm"] = v * coef * (0.0 if no_box and k != "loss_ce" else 1.0)
+                weights[f"{k}_interm"] = v * cfg.interm_loss_coef * (
+                    0.0 if cfg.no_interm_box_loss and k != "loss_ce" else 1.0)
     return weights
 
 
-def build_criterion(args: Any, matcher: HungarianMatcher) -> SetCriterion:
-    """SetCriterion from config (``num_classes``, ``num_body_points``, loss coefficients, dn settings); the OKS
-    sigmas are the matcher's (the keypoint layout's)."""
+def build_criterion(cfg: LossCfg, matcher: HungarianMatcher) -> SetCriterion:
+    """SetCriterion of the loss section (classes, K, coefficients, denoising terms); the OKS sigmas are the
+    matcher's (the keypoint layout's)."""
     losses = ["labels", "boxes", "keypoints"]
-    if args.dn_number > 0:
+    if cfg.dn_number > 0:
         losses += list(DN_LOSSES)
     losses.append("matching")
-    return SetCriterion(args.num_classes, matcher, build_weight_dict(args), args.focal_alpha, losses,
-                        num_box_decoder_layers=args.num_box_decoder_layers, num_body_points=args.num_body_points,
-                        cls_quality_target=getattr(args, "cls_quality_target", None))
+    return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), cfg.focal_alpha, losses,
+                        num_box_decoder_layers=cfg.num_box_decoder_layers, num_body_points=cfg.num_keypoints,
+                        cls_quality_target=cfg.cls_quality_target)

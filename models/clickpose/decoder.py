@@ -135,6 +135,22 @@ class Decoder(nn.Module):
         wh = box_refs[..., 2:][:, :, None] * self.hw.weight.sigmoid()
         return torch.cat((keypoint_xy, wh), -1)
 
+    def keypoint_contents(self) -> Tensor:
+        """(num_group, K, C): slot g's keypoint contents, learned per (slot, keypoint type), not per image."""
+        return self.keypoint_embed.weight.view(self.num_group, self.num_keypoints, self.d_model)
+
+    def initial_keypoints(self, box_refs: Tensor, slots: Optional[Tensor] = None) -> Tensor:
+        """Where the learned keypoint queries start in boxes: (B, G, 4) cxcywh in [0, 1] -> (B, G, K, 2) xy.
+
+        Box g gets slot ``slots[g]``'s learned offsets (default: slot g, the ``num_group`` detected boxes); the
+        Predictor starts a user's box from slot 0 this way.
+        """
+        content = self.keypoint_contents()
+        if slots is not None:
+            content = content[slots]
+        offset = self.pose_embed[-1](content)[..., :2]  # (G, K, 2)
+        return (inverse_sigmoid(box_refs[..., :2])[:, :, None] + offset).sigmoid()
+
     def select_groups(self, output: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:
         """The end of the box layers: keep the ``num_group`` best boxes (class head of the last box layer on
         the un-normed output) and give each a learned keypoint group.
@@ -147,12 +163,8 @@ class Decoder(nn.Module):
         chosen = torch.topk(scores, self.num_group, dim=1)[1]  # (B, G), best first
         box_refs = torch.gather(refs, 1, chosen[..., None].expand(-1, -1, refs.shape[-1]))
         box_out = torch.gather(output, 1, chosen[..., None].expand(-1, -1, output.shape[-1]))
-        # slot g's keypoint contents are learned per (slot, keypoint type), independent of the image
-        kpt_content = self.keypoint_embed.weight.view(self.num_group, self.num_keypoints, self.d_model)
-        kpt_offset = self.pose_embed[-1](kpt_content)[..., :2]  # (G, K, 2)
-        kpt_xy = (inverse_sigmoid(box_refs[..., :2])[:, :, None] + kpt_offset).sigmoid()
-        kpt_refs = self.keypoint_references(box_refs, kpt_xy)
-        kpt_content = kpt_content[None].expand(batch, -1, -1, -1)
+        kpt_refs = self.keypoint_references(box_refs, self.initial_keypoints(box_refs))
+        kpt_content = self.keypoint_contents()[None].expand(batch, -1, -1, -1)
         return interleave_groups(box_out, kpt_content), interleave_groups(box_refs, kpt_refs)
 
     # ---- whole passes ----------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from util.misc import inverse_sigmoid
+from util.settings import DenoisingCfg
 
 from . import keypoints as kp
 
@@ -81,16 +82,19 @@ def sample_instances(num_gt: Tensor, num_dn: int, generator: Optional[torch.Gene
     return torch.where(slot < tiled_len, slot % count, random_pick.clamp(max=count - 1))
 
 
-def build_denoising_queries(targets: Sequence[dict], num_dn: int, num_keypoints: int, num_classes: int,
-                            label_enc: nn.Embedding, label_enc_pose: nn.Embedding, labelbook_size: int = 100,
-                            box_label_noise_ratio: float = 0.5, kpt_label_noise_ratio: float = 0.5,
-                            box_noise_scale: float = 0.4, kpt_noise_scale: float = 0.4, clicked_subset: bool = True,
-                            error_types: Sequence[str] = (), error_prob: float = 0.0,
+def build_denoising_queries(targets: Sequence[dict], cfg: DenoisingCfg, label_enc: nn.Embedding,
+                            label_enc_pose: nn.Embedding, clicked_subset: bool = True,
                             flip_pairs: Sequence[tuple[int, int]] = (), sigmas: Optional[Sequence[float]] = None,
                             generator: Optional[torch.Generator] = None) -> DenoisingQueries:
-    """Noised copies of the ground truth for the denoising branch (see the module docstring)."""
+    """Noised copies of the ground truth for the denoising branch (see the module docstring): ``cfg.number`` per
+    image. ``clicked_subset``: leave a "clicked" subset of keypoints clean (training with human feedback);
+    ``flip_pairs``/``sigmas``: the keypoint layout's, for the optional error types."""
+    num_dn, num_classes, labelbook_size = cfg.number, cfg.num_classes, cfg.labelbook_size
+    box_label_noise_ratio, kpt_label_noise_ratio = cfg.box_label_noise_ratio, cfg.kpt_label_noise_ratio
+    box_noise_scale, kpt_noise_scale = cfg.box_noise_scale, cfg.kpt_noise_scale
+    error_types, error_prob = cfg.error_types, cfg.error_prob
+    k = cfg.num_keypoints
     device, dtype = label_enc.weight.device, label_enc.weight.dtype
-    k = num_keypoints
     batch = len(targets)
     num_gt = torch.tensor([len(t["boxes"]) for t in targets], device=device)
     pick = sample_instances(num_gt, num_dn, generator)

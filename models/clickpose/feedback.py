@@ -11,12 +11,13 @@ reference, whose freeze mask is a no-op), 'round' (this call's clicks are pinned
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Protocol, Sequence, Union
+from typing import Callable, Optional, Protocol, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from util.settings import FeedbackCfg
 
 from . import keypoints as kp
 
@@ -185,9 +186,9 @@ class ClickSimulator:
         return clicks[keep]
 
 
-def build_click_simulator(args: Any, matcher: nn.Module) -> ClickSimulator:
-    """The oracle of config ``click_policy`` (default 'worst', the reference) around the shared matcher."""
-    return ClickSimulator(matcher, args.num_body_points, getattr(args, "click_policy", "worst"))
+def build_click_simulator(cfg: FeedbackCfg, matcher: nn.Module) -> ClickSimulator:
+    """The oracle of the feedback section's ``click_policy`` around the shared matcher."""
+    return ClickSimulator(matcher, cfg.num_keypoints, cfg.click_policy)
 
 
 def run_click_rounds(refine_fn: RefineFn, initial_outputs: dict[str, Tensor], targets: Sequence[dict[str, Tensor]],

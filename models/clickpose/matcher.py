@@ -17,6 +17,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from util.settings import MatcherCfg
 
 from .losses import GIOU_EPS, OKS_EPS, keypoint_oks, keypoint_sigmas, split_keypoints, weighted_keypoint_l1
 
@@ -140,12 +141,10 @@ class HungarianMatcher(nn.Module):
         return indices
 
 
-def build_matcher(args: Any, sigmas: Sequence[float]) -> HungarianMatcher:
-    """Matcher from config (``set_cost_*``, ``focal_alpha``, ``num_body_points``) and the layout's OKS ``sigmas``."""
-    matcher_type = getattr(args, "matcher_type", "HungarianMatcher")
-    if matcher_type != "HungarianMatcher":
-        raise ValueError(f"unknown matcher_type {matcher_type!r}; only 'HungarianMatcher' exists")
-    return HungarianMatcher(cost_class=args.set_cost_class, cost_bbox=args.set_cost_bbox,
-                            cost_giou=args.set_cost_giou, cost_keypoints=args.set_cost_keypoints,
-                            cost_oks=args.set_cost_oks, focal_alpha=args.focal_alpha,
-                            num_body_points=args.num_body_points, sigmas=sigmas)
+def build_matcher(cfg: MatcherCfg, sigmas: Sequence[float]) -> HungarianMatcher:
+    """The matcher section's Hungarian matcher (costs, ``focal_alpha``, K) with the layout's OKS ``sigmas``."""
+    if cfg.matcher_type != "HungarianMatcher":
+        raise ValueError(f"unknown matcher_type {cfg.matcher_type!r}; only 'HungarianMatcher' exists")
+    return HungarianMatcher(cost_class=cfg.cost_class, cost_bbox=cfg.cost_bbox, cost_giou=cfg.cost_giou,
+                            cost_keypoints=cfg.cost_keypoints, cost_oks=cfg.cost_oks, focal_alpha=cfg.focal_alpha,
+                            num_body_points=cfg.num_keypoints, sigmas=sigmas)

@@ -5,12 +5,11 @@ Both map a coordinate c to ``[sin(c/t_0), cos(c/t_1), sin(c/t_2), ...]`` with ``
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
 from util.misc import NestedTensor
+from util.settings import BackboneCfg
 
 
 def _frequencies(num_feats: int, temperature: float, device: torch.device) -> Tensor:
@@ -78,9 +77,9 @@ def query_sine_embedding(boxes: Tensor, num_feats: int = 128, temperature: float
     return torch.cat(parts, dim=-1)
 
 
-def build_position_encoding(args: Any) -> PositionEmbeddingSineHW:
-    """Config: ``hidden_dim``, ``position_embedding`` ('sine'), ``pe_temperatureH/W``."""
-    if args.position_embedding not in ("sine", "v2"):
-        raise ValueError(f"position_embedding {args.position_embedding!r} is not supported; use 'sine'")
-    return PositionEmbeddingSineHW(args.hidden_dim // 2, temperatureH=args.pe_temperatureH,
-                                   temperatureW=args.pe_temperatureW, normalize=True)
+def build_position_encoding(cfg: BackboneCfg) -> PositionEmbeddingSineHW:
+    """The feature-map encoding of the backbone section (``hidden_dim``, ``position_embedding``, temperatures)."""
+    if cfg.position_embedding not in ("sine", "v2"):
+        raise ValueError(f"position_embedding {cfg.position_embedding!r} is not supported; use 'sine'")
+    return PositionEmbeddingSineHW(cfg.hidden_dim // 2, temperatureH=cfg.temperature_h,
+                                   temperatureW=cfg.temperature_w, normalize=True)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from util.settings import TransformerCfg
 
 from .decoder import Decoder, DecoderLayer
 from .encoder import Encoder, EncoderLayer, EncoderState, encoder_output_proposals
@@ -60,38 +62,35 @@ def make_prediction_heads(d_model: int, num_classes: int, num_layers: int, num_b
 class Transformer(nn.Module):
     """Encoder + two-stage proposals + decoder. State-dict names follow the reference checkpoints."""
 
-    def __init__(self, d_model: int = 256, nhead: int = 8, num_queries: int = 900, num_encoder_layers: int = 6,
-                 num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.0,
-                 activation: str = "relu", num_feature_levels: int = 4, enc_n_points: int = 4,
-                 dec_n_points: int = 4, num_keypoints: int = 17, num_group: int = 50, num_box_decoder_layers: int = 2,
-                 num_classes: int = 2, dec_pred_bbox_embed_share: bool = False,
-                 dec_pred_class_embed_share: bool = False, two_stage_bbox_embed_share: bool = False,
-                 two_stage_class_embed_share: bool = False, cls_no_bias: bool = False,
-                 msda_backend: Optional[str] = None):
+    def __init__(self, cfg: TransformerCfg):
         super().__init__()
+        d_model = cfg.d_model
         self.d_model = d_model
-        self.num_queries = num_queries
-        self.num_feature_levels = num_feature_levels
-        self.level_embed = nn.Parameter(torch.empty(num_feature_levels, d_model))
-        self.encoder = Encoder(EncoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
-                                            enc_n_points, msda_backend), num_encoder_layers)
-        self.decoder = Decoder(DecoderLayer(d_model, dim_feedforward, dropout, activation, num_feature_levels, nhead,
-                                            dec_n_points, msda_backend), num_decoder_layers, d_model, num_keypoints,
-                               num_group, num_box_decoder_layers)
+        self.num_queries = cfg.num_queries
+        self.num_feature_levels = cfg.num_feature_levels
+        self.level_embed = nn.Parameter(torch.empty(cfg.num_feature_levels, d_model))
+        self.encoder = Encoder(EncoderLayer(d_model, cfg.dim_feedforward, cfg.dropout, cfg.activation,
+                                            cfg.num_feature_levels, cfg.nheads, cfg.enc_n_points, cfg.msda_backend),
+                               cfg.enc_layers)
+        self.decoder = Decoder(DecoderLayer(d_model, cfg.dim_feedforward, cfg.dropout, cfg.activation,
+                                            cfg.num_feature_levels, cfg.nheads, cfg.dec_n_points, cfg.msda_backend),
+                               cfg.dec_layers, d_model, cfg.num_keypoints, cfg.num_group, cfg.num_box_decoder_layers)
         self.enc_output = nn.Linear(d_model, d_model)
         self.enc_output_norm = nn.LayerNorm(d_model)
         self._reset_parameters()
         # the heads are created after the xavier pass, so they keep their own initialisation (as the reference)
-        heads = make_prediction_heads(d_model, num_classes, num_decoder_layers, num_box_decoder_layers,
-                                      dec_pred_bbox_embed_share, dec_pred_class_embed_share, not cls_no_bias)
+        heads = make_prediction_heads(d_model, cfg.num_classes, cfg.dec_layers, cfg.num_box_decoder_layers,
+                                      cfg.dec_pred_bbox_embed_share, cfg.dec_pred_class_embed_share,
+                                      not cfg.cls_no_bias)
         for name in ("bbox_embed", "pose_embed", "pose_hw_embed", "class_embed"):
             setattr(self.decoder, name, heads[name])
-        if two_stage_bbox_embed_share or two_stage_class_embed_share:
-            if not (dec_pred_bbox_embed_share and dec_pred_class_embed_share):
+        if cfg.two_stage_bbox_embed_share or cfg.two_stage_class_embed_share:
+            if not (cfg.dec_pred_bbox_embed_share and cfg.dec_pred_class_embed_share):
                 raise ValueError("two_stage_*_embed_share needs dec_pred_bbox_embed_share and "
                                  "dec_pred_class_embed_share")
-        self.enc_out_bbox_embed = heads["box_head"] if two_stage_bbox_embed_share else copy.deepcopy(heads["box_head"])
-        self.enc_out_class_embed = (heads["class_head"] if two_stage_class_embed_share
+        self.enc_out_bbox_embed = (heads["box_head"] if cfg.two_stage_bbox_embed_share
+                                   else copy.deepcopy(heads["box_head"]))
+        self.enc_out_class_embed = (heads["class_head"] if cfg.two_stage_class_embed_share
                                     else copy.deepcopy(heads["class_head"]))
 
     def _reset_parameters(self) -> None:
@@ -139,23 +138,13 @@ class Transformer(nn.Module):
         return contents.detach(), refs.detach(), contents, refs.sigmoid()
 
 
-def build_transformer(args: Any) -> Transformer:
-    """Transformer from config (``hidden_dim``, ``nheads``, ``enc_layers``, ``dec_layers``, ...)."""
-    if args.two_stage_type != "standard":
-        raise ValueError(f"two_stage_type {args.two_stage_type!r} is not supported; only 'standard' (the "
+def build_transformer(cfg: TransformerCfg) -> Transformer:
+    """The transformer section's transformer; refuses the reference options this implementation lacks."""
+    if cfg.two_stage_type != "standard":
+        raise ValueError(f"two_stage_type {cfg.two_stage_type!r} is not supported; only 'standard' (the "
                          "Click-Pose configuration) is implemented")
-    if args.pre_norm:
+    if cfg.pre_norm:
         raise ValueError("pre_norm=True is not supported (the reference uses post-norm layers only)")
-    if args.query_dim != 4:
+    if cfg.query_dim != 4:
         raise ValueError("query_dim must be 4 (box references)")
-    return Transformer(
-        d_model=args.hidden_dim, nhead=args.nheads, num_queries=args.num_queries, num_encoder_layers=args.enc_layers,
-        num_decoder_layers=args.dec_layers, dim_feedforward=args.dim_feedforward, dropout=args.dropout,
-        activation=args.transformer_activation, num_feature_levels=args.num_feature_levels,
-        enc_n_points=args.enc_n_points, dec_n_points=args.dec_n_points, num_keypoints=args.num_body_points,
-        num_group=args.num_group, num_box_decoder_layers=args.num_box_decoder_layers, num_classes=args.num_classes,
-        dec_pred_bbox_embed_share=args.dec_pred_bbox_embed_share,
-        dec_pred_class_embed_share=args.dec_pred_class_embed_share,
-        two_stage_bbox_embed_share=args.two_stage_bbox_embed_share,
-        two_stage_class_embed_share=args.two_stage_class_embed_share, cls_no_bias=args.cls_no_bias,
-        msda_backend=getattr(args, "msda_backend", None))
+    return Transformer(cfg)

@@ -143,20 +143,22 @@ def test_backbone_weights_that_hold_no_tensors_are_config_errors(tmp_path):
 
 
 def test_build_backbone_reads_every_backbone_key():
+    from util.settings import model_settings
+
     from .conftest import load_args
 
     args = load_args(batch_norm_type="BatchNorm2d", backbone_trainable_stages="all",
                      backbone_freeze_keywords=["layer1.0"], return_interm_indices=[0, 1, 2, 3])
-    joiner = build_backbone(args)
+    joiner = build_backbone(model_settings(args).backbone)
     body = joiner[0].body
     assert isinstance(body.bn1, nn.BatchNorm2d) and body.conv1.weight.requires_grad
     assert not body.layer1[0].conv1.weight.requires_grad and body.layer1[1].conv1.weight.requires_grad
     assert joiner.num_channels == [64, 128, 256, 512]
     with pytest.raises(ValueError, match="dilation=True needs a bottleneck ResNet"):
-        build_backbone(load_args(dilation=True))
+        build_backbone(model_settings(load_args(dilation=True)).backbone)
     with pytest.raises(ValueError, match="'SyncBatchNorm' needs CUDA devices under distributed training"):
-        build_backbone(load_args(batch_norm_type="SyncBatchNorm", distributed=True, device="cpu"))
-    checkpointed = build_backbone(load_args(use_checkpoint=True))
+        model_settings(load_args(batch_norm_type="SyncBatchNorm", distributed=True, device="cpu"))  # refused here
+    checkpointed = build_backbone(model_settings(load_args(use_checkpoint=True)).backbone)
     assert checkpointed[0].use_checkpoint
 
 

@@ -10,12 +10,14 @@ import torch
 from datasets.metadata import COCO_KEYPOINTS
 from models.clickpose.criterion import SetCriterion, build_criterion, build_weight_dict, weighted_losses, weighted_total
 from models.clickpose.matcher import HungarianMatcher, build_matcher
+from util.settings import ModelSettings, model_settings
 
 DN = 50
 LOSSES = ["labels", "boxes", "keypoints", "dn_label", "dn_bbox", "dn_keypoints", "matching"]
 
 
-def make_args(**overrides):
+def make_args(**overrides) -> ModelSettings:
+    """The model settings of these flat keys (the rest from the config file)."""
     args = dict(cls_loss_coef=2.0, bbox_loss_coef=5.0, keypoints_loss_coef=10.0, oks_loss_coef=4.0,
                 giou_loss_coef=2.0, use_dn=True, dn_label_coef=0.3, dn_bbox_coef=0.5, dn_keypoints_coef=0.5,
                 aux_loss=True, dec_layers=6, num_box_decoder_layers=2, two_stage_type="standard",
@@ -23,18 +25,19 @@ def make_args(**overrides):
                 focal_alpha=0.25, set_cost_class=2.0, set_cost_bbox=5.0, set_cost_giou=2.0, set_cost_keypoints=10.0,
                 set_cost_oks=4.0, human_feedback=True, num_humanfeedback_layers=4, matcher_type="HungarianMatcher")
     args.update(overrides)
-    return SimpleNamespace(**args)
+    return model_settings(SimpleNamespace(**args))
 
 
 def _coco_matcher() -> HungarianMatcher:
     return HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
 
 
-def criterion_for(args):
-    """build_criterion with the matcher of the built-in layout of ``args.num_body_points`` keypoints."""
+def criterion_for(settings: ModelSettings):
+    """build_criterion with the matcher of the built-in layout of ``settings.num_keypoints`` keypoints."""
     from datasets.metadata import default_metadata_for_num_keypoints
 
-    return build_criterion(args, build_matcher(args, default_metadata_for_num_keypoints(args.num_body_points).sigmas))
+    sigmas = default_metadata_for_num_keypoints(settings.num_keypoints).sigmas
+    return build_criterion(settings.loss, build_matcher(settings.matcher, sigmas))
 
 
 def rand_boxes(*shape):
@@ -215,7 +218,7 @@ def test_weighted_total_uses_keys_present_in_both():
 
 
 def test_weight_dict_from_config():
-    w = build_weight_dict(make_args())
+    w = build_weight_dict(make_args().loss)
     assert (w["loss_ce"], w["loss_bbox"], w["loss_giou"], w["loss_keypoints"], w["loss_oks"]) == (2, 5, 2, 10, 4)
     assert (w["dn_loss_ce"], w["dn_loss_bbox"], w["dn_loss_giou"], w["dn_loss_keypoints"]) == (0.3, 2.5, 1.0, 5.0)
     assert w["dn_loss_bbox_8"] == 2.5 and "loss_keypoints_1" not in w and "dn_loss_keypoints_0" not in w
@@ -223,17 +226,17 @@ def test_weight_dict_from_config():
     assert {k: v for k, v in w.items() if k.endswith("_interm")} == \
         {"loss_ce_interm": 2.0, "loss_bbox_interm": 5.0, "loss_oks_interm": 4.0, "loss_giou_interm": 2.0}
     assert len(w) == 9 + 9 * 9 - 2 * 2 + 4  # base+dn, 9 aux layers, minus 2 *keypoints keys on 2 box layers, interm
-    no_feedback = build_weight_dict(make_args(human_feedback=False))
+    no_feedback = build_weight_dict(make_args(human_feedback=False).loss)
     assert "loss_ce_4" in no_feedback and "loss_ce_5" not in no_feedback
-    no_dn = build_weight_dict(make_args(use_dn=False, aux_loss=False, two_stage_type="no"))
+    no_dn = build_weight_dict(make_args(use_dn=False, aux_loss=False, two_stage_type="no").loss)
     assert set(no_dn) == {"loss_ce", "loss_bbox", "loss_giou", "loss_keypoints", "loss_oks"}
-    no_box = build_weight_dict(make_args(no_interm_box_loss=True, interm_loss_coef=0.5))
+    no_box = build_weight_dict(make_args(no_interm_box_loss=True, interm_loss_coef=0.5).loss)
     assert no_box["loss_ce_interm"] == 1.0 and no_box["loss_bbox_interm"] == 0.0
 
 
 def test_build_criterion_losses_list():
     crit = criterion_for(make_args())
-    assert crit.losses == LOSSES and crit.weight_dict == build_weight_dict(make_args())
+    assert crit.losses == LOSSES and crit.weight_dict == build_weight_dict(make_args().loss)
     assert criterion_for(make_args(dn_number=0)).losses == ["labels", "boxes", "keypoints", "matching"]
     with pytest.raises(ValueError, match="unknown loss names"):
         SetCriterion(2, _coco_matcher(), {}, 0.25, ["masks"])

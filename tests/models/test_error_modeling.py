@@ -1,6 +1,8 @@
 """Pose-error-modeling queries: the reference's noise distributions, checked statistically."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch import nn
@@ -8,6 +10,7 @@ from torch import nn
 from datasets.metadata import default_metadata_for_num_keypoints
 from models.clickpose.error_modeling import (build_denoising_queries, clicked_count_probabilities,
                                              clicked_keypoint_mask, draw_clicked_counts, sample_instances)
+from util.settings import model_settings
 
 from .conftest import make_targets
 
@@ -19,9 +22,13 @@ def _embeddings(k: int = K):
     return nn.Embedding(101, 8), nn.Embedding(k + 1, 8)
 
 
-def _build(targets, gen, k=K, **kwargs):
+def _build(targets, gen, k=K, clicked_subset=True, flip_pairs=(), sigmas=None, error_types=(), error_prob=0.0):
+    """50 queries per image over K keypoints and 2 classes; the other settings are the config file's."""
     label_enc, label_enc_pose = _embeddings(k)
-    return build_denoising_queries(targets, 50, k, 2, label_enc, label_enc_pose, generator=gen, **kwargs)
+    cfg = replace(model_settings({"num_body_points": k}).denoising, number=50, num_classes=2,
+                  error_types=tuple(error_types), error_prob=error_prob)
+    return build_denoising_queries(targets, cfg, label_enc, label_enc_pose, clicked_subset=clicked_subset,
+                                   flip_pairs=flip_pairs, sigmas=sigmas, generator=gen)
 
 
 def test_clicked_count_distribution_follows_inverse_square(gen):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models.clickpose.build import build_clickpose
+from util.settings import model_settings
 from models.clickpose.feedback import CLICK_POLICIES, ClickSimulator, apply_clicks, build_click_simulator, flatten_clicks
 from models.clickpose.keypoints import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
@@ -92,7 +93,7 @@ def test_click_policy_is_swappable():
     with pytest.raises(ValueError, match="click_policy must be one of"):
         ClickSimulator(FixedMatcher(), 2, "best")
     args = load_args(click_policy="worst_l2")
-    assert build_click_simulator(args, FixedMatcher()).error is CLICK_POLICIES["worst_l2"]
+    assert build_click_simulator(model_settings(args).feedback, FixedMatcher()).error is CLICK_POLICIES["worst_l2"]
     assert build_clickpose(args, layout(args)).click_simulator.error is CLICK_POLICIES["worst_l2"]
 
 

@@ -13,6 +13,7 @@ from datasets import get_metadata
 from datasets.metadata import COCO_KEYPOINTS
 from models import build_model
 from models.clickpose.matcher import build_matcher
+from util.settings import model_settings
 from util.keypoint_metadata import KeypointMetadata
 
 from .conftest import load_args, make_images, make_targets
@@ -55,7 +56,7 @@ def test_custom_sigmas_reach_matcher_and_criterion():
     assert abs(oks_custom - oks_coco) > 0.05  # the test can tell the two apart
 
     cost_custom, _ = criterion.matcher.cost_matrix(outputs, targets)
-    cost_coco, _ = build_matcher(args, COCO_KEYPOINTS.sigmas).cost_matrix(outputs, targets)
+    cost_coco, _ = build_matcher(model_settings(args).matcher, COCO_KEYPOINTS.sigmas).cost_matrix(outputs, targets)
     assert float(cost_coco - cost_custom) == pytest.approx(args.set_cost_oks * (oks_custom - oks_coco), abs=1e-5)
 
     match = criterion.matcher(outputs, targets)

@@ -10,6 +10,7 @@ import torch
 
 from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
 from models.clickpose.matcher import HungarianMatcher, build_matcher, focal_class_cost
+from util.settings import model_settings
 
 
 def _target(boxes, keypoints, area, k=17):
@@ -190,7 +191,7 @@ def test_clear_errors():
 def test_build_matcher_reads_config():
     args = SimpleNamespace(set_cost_class=1.0, set_cost_bbox=3.0, set_cost_giou=0.5, set_cost_keypoints=7.0,
                            set_cost_oks=2.0, focal_alpha=0.3, num_body_points=14, matcher_type="HungarianMatcher")
-    m = build_matcher(args, [0.05] * 14)
+    m = build_matcher(model_settings(args).matcher, [0.05] * 14)
     assert (m.cost_class, m.cost_bbox, m.cost_giou, m.cost_keypoints, m.cost_oks, m.focal_alpha) == \
         (1.0, 3.0, 0.5, 7.0, 2.0, 0.3)
     assert torch.allclose(m.sigmas, torch.full((14,), 0.05))

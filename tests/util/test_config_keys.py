@@ -233,14 +233,18 @@ def _probe(kind: str, args) -> dict:
         from models.clickpose.criterion import build_criterion
         from models.clickpose.matcher import build_matcher
 
-        criterion = build_criterion(args, build_matcher(args, get_metadata(args).sigmas))
+        from util.settings import model_settings
+
+        settings = model_settings(args)
+        criterion = build_criterion(settings.loss, build_matcher(settings.matcher, get_metadata(args).sigmas))
         return {"weights": repr(sorted(criterion.weight_dict.items())), **_scalars(criterion),
                 **{f"matcher.{k}": v for k, v in _scalars(criterion.matcher).items()}}
     from models import build_model
 
     model, _, post = build_model(args, get_metadata(args))
     if kind == "optim":
-        from util.training import build_lr_scheduler, build_optimizer
+        from models.optim import build_optimizer
+        from util.training import build_lr_scheduler
 
         optimizer = build_optimizer(args, model)
         scheduler, per_iter = build_lr_scheduler(args, optimizer, 10)

@@ -26,7 +26,7 @@ def _train_two_iterations_and_evaluate(root, tmp_path, options):
     from datasets import build_dataset, build_evaluator, get_metadata
     from models import build_model
     from util.misc import collate_fn
-    from util.training import build_optimizer
+    from models.optim import build_optimizer
 
     torch.manual_seed(0)
     args = _args(root, options)
@@ -36,7 +36,7 @@ def _train_two_iterations_and_evaluate(root, tmp_path, options):
     loader = torch.utils.data.DataLoader(train, batch_size=2, collate_fn=collate_fn, shuffle=False)
     optimizer = build_optimizer(args, model)
     engine.train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0, args.clip_max_norm,
-                           max_iters=2, log_fn=lambda _: None)
+                           step=engine.StepOptions(max_iters=2), log_fn=lambda _: None)
     after = model.backbone.state_dict()
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
     val = build_dataset("val", args)

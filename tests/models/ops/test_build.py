@@ -48,7 +48,7 @@ def test_cuda_kernel_compiles_without_a_gpu(tmp_path):
     built = list((tmp_path / "lib").glob("clickpose_msda*"))
     assert len(built) == 1
     # Loads (no GPU needed) and reports its CUDA kernel; a fresh process keeps it apart from the in-place build.
-    probe = f"import sys, torch; sys.path.insert(0, {str(tmp_path / 'lib')!r}); import clickpose_msda as m; " \
-            "print(m.with_cuda, m.__file__)"
-    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    probe = "import torch; import clickpose_msda as m; print(m.with_cuda, m.__file__)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PYTHONPATH=str(tmp_path / "lib")))
     assert loaded.stdout.startswith("True " + str(tmp_path)), loaded.stderr
