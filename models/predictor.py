@@ -7,20 +7,26 @@
 A session keeps the image's encoder state, so a correction runs only the box+keypoint decoder layers. Clicked
 keypoints stay exactly where clicked (``click_freeze='all'``), through later corrections too.
 
-For a tool that works on many images (``tools/annotate``): ``open(image)`` returns a :class:`PoseSession` per image
-(people, pinned clicks, visibility flags, undo/redo; see ``models/pose_session.py``), ``prefetch(image)`` predicts
-the next image in the background, and ``predict_batch(images)`` / ``predict_folder(folder)`` predict many images
-in batches. The encoder states of the ``max_cached_states`` most recently used sessions are kept; older sessions
-keep their poses and re-encode their image when refined again.
+The people are the config's postprocessor's (``PostProcess``: its top ``num_select``, its NMS, person class only),
+the decoding that AP is measured on, at most ``top_k`` of them (default ``num_group_refine``), best first.
+
+For a tool that works on many images (the annotation app, ``tools/annotate/session.py`` keeps its undo, visibility
+and records): ``prediction(image)`` gives an image's :class:`Prediction` (``prefetch(image)`` starts it in the
+background), ``refine_people`` / ``propose_person`` are the model calls of an edit, and ``predict_batch(images)`` /
+``predict_folder(folder)`` predict many images in batches. The encoder states of the ``max_cached_states`` most
+recently used images (objects with ``image`` and ``state``, see :meth:`Predictor.hold`) are kept; older ones
+re-encode their image when refined again.
 """
 from __future__ import annotations
 
 import argparse
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+import math
+import numbers
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -28,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 
 from models.clickpose import keypoints as kp
-from models.pose_session import PoseSession, Poses, keypoint_confidence, new_poses
+from util.box_ops import box_cxcywh_to_xyxy
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -92,13 +98,119 @@ def keypoint_metadata(args: argparse.Namespace, checkpoint: Optional[Mapping[str
     return get_metadata(args)
 
 
-@dataclass
-class _Prediction:
-    """One image's model output, before it becomes a session: poses in [0, 1], encoder state, (width, height)."""
+P = TypeVar("P", bound="People")
 
-    poses: Poses
+
+@dataclass(frozen=True)
+class People:
+    """The model's view of everyone in one image (R rows, K keypoints), normalised to [0, 1] by the image size.
+    A value: every change makes a new one (``dataclasses.replace`` keeps a subclass's extra fields)."""
+
+    boxes: Tensor  # (R, 4) cx, cy, w, h
+    keypoints: Tensor  # (R, K, 2) x, y
+    scores: Tensor  # (R,) person score (the postprocessor's, or 1 for people loaded from a file)
+    confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (see keypoint_confidence)
+    pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
+
+    @property
+    def num_people(self) -> int:
+        return self.boxes.shape[0]
+
+    def rows(self: P, index: Tensor | Sequence[int], **changes: Tensor) -> P:
+        """A copy with rows ``index`` of the named fields replaced by ``changes`` (out of place)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        updated = {}
+        for name, value in changes.items():
+            current = getattr(self, name).clone()
+            current[index] = value.to(current.dtype)
+            updated[name] = current
+        return replace(self, **updated)
+
+
+def keypoint_confidence(before: Tensor, after: Tensor, boxes: Tensor, sigmas: Tensor, size: tuple[int, int]) -> Tensor:
+    """How much the model agrees with itself about each keypoint, in [0, 1].
+
+    The model has no keypoint-confidence head (its visibility slot is a constant), so confidence is the OKS term
+    ``exp(-d^2 / (2 s^2 (2 sigma)^2))`` between two successive estimates of the keypoint (the last two refinement
+    layers, or the refinement's input and output when it has one layer), with s^2 the box area in pixels: a
+    keypoint the model keeps moving is one it is unsure about. before/after: (..., K, 2) in [0, 1]; boxes (..., 4).
+    """
+    scale = torch.tensor(size, dtype=before.dtype, device=before.device)
+    squared = (((after - before) * scale) ** 2).sum(-1)
+    area = (boxes[..., 2] * boxes[..., 3] * scale.prod()).clamp(min=1.0)[..., None]
+    return torch.exp(-squared / (2 * area * (2 * sigmas) ** 2))
+
+
+# ---- checks of user input (pixels of the original image) ------------------------------------------------------
+def check_person(person: Any, count: int) -> int:
+    if isinstance(person, bool) or not isinstance(person, numbers.Integral) or not 0 <= person < count:
+        raise ValueError(f"person {person!r} does not exist: people are numbered 0..{count - 1} ('index')")
+    return int(person)
+
+
+def check_keypoint(keypoint: Any, count: int) -> int:
+    if isinstance(keypoint, bool) or not isinstance(keypoint, numbers.Integral) or not 0 <= keypoint < count:
+        raise ValueError(f"keypoint {keypoint!r} does not exist: keypoints are numbered 0..{count - 1}")
+    return int(keypoint)
+
+
+def check_point(x: Any, y: Any, size: tuple[int, int]) -> tuple[float, float]:
+    width, height = size
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y)):
+        raise ValueError(f"a position needs finite numbers x, y (pixels), got {x!r}, {y!r}")
+    if not (0 <= x <= width and 0 <= y <= height):
+        raise ValueError(f"position ({x}, {y}) is outside the {width}x{height} image")
+    return float(x), float(y)
+
+
+def people_dicts(people: People, size: tuple[int, int], score_threshold: float = 0.0,
+                 fields: Optional[Mapping[str, list]] = None, shown: Optional[Sequence[bool]] = None,
+                 kept: Optional[Sequence[bool]] = None) -> list[dict[str, Any]]:
+    """People in pixels, best score first: 'index', 'score', 'box' (x0, y0, x1, y1), 'keypoints' (K, 3) as
+    (x, y, confidence), 'confidence', 'pinned', plus one entry per ``fields`` name (a list with one value per row).
+    Rows below ``score_threshold`` are left out unless ``kept[row]``; rows with ``shown[row]`` False always."""
+    scale = torch.tensor(size, dtype=torch.float32, device=people.boxes.device)
+    boxes = (box_cxcywh_to_xyxy(people.boxes) * scale.repeat(2)).tolist()
+    keypoints = torch.cat((people.keypoints * scale, people.confidence[..., None]), -1).tolist()
+    # one conversion per field, not one per person and field
+    scores, confidence, pinned = people.scores.tolist(), people.confidence.tolist(), people.pinned.tolist()
+    extra = dict(fields or {})
+    result = []
+    for i in range(people.num_people):
+        if (shown is not None and not shown[i]) or (scores[i] < score_threshold and not (kept and kept[i])):
+            continue
+        person = {"index": i, "score": scores[i], "box": boxes[i], "keypoints": keypoints[i],
+                  "confidence": confidence[i], "pinned": pinned[i]}
+        person.update({name: values[i] for name, values in extra.items()})
+        result.append(person)
+    return sorted(result, key=lambda p: -p["score"])
+
+
+@dataclass
+class Prediction:
+    """One image's model output: its people, encoder state (None after a batched pass), (width, height)."""
+
+    people: People
     state: Any
     size: tuple[int, int]
+
+
+class HoldsState(Protocol):
+    """What the Predictor caches an encoder state on: the image to re-encode from, and the state (or None)."""
+
+    image: Any
+    state: Any
+
+
+@dataclass
+class PredictedImage:
+    """The image of the last ``Predictor.predict``, the one ``correct`` works on (no undo: see tools/annotate)."""
+
+    image: Any
+    size: tuple[int, int]
+    state: Any
+    people: People
+    touched: Tensor  # (R,) bool: people clicked, shown whatever the score threshold
 
 
 class Predictor:
@@ -132,11 +244,11 @@ class Predictor:
         self.transform = build_transforms_from_args("val", args, self.metadata.flip_permutation())
         self.num_keypoints = args.num_body_points
         self.score_threshold = score_threshold
-        self.top_k = top_k or args.num_group_refine
+        self.top_k = top_k or args.num_group_refine  # at most this many of the postprocessor's people
         self.max_cached_states = max(1, max_cached_states)
         self._sigmas = torch.tensor(self.metadata.sigmas, dtype=torch.float32)
-        self._session: Optional[PoseSession] = None
-        self._held: OrderedDict[int, PoseSession] = OrderedDict()  # sessions holding an encoder state, LRU order
+        self._current: Optional[PredictedImage] = None
+        self._held: OrderedDict[int, HoldsState] = OrderedDict()  # holders of an encoder state, LRU order
         self._pending: OrderedDict[str, Future] = OrderedDict()
         self._worker: Optional[ThreadPoolExecutor] = None
 
@@ -154,43 +266,59 @@ class Predictor:
             return Image.fromarray(image.astype(np.uint8))
         return image.convert("RGB")
 
-    @torch.no_grad()
-    def _predict_images(self, images: Sequence[ImageLike]) -> list[_Prediction]:
-        """One batched forward pass; per image the top ``top_k`` people and their keypoint confidence."""
-        from models.clickpose.feedback import select_top
+    def _samples(self, pils: Sequence[Image.Image]):
+        """The model's input: the validation transform of each image, padded into one batch."""
+        from util.misc import nested_tensor_from_tensor_list
 
+        return nested_tensor_from_tensor_list([self.transform(pil, None)[0].to(self.device) for pil in pils])
+
+    @staticmethod
+    def _sizes(pils: Sequence[Image.Image], device: torch.device) -> Tensor:
+        """(B, 2) (h, w) of the original images: the postprocessor's target sizes."""
+        return torch.tensor([[pil.height, pil.width] for pil in pils], dtype=torch.float32, device=device)
+
+    def decode(self, outputs: Mapping[str, Tensor], sizes: Tensor) -> list[Tensor]:
+        """Per image the query indices of its people: the postprocessor's choice (its top ``num_select``, its NMS),
+        person class only, best first, at most ``top_k``. sizes: (B, 2) (h, w)."""
+        outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes", "pred_keypoints")}
+        return [image["queries"][image["labels"] == PERSON_LABEL][:self.top_k]
+                for image in self.postprocess.select(outputs, sizes)]
+
+    @torch.no_grad()
+    def predict_images(self, images: Sequence[ImageLike]) -> list[Prediction]:
+        """One batched forward pass; per image its people (see :meth:`decode`) and their keypoint confidence."""
         pils = [self._load(image) for image in images]
         outputs, state = self.model(self._samples(pils), return_state=True)
-        top = select_top({k: outputs[k] for k in ("pred_logits", "pred_boxes", "pred_keypoints")}, self.top_k)
-        keypoints = kp.coordinates(top["pred_keypoints"], self.num_keypoints)
-        # a refinement without clicks gives the second estimate that confidence compares against
-        check = self.model.refine(state, top["pred_boxes"], keypoints, torch.zeros(0, 5, device=self.device),
-                                  click_freeze="all")
-        confidence = self._confidence(check, keypoints, [pil.size for pil in pils])
-        scores = top["pred_logits"].sigmoid().max(-1).values
+        sizes = [pil.size for pil in pils]
+        chosen = self.decode(outputs, self._sizes(pils, self.device))
+        # the people of every image as R rows (R = the most of any image; the padding rows are copies of a valid
+        # pose, and as the refinement groups are independent they change nobody else's result)
+        rows = max(len(q) for q in chosen)
+        padded = torch.stack([torch.cat((q, q.new_zeros(rows - len(q)))) for q in chosen])  # (B, R)
+        boxes = torch.gather(outputs["pred_boxes"], 1, padded[..., None].expand(-1, -1, 4))
+        flat = outputs["pred_keypoints"]
+        keypoints = kp.coordinates(torch.gather(flat, 1, padded[..., None].expand(-1, -1, flat.shape[-1])),
+                                   self.num_keypoints)
+        person_scores = torch.gather(outputs["pred_logits"][..., PERSON_LABEL].sigmoid(), 1, padded)
+        if rows:
+            # a refinement without clicks gives the second estimate that confidence compares against
+            check = self.model.refine(state, boxes, keypoints, torch.zeros(0, 5, device=self.device),
+                                      click_freeze="all")
+            confidence = self._confidence(check, keypoints, sizes)
+        else:
+            confidence = torch.zeros(len(pils), 0, self.num_keypoints)
         predictions = []
-        for i, pil in enumerate(pils):
-            size = pil.size
-            rows = self._kept_rows(top["pred_boxes"][i], scores[i])
-            poses = new_poses(top["pred_boxes"][i][rows].cpu(), keypoints[i][rows].cpu(), scores[i][rows].cpu(),
-                              confidence[i][rows.cpu()], "model")
-            predictions.append(_Prediction(poses, state if len(pils) == 1 else None, size))
+        for i, size in enumerate(sizes):
+            n = len(chosen[i])
+            people = People(boxes=boxes[i, :n].cpu(), keypoints=keypoints[i, :n].cpu(),
+                            scores=person_scores[i, :n].cpu(), confidence=confidence[i, :n],
+                            pinned=torch.zeros(n, self.num_keypoints, dtype=torch.bool))
+            predictions.append(Prediction(people, state if len(pils) == 1 else None, size))
         return predictions
-
-    def _kept_rows(self, boxes: Tensor, scores: Tensor) -> Tensor:
-        """Rows of one image's top people that survive the config's box NMS (``nms_iou_threshold`` > 0; all rows
-        otherwise), best first. boxes: (R, 4) cxcywh."""
-        threshold = getattr(self.args, "nms_iou_threshold", -1)
-        if threshold is None or threshold <= 0:
-            return torch.arange(len(scores), device=scores.device)
-        from models.clickpose.postprocess import nms_keep
-        from util.box_ops import box_cxcywh_to_xyxy
-
-        return nms_keep(box_cxcywh_to_xyxy(boxes), scores, torch.ones_like(scores, dtype=torch.long), threshold)
 
     def _confidence(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
         """(B, R, K) keypoint confidence of a refinement: its last layer against the layer before (or against its
-        input when it has one layer); see :func:`models.pose_session.keypoint_confidence`."""
+        input when it has one layer); see :func:`keypoint_confidence`."""
         layers = result.layers
         after = kp.coordinates(layers[-1]["pred_keypoints"], self.num_keypoints).cpu()
         before = kp.coordinates(layers[-2]["pred_keypoints"], self.num_keypoints) if len(layers) > 1 else keypoints_in
@@ -198,102 +326,116 @@ class Predictor:
         return torch.stack([keypoint_confidence(before[i], after[i], boxes[i], self._sigmas, size)
                             for i, size in enumerate(sizes)])
 
-    # ---- sessions --------------------------------------------------------------------------------------------
+    # ---- encoder states --------------------------------------------------------------------------------------
     @staticmethod
     def _key(image: ImageLike) -> Optional[str]:
         return str(Path(image).resolve()) if isinstance(image, (str, Path)) else None
 
     def prefetch(self, image: str | Path) -> None:
-        """Start predicting ``image`` in a background thread; a later ``open(image)`` picks the result up."""
+        """Start predicting ``image`` in a background thread; a later ``prediction(image)`` picks the result up."""
         key = self._key(image)
         if key is None or key in self._pending:
             return
         if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickpose-prefetch")
-        self._pending[key] = self._worker.submit(lambda: self._predict_images([key])[0])
+        self._pending[key] = self._worker.submit(lambda: self.predict_images([key])[0])
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)[1].cancel()
 
-    def open(self, image: ImageLike, people: Optional[Sequence[dict[str, Any]]] = None) -> PoseSession:
-        """A new session on ``image``: the model's people, or ``people`` as saved by ``PoseSession.to_record``
-        (resuming earlier work: the model only encodes the image)."""
-        future = self._pending.pop(self._key(image), None) if self._key(image) else None
-        prediction = future.result() if future is not None else self._predict_images([image])[0]
-        poses = prediction.poses
-        if people is not None:
-            poses = PoseSession.poses_from_record(people, prediction.size, self.num_keypoints)
-        session = PoseSession(self, image, prediction.size, poses, prediction.state)
-        self._hold(session)
-        return session
+    def prediction(self, image: ImageLike) -> Prediction:
+        """The image's prediction with its encoder state: the prefetched one when there is one."""
+        key = self._key(image)
+        future = self._pending.pop(key, None) if key else None
+        return future.result() if future is not None else self.predict_images([image])[0]
 
-    def _hold(self, session: PoseSession) -> None:
-        """Mark ``session``'s encoder state as recently used; drop the states of the least recently used."""
-        self._held.pop(id(session), None)
-        self._held[id(session)] = session
+    def hold(self, holder: HoldsState) -> None:
+        """Mark ``holder``'s encoder state as recently used; drop the states of the least recently used."""
+        self._held.pop(id(holder), None)
+        self._held[id(holder)] = holder
         while len(self._held) > self.max_cached_states:
             self._held.popitem(last=False)[1].state = None
 
-    def _state_of(self, session: PoseSession):
-        if session.state is None:
-            if session.image is None:
-                raise RuntimeError("this session has no image to encode (made by predict_batch)")
-            session.state = self.model(self._samples([self._load(session.image)]), return_state=True)[1]
-        self._hold(session)
-        return session.state
+    def state_of(self, holder: HoldsState):
+        """``holder``'s encoder state, encoding its image again when it was dropped."""
+        if holder.state is None:
+            if holder.image is None:
+                raise RuntimeError("these people have no image to encode (made by predict_batch)")
+            holder.state = self.model(self._samples([self._load(holder.image)]), return_state=True)[1]
+        self.hold(holder)
+        return holder.state
 
-    def _samples(self, pils: Sequence[Image.Image]):
-        """The model's input: the validation transform of each image, padded into one batch."""
-        from util.misc import nested_tensor_from_tensor_list
-
-        return nested_tensor_from_tensor_list([self.transform(pil, None)[0].to(self.device) for pil in pils])
-
-    # ---- the model calls of a session --------------------------------------------------------------------------
+    # ---- the model calls of an edit ----------------------------------------------------------------------------
     @torch.no_grad()
-    def run_refinement(self, session: PoseSession, rows: Sequence[int], clicks: Sequence[Sequence[float]]
-                       ) -> dict[str, Tensor]:
-        """Refine people ``rows`` of a session with ``clicks`` ``[row position in rows, keypoint, x, y]`` (x, y in
-        [0, 1]). Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors)."""
-        poses, index = session.poses, torch.tensor(list(rows), dtype=torch.long)
-        keypoints = poses.keypoints[index][None].to(self.device)
+    def run_refinement(self, holder: HoldsState, people: People, rows: Sequence[int],
+                       clicks: Sequence[Sequence[float]], size: tuple[int, int]) -> dict[str, Tensor]:
+        """Refine ``people`` rows ``rows`` with ``clicks`` ``[row position in rows, keypoint, x, y]`` (x, y in
+        [0, 1]). The rows are refined as independent groups, whatever their count (not the model's query slots).
+        Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        keypoints = people.keypoints[index][None].to(self.device)
         click_rows = torch.tensor(clicks, dtype=torch.float32, device=self.device).reshape(-1, 4)
-        result = self.model.refine(self._state_of(session), poses.boxes[index][None].to(self.device), keypoints,
-                                   [click_rows], click_freeze="all", pinned=poses.pinned[index][None].to(self.device))
+        result = self.model.refine(self.state_of(holder), people.boxes[index][None].to(self.device), keypoints,
+                                   [click_rows], click_freeze="all", pinned=people.pinned[index][None].to(self.device))
         last = result.layers[-1]
         pinned = result.pinned[0].cpu()
         corrected = kp.coordinates(result.corrected["pred_keypoints"], self.num_keypoints)
-        confidence = self._confidence(result, corrected, [session.size])[0]
+        confidence = self._confidence(result, corrected, [size])[0]
         return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": kp.coordinates(last["pred_keypoints"],
                                                                                self.num_keypoints)[0].cpu(),
                 "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
 
-    @torch.no_grad()
-    def propose_person(self, session: PoseSession, box: Tensor) -> Poses:
-        """A person from a user's box (1, 4) cxcywh in [0, 1]: the keypoints start where the model's learned
-        keypoint queries put them in a box (what its decoder does for a detected box), then one refinement."""
-        from util.misc import inverse_sigmoid
+    def refine_people(self, holder: HoldsState, people: P, size: tuple[int, int],
+                      clicks: Sequence[tuple[int, int, float, float]], rows: Optional[Sequence[int]] = None) -> P:
+        """``people`` after checked ``clicks`` ``(row, keypoint, x, y)`` (pixels): rows ``rows`` re-predicted
+        (default: the clicked ones), the clicked keypoints pinned where clicked."""
+        if not clicks:
+            raise ValueError("a refinement needs at least one click (person, keypoint, x, y)")
+        rows = sorted({p for p, _, _, _ in clicks}) if rows is None else list(rows)
+        local = {row: n for n, row in enumerate(rows)}
+        width, height = size
+        result = self.run_refinement(holder, people, rows, [[local[p], k, x / width, y / height]
+                                                            for p, k, x, y in clicks], size)
+        return people.rows(rows, boxes=result["boxes"], keypoints=result["keypoints"],
+                           confidence=result["confidence"], pinned=result["pinned"])
 
+    @torch.no_grad()
+    def propose_person(self, holder: HoldsState, box: Tensor, size: tuple[int, int]) -> People:
+        """A person from a user's box (1, 4) cxcywh in [0, 1]: the keypoints start where the decoder starts the
+        learned keypoint queries of slot 0 in a box (:meth:`Decoder.initial_keypoints`), then one refinement."""
         decoder = self.model.transformer.decoder
         box = box.to(self.device)
-        content = decoder.keypoint_embed.weight.view(decoder.num_group, self.num_keypoints, -1)[0]
-        start = (inverse_sigmoid(box[:, None, :2]) + decoder.pose_embed[-1](content)[..., :2]).sigmoid()
+        start = decoder.initial_keypoints(box[None], torch.zeros(1, dtype=torch.long, device=self.device))
         no_clicks = torch.zeros(0, 5, device=self.device)
-        result = self.model.refine(self._state_of(session), box[None], start[None], no_clicks, click_freeze="all")
+        result = self.model.refine(self.state_of(holder), box[None], start, no_clicks, click_freeze="all")
         last = result.layers[-1]
-        confidence = self._confidence(result, start[None], [session.size])[0]
-        return new_poses(last["pred_boxes"][0].cpu(), kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
-                         last["pred_logits"][0].sigmoid().max(-1).values.cpu(), confidence, "user")
+        confidence = self._confidence(result, start, [size])[0]
+        return People(boxes=last["pred_boxes"][0].cpu(),
+                      keypoints=kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
+                      scores=last["pred_logits"][0][..., PERSON_LABEL].sigmoid().cpu(), confidence=confidence,
+                      pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool))
 
     # ---- one image at a time (the original API) ----------------------------------------------------------------
     @property
-    def session(self) -> Optional[PoseSession]:
-        """The session of the last ``predict`` (the one ``correct`` works on)."""
-        return self._session
+    def session(self) -> Optional[PredictedImage]:
+        """The image of the last ``predict`` (the one ``correct`` works on)."""
+        return self._current
+
+    def _people(self, current: PredictedImage) -> list[dict[str, Any]]:
+        count = current.people.num_people
+        touched = current.touched.tolist()
+        fields = {"visibility": [[2] * self.num_keypoints] * count, "source": ["model"] * count,
+                  "touched": touched, "deleted": [False] * count}
+        return people_dicts(current.people, current.size, self.score_threshold, fields, kept=touched)
 
     def predict(self, image: ImageLike) -> list[dict[str, Any]]:
         """Detect people. Returns dicts with 'index' (use it in ``correct``), 'score', 'box' (x0, y0, x1, y1),
-        'keypoints' (K, 3) as (x, y, confidence) in pixels and more (see ``PoseSession.people``), best first."""
-        self._session = self.open(image)
-        return self._session.people(self.score_threshold)
+        'keypoints' (K, 3) as (x, y, confidence) in pixels and more (see :func:`people_dicts`), best first."""
+        prediction = self.prediction(image)
+        count = prediction.people.num_people
+        self._current = PredictedImage(image, prediction.size, prediction.state, prediction.people,
+                                       torch.zeros(count, dtype=torch.bool))
+        self.hold(self._current)
+        return self._people(self._current)
 
     def correct(self, person: Optional[int] = None, keypoint: Optional[int] = None, x: Optional[float] = None,
                 y: Optional[float] = None, clicks: Optional[Iterable[Sequence[float]]] = None,
@@ -306,15 +448,22 @@ class Predictor:
         ``refine_all=True`` re-predicts every person, as each round of the original's evaluation loop does (the
         unclicked people then move too). Returns every person.
         """
-        if self._session is None:
+        current = self._current
+        if current is None:
             raise RuntimeError("call predict(image) before correct(...)")
         given = list(clicks or [])
         if person is not None:
             given.append((person, keypoint, x, y))
         if not given or any(None in click for click in given):
             raise ValueError("a click needs person, keypoint, x and y")
-        self._session.refine(given, only_clicked=not refine_all)
-        return self._session.people(self.score_threshold)
+        count = current.people.num_people
+        checked = [(check_person(p, count), check_keypoint(k, self.num_keypoints), *check_point(px, py, current.size))
+                   for p, k, px, py in given]
+        rows = list(range(count)) if refine_all else None
+        current.people = self.refine_people(current, current.people, current.size, checked, rows)
+        current.touched = current.touched.clone()
+        current.touched[[p for p, _, _, _ in checked]] = True
+        return self._people(current)
 
     # ---- many images -------------------------------------------------------------------------------------------
     def predict_batch(self, images: Sequence[ImageLike], batch_size: int = 4) -> list[list[dict[str, Any]]]:
@@ -324,8 +473,11 @@ class Predictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         people = []
         for start in range(0, len(images), batch_size):
-            for prediction in self._predict_images(images[start:start + batch_size]):
-                people.append(PoseSession(self, None, prediction.size, prediction.poses).people(self.score_threshold))
+            for prediction in self.predict_images(images[start:start + batch_size]):
+                count = prediction.people.num_people
+                current = PredictedImage(None, prediction.size, None, prediction.people,
+                                         torch.zeros(count, dtype=torch.bool))
+                people.append(self._people(current))
         return people
 
     @torch.no_grad()
@@ -333,18 +485,17 @@ class Predictor:
                      autocast_dtype: Optional[torch.dtype] = None) -> list[list[dict[str, Any]]]:
         """People of each image as the evaluation scores them: one forward pass of the batch decoded by the
         config's postprocessor (its ``num_select``, ``nms_iou_threshold``), person class only, at or above
-        ``score_threshold``, best first. Each person: 'score', 'box' (x0, y0, x1, y1) and 'keypoints' (K, 2), in
-        pixels. ``autocast_dtype`` runs the model under ``torch.autocast`` (bfloat16 on CPU or CUDA, float16 on
-        CUDA); the decoding is fp32 either way. No session or encoder state is kept (pre-annotation)."""
+        ``score_threshold``, best first (no ``top_k`` cap). Each person: 'score', 'box' (x0, y0, x1, y1) and
+        'keypoints' (K, 2), in pixels. ``autocast_dtype`` runs the model under ``torch.autocast`` (bfloat16 on CPU
+        or CUDA, float16 on CUDA); the decoding is fp32 either way. No encoder state is kept (pre-annotation)."""
         pils = [self._load(image) for image in images]
         samples = self._samples(pils)
         with torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                             enabled=autocast_dtype is not None and autocast_dtype != torch.float32):
             outputs = self.model(samples)
         outputs = {k: outputs[k].float() for k in ("pred_logits", "pred_boxes", "pred_keypoints")}
-        sizes = torch.tensor([[pil.height, pil.width] for pil in pils], dtype=torch.float32, device=self.device)
         people = []
-        for result in self.postprocess(outputs, sizes):
+        for result in self.postprocess(outputs, self._sizes(pils, self.device)):
             keep = (result["labels"] == PERSON_LABEL) & (result["scores"] >= score_threshold)
             scores, boxes = result["scores"][keep].tolist(), result["boxes"][keep].tolist()
             keypoints = result["keypoints"][keep].view(-1, self.num_keypoints, 3)[..., :2].tolist()

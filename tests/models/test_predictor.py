@@ -1,4 +1,5 @@
-"""The Predictor API and tools/predict.py: predict, correct with clicks, pinned keypoints, errors."""
+"""The Predictor API and tools/predict.py: predict, correct with clicks, pinned keypoints, errors; the annotation
+sessions over it (tools/annotate/session.py); its people are the postprocessor's."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.predictor import Predictor
+from models.predictor import PERSON_LABEL, Predictor
+from tools.annotate.session import open_session
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = str(REPO / "config" / "demo.cfg.py")
@@ -88,7 +90,7 @@ def test_predict_tool_writes_image_and_json(image_and_checkpoint, tmp_path):
     image, ckpt = image_and_checkpoint
     cfg = tmp_path / "small.cfg.py"  # the tool takes a config file: one with the small settings
     cfg.write_text(f"_base_ = ['{CONFIG}']\n" + "".join(f"{k} = {v}\n" for k, v in OPTIONS.items()))
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "predict.py"), str(image), "--config", str(cfg),
+    result = subprocess.run([sys.executable, "-m", "tools.predict", str(image), "--config", str(cfg),
                              "--checkpoint", str(ckpt), "--click", "0,5,10,12", "--out-dir", str(tmp_path / "out"),
                              "--score-threshold", "0"], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -115,7 +117,7 @@ def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_
     all_people = predictor.correct(clicks=[click], refine_all=True)
     predictor.predict(image)
     clicked_only = predictor.correct(clicks=[click])
-    session = predictor.open(image)
+    session = open_session(predictor, image)
     only = session.refine([click])
     np.testing.assert_allclose(_xy(only, target), _xy(all_people, target), atol=1e-4)
     np.testing.assert_allclose(_xy(clicked_only, target), _xy(all_people, target), atol=1e-4)
@@ -129,7 +131,7 @@ def test_session_refines_only_the_clicked_people_with_the_same_result(image_and_
 def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint, shared_predictor):
     image, _ = image_and_checkpoint
     predictor = shared_predictor
-    session = predictor.open(image)
+    session = open_session(predictor, image)
     start = session.people()
     assert not session.can_undo and len(start) == 4
     first = start[0]["index"]
@@ -156,7 +158,7 @@ def test_session_edits_undo_redo_and_record_round_trip(image_and_checkpoint, sha
         session.redo()
     assert [p["index"] for p in session.people()] == [p["index"] for p in session.people(include_deleted=True)
                                                       if not p["deleted"]]
-    resumed = predictor.open(image, people=record)
+    resumed = open_session(predictor, image, people=record)
     for old, new in zip(record, resumed.to_record()):
         np.testing.assert_allclose(np.asarray(new["keypoints"])[:, :2], np.asarray(old["keypoints"])[:, :2],
                                    atol=1e-3)
@@ -169,10 +171,10 @@ def test_dropped_encoder_state_is_rebuilt_with_the_same_result(image_and_checkpo
 
     image, ckpt = image_and_checkpoint
     predictor = Predictor(CONFIG, ckpt, options=OPTIONS, max_cached_states=1)
-    kept = predictor.open(image)
+    kept = open_session(predictor, image)
     expected = kept.refine([(0, 3, 25.0, 35.0)])
-    dropped = predictor.open(image)
-    other = predictor.open(np.asarray(Image.open(image)))  # an array, not a path: evicts `dropped`
+    dropped = open_session(predictor, image)
+    other = open_session(predictor, np.asarray(Image.open(image)))  # an array, not a path: evicts `dropped`
     assert dropped.state is None and other.state is not None
     again = dropped.refine([(0, 3, 25.0, 35.0)])
     np.testing.assert_allclose(_xy(again, 0), _xy(expected, 0), atol=1e-4)
@@ -188,7 +190,7 @@ def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, sh
     single = [predictor.predict(image), predictor.predict(mirrored)]
     predictor.prefetch(mirrored)
     assert str(mirrored.resolve()) in predictor._pending
-    prefetched = predictor.open(mirrored)
+    prefetched = open_session(predictor, mirrored)
     assert not predictor._pending
     np.testing.assert_allclose(np.asarray([p["keypoints"] for p in prefetched.people()]),
                                np.asarray([p["keypoints"] for p in single[1]]), atol=1e-4)
@@ -207,11 +209,61 @@ def test_prefetch_and_batches_give_the_same_predictions(image_and_checkpoint, sh
         predictor.predict_batch([image], batch_size=0)
 
 
-def test_nms_option_keeps_the_best_of_overlapping_people(shared_predictor, monkeypatch):
-    """With nms_iou_threshold > 0 the Predictor keeps, of people whose boxes overlap more than it, the best-scored
-    one, in score order; off (-1) it keeps everyone."""
-    boxes = torch.tensor([[0.30, 0.5, 0.2, 0.4], [0.31, 0.5, 0.2, 0.4], [0.7, 0.5, 0.2, 0.4], [0.71, 0.5, 0.2, 0.4]])
-    scores = torch.tensor([0.9, 0.8, 0.6, 0.7])
-    assert shared_predictor._kept_rows(boxes, scores).tolist() == [0, 1, 2, 3]
-    monkeypatch.setattr(shared_predictor.args, "nms_iou_threshold", 0.5)
-    assert shared_predictor._kept_rows(boxes, scores).tolist() == [0, 3]
+def _postprocessed_people(predictor, image, threshold):
+    """The postprocessor's person-class detections at or above ``threshold``: (scores, boxes, keypoints) in pixels."""
+    from PIL import Image
+
+    pil = Image.open(image).convert("RGB")
+    with torch.no_grad():
+        outputs = predictor.model(predictor._samples([pil]))
+    result = predictor.postprocess(outputs, torch.tensor([[pil.height, pil.width]], dtype=torch.float32))[0]
+    keep = (result["labels"] == PERSON_LABEL) & (result["scores"] >= threshold)
+    return (result["scores"][keep].numpy(), result["boxes"][keep].numpy(),
+            result["keypoints"][keep].view(-1, predictor.num_keypoints, 3)[..., :2].numpy())
+
+
+def _worst_overlap(boxes) -> float:
+    from torchvision.ops import box_iou
+
+    boxes = torch.as_tensor(np.asarray(boxes), dtype=torch.float32)
+    return float(box_iou(boxes, boxes).fill_diagonal_(0).max())
+
+
+@pytest.mark.parametrize("with_nms", [False, True])
+def test_the_people_are_the_postprocessors_detections(image_and_checkpoint, shared_predictor, monkeypatch, with_nms):
+    """One decoding for the tool and for AP: the Predictor's people are the postprocessor's person detections
+    (its top num_select, its NMS, the same score threshold), best first; ``top_k`` only cuts that list."""
+    image, _ = image_and_checkpoint
+    predictor = shared_predictor
+    monkeypatch.setattr(predictor, "top_k", 1000)
+    if with_nms:  # an IoU threshold below the worst overlap, so NMS drops someone
+        before = _postprocessed_people(predictor, image, 0.0)[1]
+        monkeypatch.setattr(predictor.postprocess, "nms_iou_threshold", _worst_overlap(before) / 2)
+        assert len(_postprocessed_people(predictor, image, 0.0)[1]) < len(before)
+    everyone = _postprocessed_people(predictor, image, 0.0)[0]
+    threshold = float(np.median(everyone))  # a threshold that leaves some people out
+    monkeypatch.setattr(predictor, "score_threshold", threshold)
+    scores, boxes, keypoints = _postprocessed_people(predictor, image, threshold)
+    assert 0 < len(scores) < len(everyone)
+    people = predictor.predict(image)
+    np.testing.assert_allclose([p["score"] for p in people], scores, atol=1e-5)
+    np.testing.assert_allclose([p["box"] for p in people], boxes, atol=1e-3)
+    np.testing.assert_allclose([np.asarray(p["keypoints"])[:, :2] for p in people], keypoints, atol=1e-3)
+    assert [p["index"] for p in people] == list(range(len(people)))  # rows in the postprocessor's order
+    monkeypatch.setattr(predictor, "top_k", 2)
+    cut = predictor.predict(image)
+    assert [p["score"] for p in cut] == [p["score"] for p in people[:2]]
+    detected = predictor.detect_batch([image], threshold)[0]
+    np.testing.assert_allclose([p["score"] for p in detected], scores, atol=1e-5)
+
+
+def test_nms_drops_overlapping_people(image_and_checkpoint, shared_predictor, monkeypatch):
+    """With nms_iou_threshold > 0 no two of the Predictor's people overlap by more than it; off, some do."""
+    image, _ = image_and_checkpoint
+    monkeypatch.setattr(shared_predictor, "top_k", 1000)
+    everyone = shared_predictor.predict(image)
+    off = _worst_overlap([p["box"] for p in everyone])
+    assert off > 0
+    monkeypatch.setattr(shared_predictor.postprocess, "nms_iou_threshold", off / 2)
+    kept = shared_predictor.predict(image)
+    assert _worst_overlap([p["box"] for p in kept]) <= off / 2 and 0 < len(kept) < len(everyone)

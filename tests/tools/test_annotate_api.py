@@ -232,7 +232,7 @@ def test_effort_log_and_summary_command(annotate_assets, annotate_predictor, tmp
     summary = workspace.effort_summary()
     assert summary["images_done"] == 1 and summary["images_total"] == 3 and summary["clicks"] == 4
     assert summary["clicks_per_person"] == pytest.approx(4 / 4)
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "annotate.py"), "--summary",
+    result = subprocess.run([sys.executable, "-m", "tools.annotate", "--summary",
                              str(workspace.path)], capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 0, result.stderr
     assert "images done: 1 / 3" in result.stdout and "clicks per kept person (compare with NoC): 1.0" in result.stdout
@@ -276,7 +276,7 @@ def test_existing_coco_file_opens_for_review(annotate_assets, annotate_predictor
 
 
 def test_cli_refuses_bad_arguments(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "annotate.py"), str(tmp_path / "none")],
+    result = subprocess.run([sys.executable, "-m", "tools.annotate", str(tmp_path / "none")],
                             capture_output=True, text=True, cwd=REPO_ROOT)
     assert result.returncode == 2 and "missing --config, --checkpoint" in result.stderr
 

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def start(images: Path, config: Path, checkpoint: Path, annotations: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "annotate.py"), str(images), "--config", str(config),
+    proc = subprocess.Popen([sys.executable, "-m", "tools.annotate", str(images), "--config", str(config),
                              "--checkpoint", str(checkpoint), "--annotations", str(annotations), "--port", "0",
                              "--threshold", "0"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines = []

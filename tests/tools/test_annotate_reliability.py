@@ -205,7 +205,7 @@ def test_second_tool_on_the_same_file_refuses_naming_the_first(annotate_assets, 
         with pytest.raises(FileLockedError) as held:
             claim(annotations)
         assert held.value.owner["pid"] == os.getpid()
-        result = subprocess.run([sys.executable, str(REPO / "tools" / "annotate.py"), str(annotate_assets["images"]),
+        result = subprocess.run([sys.executable, "-m", "tools.annotate", str(annotate_assets["images"]),
                                  "--config", ANNOTATE_CONFIG, "--checkpoint", str(annotate_assets["checkpoint"]),
                                  "--annotations", str(annotations)], capture_output=True, text=True, cwd=REPO,
                                 timeout=300)

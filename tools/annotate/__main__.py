@@ -1,4 +1,4 @@
-"""``python -m tools.annotate ...`` (same as ``python tools/annotate.py ...``)."""
+"""``python -m tools.annotate ...``: the annotation tool (see tools/annotate/cli.py), run from the repository root."""
 import sys
 
 from tools.annotate.cli import main

@@ -1,7 +1,7 @@
 """Command line of the annotation tool.
 
-    python tools/annotate.py IMAGES --config CFG --checkpoint CKPT [--annotations FILE.json] [--port N]
-    python tools/annotate.py --summary FILE.json      # the effort log of an annotation file
+    python -m tools.annotate IMAGES --config CFG --checkpoint CKPT [--annotations FILE.json] [--port N]
+    python -m tools.annotate --summary FILE.json      # the effort log of an annotation file
 
 Serves the page on 127.0.0.1 only and prints its URL. Every change is saved at once to the annotation file
 (default: IMAGES_keypoints.json beside the folder); starting again on the same file resumes where you were, and
@@ -19,7 +19,8 @@ from typing import Optional
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.annotate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="?", help="folder of images (searched recursively)")
     parser.add_argument("--config", help="model config file (e.g. config/clickpose.cfg.py)")
     parser.add_argument("--checkpoint", help="trained weights (.pth)")

@@ -21,9 +21,9 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 from PIL import Image
 
-from models.pose_session import PoseSession
 from models.predictor import IMAGE_SUFFIXES, Predictor, UnreadableImageError, image_size, list_images
 from tools.annotate import effort, store
+from tools.annotate.session import PoseSession, open_session
 from util.files import atomic_write_text
 
 STATUSES = ("todo", "in_progress", "done")
@@ -187,7 +187,7 @@ class Workspace:
             record = self.records.get(name)
             saved = record.get("people") if record else None
             try:
-                self.sessions[name] = self.predictor.open(self.paths[name], saved)
+                self.sessions[name] = open_session(self.predictor, self.paths[name], saved)
             except (OSError, Image.DecompressionBombError) as exc:  # e.g. a truncated JPEG: its header was fine
                 raise self._unusable(name, f"cannot decode image {name}: {exc.__cause__ or exc}") from exc
             if record is None:

@@ -1,65 +1,52 @@
 """One image's interactive annotation state: its people, the user's clicks and flags, and undo/redo.
 
-A :class:`PoseSession` is opened by :meth:`models.predictor.Predictor.open`. Every edit replaces the session's
-:class:`Poses` with a new value (tensors are never changed in place), so undo/redo are stacks of earlier values.
-People keep their row ('index') for the whole session: deleting a person only flags it, so undo restores it and
-indices sent by a client stay valid. Coordinates in and out are pixels of the original image.
+:func:`open_session` opens a :class:`PoseSession` over a :class:`models.predictor.Predictor` (which makes the model
+calls and caches the image's encoder state). Every edit replaces the session's :class:`Poses` with a new value
+(tensors are never changed in place), so undo/redo are stacks of earlier values. People keep their row ('index')
+for the whole session: deleting a person only flags it, so undo restores it and indices sent by a client stay valid.
+Coordinates in and out are pixels of the original image.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
 import torch
 from torch import Tensor
 
-from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
+from models.predictor import People, Prediction, check_keypoint, check_person, check_point, people_dicts
+from util.box_ops import box_xyxy_to_cxcywh
 
 COCO_VISIBILITY = (0, 1, 2)  # not labelled, labelled but occluded, labelled and visible
 SOURCES = ("model", "user", "file")  # who proposed the person: the model, a box drawn by the user, a loaded file
 MAX_UNDO = 200
 
 
-class Predictor(Protocol):
-    """What a session needs of :class:`models.predictor.Predictor` (named here, so neither module imports the other)."""
+class PosePredictor(Protocol):
+    """What a session needs of :class:`models.predictor.Predictor`."""
 
     metadata: Any
+    num_keypoints: int
 
-    def run_refinement(self, session: "PoseSession", rows: Sequence[int], clicks: Sequence[Sequence[float]]
-                       ) -> dict: ...
+    def prediction(self, image: Any) -> Prediction: ...
 
-    def propose_person(self, session: "PoseSession", box: Tensor) -> "Poses": ...
+    def hold(self, holder: Any) -> None: ...
+
+    def refine_people(self, holder: Any, people: "Poses", size: tuple[int, int],
+                      clicks: Sequence[tuple[int, int, float, float]], rows: Optional[Sequence[int]] = None
+                      ) -> "Poses": ...
+
+    def propose_person(self, holder: Any, box: Tensor, size: tuple[int, int]) -> People: ...
 
 
-@dataclass(frozen=True)
-class Poses:
-    """Everyone in one image (R rows, K keypoints), normalised to [0, 1] by the image size."""
+@dataclass(frozen=True, kw_only=True)
+class Poses(People):
+    """Everyone in one image with the annotation's flags (R rows, K keypoints), normalised to [0, 1]."""
 
-    boxes: Tensor  # (R, 4) cx, cy, w, h
-    keypoints: Tensor  # (R, K, 2) x, y
-    scores: Tensor  # (R,) person score (the model's, or 1 for people loaded from a file)
-    confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (see keypoint_confidence)
-    pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
     visibility: Tensor  # (R, K) long, COCO flags 0/1/2
     deleted: Tensor  # (R,) bool
     touched: Tensor  # (R,) bool: edited by the user, kept whatever the score threshold
     sources: tuple[str, ...] = field(default=())
-
-    @property
-    def num_people(self) -> int:
-        return self.boxes.shape[0]
-
-    def rows(self, index: Tensor | Sequence[int], **changes: Tensor) -> "Poses":
-        """A copy with rows ``index`` of the named fields replaced by ``changes`` (out of place)."""
-        index = torch.as_tensor(index, dtype=torch.long)
-        updated = {}
-        for name, value in changes.items():
-            current = getattr(self, name).clone()
-            current[index] = value.to(current.dtype)
-            updated[name] = current
-        return replace(self, **updated)
 
     def append(self, other: "Poses") -> "Poses":
         tensors = {name: torch.cat((getattr(self, name), getattr(other, name))) for name in TENSOR_FIELDS}
@@ -69,37 +56,35 @@ class Poses:
 TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched")
 
 
-def new_poses(boxes: Tensor, keypoints: Tensor, scores: Tensor, confidence: Tensor, source: str,
-              pinned: Optional[Tensor] = None, visibility: Optional[Tensor] = None) -> Poses:
-    """Poses of R new people: every keypoint visible (2) and unpinned unless given."""
-    rows, num_keypoints = keypoints.shape[:2]
-    flags = torch.zeros(rows, dtype=torch.bool, device=boxes.device)
-    return Poses(boxes=boxes, keypoints=keypoints, scores=scores, confidence=confidence,
-                 pinned=pinned if pinned is not None else torch.zeros(rows, num_keypoints, dtype=torch.bool,
-                                                                        device=boxes.device),
+def new_poses(people: People, source: str, visibility: Optional[Tensor] = None) -> Poses:
+    """Poses of the model's R new people: every keypoint visible (2) unless given; touched unless the model's."""
+    rows, num_keypoints = people.keypoints.shape[:2]
+    flags = torch.zeros(rows, dtype=torch.bool, device=people.boxes.device)
+    return Poses(boxes=people.boxes, keypoints=people.keypoints, scores=people.scores, confidence=people.confidence,
+                 pinned=people.pinned,
                  visibility=visibility if visibility is not None else torch.full(
-                     (rows, num_keypoints), 2, dtype=torch.long, device=boxes.device),
+                     (rows, num_keypoints), 2, dtype=torch.long, device=people.boxes.device),
                  deleted=flags, touched=flags if source == "model" else ~flags, sources=(source,) * rows)
 
 
-def keypoint_confidence(before: Tensor, after: Tensor, boxes: Tensor, sigmas: Tensor, size: tuple[int, int]) -> Tensor:
-    """How much the model agrees with itself about each keypoint, in [0, 1].
-
-    The model has no keypoint-confidence head (its visibility slot is a constant), so confidence is the OKS term
-    ``exp(-d^2 / (2 s^2 (2 sigma)^2))`` between two successive estimates of the keypoint (the last two refinement
-    layers, or the refinement's input and output when it has one layer), with s^2 the box area in pixels: a
-    keypoint the model keeps moving is one it is unsure about. before/after: (..., K, 2) in [0, 1]; boxes (..., 4).
-    """
-    scale = torch.tensor(size, dtype=before.dtype, device=before.device)
-    squared = (((after - before) * scale) ** 2).sum(-1)
-    area = (boxes[..., 2] * boxes[..., 3] * scale.prod()).clamp(min=1.0)[..., None]
-    return torch.exp(-squared / (2 * area * (2 * sigmas) ** 2))
+def open_session(predictor: PosePredictor, image: Any, people: Optional[Sequence[dict[str, Any]]] = None
+                 ) -> "PoseSession":
+    """A new session on ``image``: the model's people, or ``people`` as saved by ``PoseSession.to_record``
+    (resuming earlier work: the model only encodes the image). A prefetched prediction is picked up."""
+    prediction = predictor.prediction(image)
+    poses = new_poses(prediction.people, "model")
+    if people is not None:
+        poses = PoseSession.poses_from_record(people, prediction.size, predictor.num_keypoints)
+    session = PoseSession(predictor, image, prediction.size, poses, prediction.state)
+    predictor.hold(session)
+    return session
 
 
 class PoseSession:
     """One image's people and the user's edits on them; see the module docstring."""
 
-    def __init__(self, predictor: "Predictor", image: Any, size: tuple[int, int], poses: Poses, state: Any = None):
+    def __init__(self, predictor: PosePredictor, image: Any, size: tuple[int, int], poses: Poses,
+                 state: Any = None):
         self.predictor = predictor
         self.image = image  # what to re-encode from when the cached encoder state was dropped
         self.size = size  # (width, height) of the original image
@@ -126,51 +111,29 @@ class PoseSession:
     def can_redo(self) -> bool:
         return bool(self._redo)
 
-    def _scale(self) -> Tensor:
-        return torch.tensor(self.size, dtype=torch.float32, device=self.poses.boxes.device)
-
     def people(self, score_threshold: float = 0.0, include_deleted: bool = False) -> list[dict[str, Any]]:
         """People in pixels, best score first: 'index', 'score', 'box' (x0, y0, x1, y1), 'keypoints' (K, 3) as
-        (x, y, confidence), 'confidence', 'visibility' (COCO 0/1/2), 'pinned', 'source', 'touched', 'deleted'.
+        (x, y, confidence), 'confidence', 'pinned', 'visibility' (COCO 0/1/2), 'source', 'touched', 'deleted'.
         People below ``score_threshold`` are left out unless the user touched them."""
-        poses, scale = self.poses, self._scale()
-        boxes = (box_cxcywh_to_xyxy(poses.boxes) * scale.repeat(2)).tolist()
-        keypoints = torch.cat((poses.keypoints * scale, poses.confidence[..., None]), -1).tolist()
-        # one conversion per field, not one per person and field
-        scores, touched, deleted = poses.scores.tolist(), poses.touched.tolist(), poses.deleted.tolist()
-        confidence, visibility = poses.confidence.tolist(), poses.visibility.tolist()
-        pinned = poses.pinned.tolist()
-        people = []
-        for i in range(poses.num_people):
-            if (deleted[i] and not include_deleted) or (scores[i] < score_threshold and not touched[i]):
-                continue
-            people.append({"index": i, "score": scores[i], "box": boxes[i], "keypoints": keypoints[i],
-                           "confidence": confidence[i], "visibility": visibility[i], "pinned": pinned[i],
-                           "source": poses.sources[i], "touched": touched[i], "deleted": deleted[i]})
-        return sorted(people, key=lambda p: -p["score"])
+        poses = self.poses
+        touched, deleted = poses.touched.tolist(), poses.deleted.tolist()
+        fields = {"visibility": poses.visibility.tolist(), "source": list(poses.sources), "touched": touched,
+                  "deleted": deleted}
+        shown = None if include_deleted else [not d for d in deleted]
+        return people_dicts(poses, self.size, score_threshold, fields, shown=shown, kept=touched)
 
     # ---- checks ----------------------------------------------------------------------------------------------
     def _person(self, person: Any) -> int:
-        count = self.poses.num_people
-        if isinstance(person, bool) or not isinstance(person, numbers.Integral) or not 0 <= person < count:
-            raise ValueError(f"person {person!r} does not exist: people are numbered 0..{count - 1} ('index')")
+        person = check_person(person, self.poses.num_people)
         if bool(self.poses.deleted[person]):
             raise ValueError(f"person {person} was deleted (undo restores it)")
-        return int(person)
+        return person
 
     def _keypoint(self, keypoint: Any) -> int:
-        count = self.poses.keypoints.shape[1]
-        if isinstance(keypoint, bool) or not isinstance(keypoint, numbers.Integral) or not 0 <= keypoint < count:
-            raise ValueError(f"keypoint {keypoint!r} does not exist: keypoints are numbered 0..{count - 1}")
-        return int(keypoint)
+        return check_keypoint(keypoint, self.poses.keypoints.shape[1])
 
     def _point(self, x: Any, y: Any) -> tuple[float, float]:
-        width, height = self.size
-        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in (x, y)):
-            raise ValueError(f"a position needs finite numbers x, y (pixels), got {x!r}, {y!r}")
-        if not (0 <= x <= width and 0 <= y <= height):
-            raise ValueError(f"position ({x}, {y}) is outside the {width}x{height} image")
-        return float(x), float(y)
+        return check_point(x, y, self.size)
 
     def _commit(self, poses: Poses) -> None:
         self._undo = (self._undo + [self.poses])[-MAX_UNDO:]
@@ -192,10 +155,7 @@ class PoseSession:
         poses = self.poses
         clicked_people = sorted({p for p, _, _, _ in given})
         rows = clicked_people if only_clicked else [i for i in range(poses.num_people) if not poses.deleted[i]]
-        local = {row: n for n, row in enumerate(rows)}
-        width, height = self.size
-        click_rows = [[local[p], k, x / width, y / height] for p, k, x, y in given]
-        result = self.predictor.run_refinement(self, rows, click_rows)
+        updated = self.predictor.refine_people(self, poses, self.size, given, rows)
         clicked = torch.zeros_like(poses.pinned)
         for p, k, _, _ in given:
             clicked[p, k] = True
@@ -204,8 +164,6 @@ class PoseSession:
                                  poses.visibility)
         touched = poses.touched.clone()
         touched[clicked_people] = True
-        updated = poses.rows(rows, boxes=result["boxes"], keypoints=result["keypoints"],
-                             confidence=result["confidence"], pinned=result["pinned"])
         self._commit(replace(updated, visibility=visibility, touched=touched))
         return self.people()
 
@@ -222,7 +180,7 @@ class PoseSession:
             raise ValueError(f"the box {list(box)} is too small: draw it around the whole person (>= 2 pixels)")
         width, height = self.size
         norm = torch.tensor([[x0 / width, y0 / height, x1 / width, y1 / height]], device=self.poses.boxes.device)
-        added = self.predictor.propose_person(self, box_xyxy_to_cxcywh(norm))
+        added = new_poses(self.predictor.propose_person(self, box_xyxy_to_cxcywh(norm), self.size), "user")
         self._commit(self.poses.append(added))
         return self.poses.num_people - 1
 
@@ -272,8 +230,9 @@ class PoseSession:
         scale = torch.tensor(size, dtype=torch.float32)
         count = len(people)
         if count == 0:
-            return new_poses(torch.zeros(0, 4), torch.zeros(0, num_keypoints, 2), torch.zeros(0),
-                             torch.zeros(0, num_keypoints), "model")
+            return new_poses(People(torch.zeros(0, 4), torch.zeros(0, num_keypoints, 2), torch.zeros(0),
+                                    torch.zeros(0, num_keypoints), torch.zeros(0, num_keypoints, dtype=torch.bool)),
+                             "model")
         keypoints = torch.tensor([[kp[:2] for kp in p["keypoints"]] for p in people], dtype=torch.float32)
         if keypoints.shape[1:] != (num_keypoints, 2):
             raise ValueError(f"saved people have {keypoints.shape[1]} keypoints, the model {num_keypoints}")
