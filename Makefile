@@ -4,13 +4,14 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ops test demo clean-venv env gpu-check browser annotate
+.PHONY: venv ops test test-fast demo clean-venv env gpu-check browser annotate
 
 venv: $(STAMP)
 
 # (Re)install when the requirements change. The project itself is not installed: it runs from this checkout
-# (targets run from the repository root; pytest.ini sets the path), so nothing named models/datasets/util/tools
-# lands in site-packages. The kernel is built in place by `make ops` (setup.py can install it: see README).
+# (targets run from the repository root, the tools as `python -m tools.X`; pytest.ini sets the path), so nothing
+# named models/datasets/util/tools lands in site-packages. The kernel is built in place by `make ops` (setup.py can
+# install it: see README).
 # A new environment first checks the disk (about 6.2 GB at pip's peak) so that a full disk fails at once, saying so.
 # No pip cache: it would hold a second copy of the multi-GB wheels.
 $(STAMP): requirements.txt
@@ -26,6 +27,11 @@ ops: $(STAMP)
 test: ops browser
 	$(PY) -m pytest -q
 
+# The suite without the tests marked slow (end-to-end training, distributed and benchmark runs), and without
+# building the kernel or installing the browser first (the tests that need them skip, saying why).
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 # Headless Chromium + chromedriver from Debian's packages for the annotation tool's browser test. Without apt or
 # root this only warns, and that test skips saying why.
 browser:
@@ -39,7 +45,7 @@ browser:
 # The demo runs without the compiled kernel too (pure-PyTorch path, slower): a failed build only warns here.
 demo: $(STAMP)
 	$(MAKE) --no-print-directory ops || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
-	$(PY) tools/demo.py --out demo_output --data data_synthetic $(DEMO_ARGS)
+	$(PY) -m tools.demo --out demo_output --data data_synthetic $(DEMO_ARGS)
 
 # The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first). The
 # minutes-trained model scores its people about 0.2-0.4, so the initial score threshold is 0.2 (a slider in the page).
@@ -47,18 +53,18 @@ ANNOTATE_PORT ?= 8765
 annotate: $(STAMP)
 	@test -f demo_output/train/checkpoint.pth && test -d data_synthetic/images/val2017 || \
 		{ echo "make annotate needs the demo's trained model: run 'make demo' first (it writes demo_output/train/checkpoint.pth and data_synthetic/)"; exit 1; }
-	$(PY) tools/annotate.py data_synthetic/images/val2017 --config config/demo.cfg.py \
+	$(PY) -m tools.annotate data_synthetic/images/val2017 --config config/demo.cfg.py \
 		--checkpoint demo_output/train/checkpoint.pth --annotations demo_output/annotations_val2017.json --port $(ANNOTATE_PORT) \
 		--threshold 0.2
 
 env: $(STAMP)
-	$(PY) tools/env_report.py
+	$(PY) -m tools.env_report
 
 # GPU readiness (a few minutes on a GPU; small CPU version without one): builds the CUDA kernel, runs the CUDA tests,
 # measures; report in gpu_check/report.md (+ report.json, logs/). Extra flags: make gpu-check GPU_CHECK_ARGS="--budget 600"
 GPU_CHECK_ARGS ?=
 gpu-check: $(STAMP)
-	$(PY) tools/gpu_check.py --out gpu_check $(GPU_CHECK_ARGS)
+	$(PY) -m tools.gpu_check --out gpu_check $(GPU_CHECK_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

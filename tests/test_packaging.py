@@ -92,8 +92,8 @@ def assert_only_the_kernel_is_installed(scratch: dict) -> None:
                  "print(datasets.__file__); print(m.__file__ if m else why)",
                  cwd=checkout).stdout.splitlines()
     assert inside[0] == str(checkout / "datasets" / "__init__.py") and inside[1].startswith(str(site))
-    # A tool run by path from elsewhere finds the project through its own location, not through site-packages.
-    report = run(python, str(checkout / "tools" / "env_report.py"), cwd=scratch["tmp"]).stdout
+    # A tool run as a module from the checkout uses the installed kernel, not a copy of the project in site-packages.
+    report = run(python, "-m", "tools.env_report", cwd=checkout).stdout
     assert "deformable attention backends: pytorch, cpu" in report
 
 

@@ -21,19 +21,18 @@ Predictor's transform keeps at that size when it is 800x1333 (the original gets 
 processes (both have packages called ``models`` and ``util``). ``--device cuda`` times ours on the GPU (the
 original stays on the CPU: its CUDA path needs its compiled kernel).
 
-    python tools/benchmark_click.py --original /path/to/Click-Pose [--size 800 1333] [--clicks 10] [--device cuda]
+    python -m tools.benchmark_click --original /path/to/Click-Pose [--size 800 1333] [--clicks 10] [--device cuda]
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools import harness
+from tools.harness import REPO
+
 OURS_PHASES = ("predict", "correct", "correct_all", "refine_cached", "refine_uncached", "refine_one_cached",
                "refine_one_uncached")
 ORIGINAL_PHASES = ("original_click", "original_two_clicks")
@@ -45,24 +44,14 @@ def _image(height: int, width: int):
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def _sync(device: str) -> None:
+def _sync(device: str):
+    """A CUDA synchronize for ``harness.timed`` on a GPU, else None."""
     import torch
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _timed(function, device: str) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this process over all its threads) of one call."""
-    _sync(device)
-    start, start_cpu = time.perf_counter(), time.process_time()
-    function()
-    _sync(device)
-    return time.perf_counter() - start, time.process_time() - start_cpu
+    return torch.cuda.synchronize if device.startswith("cuda") else None
 
 
 def _ours(spec: dict):
     """Commands of our worker: each runs one timed call and returns its seconds."""
-    sys.path.insert(0, str(REPO))
     import numpy as np
     import torch
     from PIL import Image
@@ -123,7 +112,6 @@ def _original(spec: dict):
 
     import torch
 
-    sys.path.insert(0, str(REPO))
     from tools.benchmark_train import import_original
 
     clickpose_module, args = import_original(spec["root"])
@@ -165,36 +153,18 @@ def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     commands, info = (_original if spec["kind"] == "original" else _ours)(spec)
-    print("ready " + json.dumps(info), flush=True)
-    device = spec.get("device", "cpu")
-    for line in sys.stdin:
-        print(json.dumps(_timed(commands[line.strip()], device)), flush=True)
+    sync = _sync(spec.get("device", "cpu"))
+    harness.serve(lambda name: harness.timed(commands[name], sync), info)
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def _spawn(spec: dict) -> tuple[subprocess.Popen, dict]:
-    process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, cwd=REPO)
-    line = process.stdout.readline().strip()
-    if not line.startswith("ready"):
-        process.kill()
-        raise RuntimeError(f"benchmark worker '{spec['kind']}' failed to start (see its traceback above)")
-    return process, json.loads(line[len("ready"):])
+def _spawn(spec: dict) -> harness.Worker:
+    return harness.Worker("tools.benchmark_click", spec, threads=spec["threads"], name=spec["kind"])
 
 
-def _ask(process: subprocess.Popen, command: str) -> tuple[float, float]:
-    process.stdin.write(command + "\n")
-    process.stdin.flush()
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError(f"a benchmark worker stopped during '{command}' (see its traceback above)")
-    wall, cpu = json.loads(line)
-    return wall, cpu
-
-
-def summarise(times: dict[str, list[float]]) -> dict[str, float]:
+def summarise(times: dict[str, list[float]]) -> dict:
     """Medians (ms) per phase, the original's per-round estimate and the target ratios."""
-    ms = {phase: statistics.median(values) * 1000 for phase, values in times.items() if values}
+    ms = harness.medians(times, 1000)
     if "original_click" in ms and "original_two_clicks" in ms:
         ms["original_round"] = ms["original_two_clicks"] - ms["original_click"]
     ratios = {}
@@ -244,23 +214,24 @@ def run(args: argparse.Namespace) -> dict:
     times: dict[str, list[float]] = {phase: [] for phase in phases}
     cpu_times: dict[str, list[float]] = {phase: [] for phase in phases}
     try:
-        workers["ours"], infos["ours"] = _spawn(ours_spec)
+        workers["ours"] = _spawn(ours_spec)
+        infos["ours"] = workers["ours"].info
         if original is not None:  # the original gets the tensor size our transform made of the image
             spec = {**common, "kind": "original", "root": str(original), "size": infos["ours"]["input"]}
-            workers["original"], infos["original"] = _spawn(spec)
+            workers["original"] = _spawn(spec)
+            infos["original"] = workers["original"].info
         for phase in times:  # one untimed call each
-            _ask(workers["original" if phase.startswith("original") else "ours"], phase)
+            workers["original" if phase.startswith("original") else "ours"].ask(phase)
         for index in range(max(args.clicks, args.predicts)):
             for phase in times:
                 if phase == "predict" and index >= args.predicts:
                     continue
-                wall, cpu = _ask(workers["original" if phase.startswith("original") else "ours"], phase)
+                wall, cpu = workers["original" if phase.startswith("original") else "ours"].ask(phase)
                 times[phase].append(wall)
                 cpu_times[phase].append(cpu)
     finally:
-        for process in workers.values():
-            process.stdin.close()
-            process.wait()
+        for worker_process in workers.values():
+            worker_process.close()
     cpu = summarise(cpu_times)
     return {"times": times, "cpu_times": cpu_times, "info": infos, **summarise(times),
             "cpu_median_ms": cpu["median_ms"], "cpu_ratios": cpu["ratios"]}

@@ -15,7 +15,7 @@ compiled attention replaced by its pure-PyTorch function (no compiled op on CPU)
 weights never reach an AP threshold, so every NoC run makes all 17 clicks on every image: the original's worst
 case (a trained model stops earlier; see docs/benchmarks.md for the scaling).
 
-    python tools/benchmark_interactive.py --original /path/to/Click-Pose --coco ../shared/data/coco \
+    python -m tools.benchmark_interactive --original /path/to/Click-Pose --coco ../shared/data/coco \
         [--images 2] [--short-side 320] [--ap-runs 1 9 17]
 """
 from __future__ import annotations
@@ -27,13 +27,14 @@ import io
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools import harness
+from tools.harness import REPO
+
 GT_RELATIVE = "annotations/person_keypoints_val2017.json"
 
 
@@ -46,7 +47,6 @@ def _our_args(coco_root: str, short_side: int, max_size: int) -> argparse.Namesp
 
 def prepare(coco_root: str, num_images: int, short_side: int, max_size: int, out: Path) -> None:
     """Save the preprocessed images, targets and one set of random weights that both sides use."""
-    sys.path.insert(0, str(REPO))
     import torch
     from datasets import build_dataset, get_metadata
     from models import build_model
@@ -60,7 +60,6 @@ def prepare(coco_root: str, num_images: int, short_side: int, max_size: int, out
 
 # ---------------------------------------------------------------------------------------------- workers
 def _ours(spec: dict) -> dict:
-    sys.path.insert(0, str(REPO))
     import copy
 
     import torch
@@ -110,7 +109,7 @@ def _patch_original_imports(root: str) -> None:
     for name in ("resnet50", "resnet101"):
         builder = getattr(torchvision.models, name)
         setattr(torchvision.models, name, lambda *a, _b=builder, pretrained=False, **k: _b(*a, weights=None, **k))
-    sys.path.insert(0, root)
+    harness.prefer_checkout(root)
     from models.clickpose.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
     from models.clickpose.ops.modules import ms_deform_attn
 
@@ -176,24 +175,18 @@ def _original(spec: dict) -> dict:
     return {"noc": noc, "ap_runs": ap_runs}
 
 
-def worker(spec_path: str) -> None:
+def worker(spec: dict) -> None:
     import torch
-    spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
-    result = _original(spec) if spec["kind"] == "original" else _ours(spec)
-    print("RESULT " + json.dumps(result), flush=True)
+    harness.emit(_original(spec) if spec["kind"] == "original" else _ours(spec))
 
 
-def _run_worker(spec: dict, tmp: Path) -> dict:
-    path = tmp / f"{spec['kind']}.json"
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
-    done = subprocess.run([sys.executable, __file__, "--worker", str(path)], capture_output=True, text=True, env=env)
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode != 0 or not lines:
-        raise SystemExit(f"{spec['kind']} worker failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+def _run_worker(spec: dict) -> dict:
+    try:
+        return harness.run_worker("tools.benchmark_interactive", spec, threads=spec["threads"])
+    except RuntimeError as error:
+        raise SystemExit(f"{spec['kind']} {error}")
 
 
 def _original_total(orig: dict, max_clicks: int, key: str = "seconds") -> tuple[float, float, float]:
@@ -211,7 +204,7 @@ def _original_total(orig: dict, max_clicks: int, key: str = "seconds") -> tuple[
     return noc_s, ap_s, noc_s + ap_s
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--original", help="root of the original Click-Pose code")
@@ -223,13 +216,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed passes of ours (median reported)")
     parser.add_argument("--ap-runs", type=int, nargs="+", default=list(range(1, 18)),
                         help="the original's AP-after-k runs timed (others interpolated linearly in k)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
-        worker(args.worker)
+        worker(json.loads(args.worker))
         return
     if not args.original:
         parser.error("--original is required (the original Click-Pose checkout)")
-    sys.path.insert(0, str(REPO))
     from datasets.metadata import COCO_KEYPOINTS
     from util.config import Config
     from util.noc import resolve_max_clicks
@@ -240,9 +232,9 @@ def main() -> None:
         prepare(args.coco, args.images, args.short_side, args.max_size, inputs)
         common = {"inputs": str(inputs), "coco": str(Path(args.coco).resolve()), "threads": args.threads,
                   "short_side": args.short_side, "max_size": args.max_size, "thresholds": list(cfg.noc_thresholds)}
-        ours = _run_worker({**common, "kind": "ours", "repeats": args.repeats}, tmp)
+        ours = _run_worker({**common, "kind": "ours", "repeats": args.repeats})
         orig = _run_worker({**common, "kind": "original", "root": str(Path(args.original).resolve()),
-                            "ap_runs": args.ap_runs}, tmp)
+                            "ap_runs": args.ap_runs})
     print(f"{args.images} COCO val images, short side {args.short_side}, R50 (same random weights), "
           f"{args.threads} threads; wall time depends on other jobs, process CPU time much less")
     print(f"ours, one pass (model + 17 rounds + NoC@all + AP@0..17 + full evaluator + report): clicks {ours['noc']}")

@@ -11,8 +11,8 @@ Baselines:
 - otherwise: this implementation with ``msda_backend='pytorch'`` and full masked self-attention in the keypoint
   layers (i.e. without the compiled op and without grouped attention).
 
-    python tools/benchmark_model.py --size 512 640 --runs 7 [--reference-root /path/to/Click-Pose]
-    python tools/benchmark_model.py --backbone swin_T_224_1k ...     # any backbone name, e.g. the Swin rows
+    python -m tools.benchmark_model --size 512 640 --runs 7 [--reference-root /path/to/Click-Pose]
+    python -m tools.benchmark_model --backbone swin_T_224_1k ...     # any backbone name, e.g. the Swin rows
 
 ``--checkpoint-memory`` instead measures one training step (forward with targets, criterion, backward) with and
 without ``use_checkpoint`` (activation checkpointing of the backbone stages), each in a fresh process: the peak
@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools import harness
+from tools.harness import REPO
 
 
 # ---------------------------------------------------------------------------------------------- workers
@@ -58,7 +58,6 @@ def _inputs(height: int, width: int):
 
 
 def _ours_forward(height: int, width: int, backend: str | None, grouped: bool, backbone: str | None = None):
-    sys.path.insert(0, str(REPO))
     import torch
     from models.clickpose import decoder as decoder_module
     from datasets.metadata import default_metadata_for_num_keypoints
@@ -96,9 +95,13 @@ def _reference_forward(height: int, width: int, root: str, backbone: str | None 
 
     import torch
     import torchvision
-    sys.path.insert(0, root)
-    sys.path.insert(1, str(REPO / "models" / "clickpose" / "ops"))
-    from reference import ms_deform_attn_reference  # our pure-PyTorch op, loaded as a plain module
+    # our pure-PyTorch op, loaded from its file: in this process ``models`` is the original's package
+    loader = importlib.util.spec_from_file_location("clickpose_msda_reference",
+                                                    REPO / "models" / "clickpose" / "ops" / "reference.py")
+    reference = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(reference)
+    ms_deform_attn_reference = reference.ms_deform_attn_reference
+    harness.prefer_checkout(root)
 
     shim = types.ModuleType("MultiScaleDeformableAttention")
     shim.ms_deform_attn_forward = lambda value, shapes, starts, locations, weights, step: \
@@ -136,7 +139,6 @@ def _training_step_memory(spec: dict) -> dict:
     import resource
 
     import torch
-    sys.path.insert(0, str(REPO))
     from datasets.metadata import default_metadata_for_num_keypoints
     from models import build_model
     from tools.benchmark_train import make_inputs
@@ -171,11 +173,7 @@ def checkpoint_memory(args: argparse.Namespace) -> None:
     for use_checkpoint in (False, True):
         spec = {"kind": "train_memory", "threads": args.threads, "size": args.size, "batch": args.batch,
                 "backbone": args.backbone, "use_checkpoint": use_checkpoint, "device": args.device}
-        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
-                              text=True, cwd=REPO)
-        if done.returncode != 0:
-            raise RuntimeError(f"training-memory worker failed:\n{done.stderr[-3000:]}")
-        results[use_checkpoint] = json.loads(done.stdout.strip().splitlines()[-1])
+        results[use_checkpoint] = harness.run_worker("tools.benchmark_model", spec, threads=args.threads)
     off, on = results[False], results[True]
     what = "peak CUDA allocation" if args.device.startswith("cuda") else "peak process RSS"
     print(f"one training step, {args.backbone or 'config backbone'}, batch {args.batch} of "
@@ -191,39 +189,31 @@ def worker(spec: dict) -> None:
     torch.set_num_threads(spec["threads"])
     height, width = spec["size"]
     if spec["kind"] == "train_memory":
-        print(json.dumps(_training_step_memory(spec)), flush=True)
+        harness.emit(_training_step_memory(spec))
         return
-    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the protocol (the original prints on build)
+    with contextlib.redirect_stdout(sys.stderr):  # the original prints on build: keep it off the protocol
         if spec["kind"] == "reference":
             forward = _reference_forward(height, width, spec["root"], spec.get("backbone"))
         else:
             forward = _ours_forward(height, width, spec.get("backend"), spec.get("grouped", True),
                                     spec.get("backbone"))
         forward()  # warm-up
-    print("ready", flush=True)
-    for _ in sys.stdin:
-        start = time.perf_counter()
-        forward()
-        print(time.perf_counter() - start, flush=True)
+    harness.serve(lambda _request: harness.timed(forward)[0])
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def _spawn(spec: dict) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, cwd=REPO)
-    line = process.stdout.readline()
-    if line.strip() != "ready":
-        raise RuntimeError(f"benchmark worker {spec['kind']} failed to start (see its traceback above)")
-    return process
+def _spawn(spec: dict) -> harness.Worker:
+    return harness.Worker("tools.benchmark_model", spec, threads=spec["threads"], name=spec["kind"])
 
 
-def _time_once(process: subprocess.Popen) -> float:
-    process.stdin.write("go\n")
-    process.stdin.flush()
-    return float(process.stdout.readline())
+def summarise(times: dict[str, list[float]]) -> dict:
+    """Median seconds of each side, the ratio of the medians and the median of the interleaved pairs' ratios."""
+    med = harness.medians(times)
+    return {"median_s": med, "ratio": med["ours"] / med["baseline"],
+            "paired_ratio": harness.paired_ratio(times["ours"], times["baseline"])}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, nargs=2, default=[512, 640], metavar=("H", "W"))
     parser.add_argument("--runs", type=int, default=7)
@@ -236,7 +226,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="images per training step (--checkpoint-memory)")
     parser.add_argument("--device", default="cpu", help="device of the training step (--checkpoint-memory)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
         return
@@ -251,23 +241,25 @@ def main() -> None:
     else:
         baseline = {**common, "kind": "ours", "backend": "pytorch", "grouped": False}
         baseline_name = "ours, pure-PyTorch MSDA, masked keypoint attention"
-    workers = {"ours": _spawn(ours), "baseline": _spawn(baseline)}
+    workers: dict[str, harness.Worker] = {}
     times: dict[str, list[float]] = {"ours": [], "baseline": []}
-    for _ in range(args.runs):
-        for name, process in workers.items():
-            times[name].append(_time_once(process))
-    for process in workers.values():
-        process.stdin.close()
-        process.wait()
-    med = {name: statistics.median(values) for name, values in times.items()}
+    try:
+        workers["ours"], workers["baseline"] = _spawn(ours), _spawn(baseline)
+        for _ in range(args.runs):
+            for name, worker_process in workers.items():
+                times[name].append(worker_process.ask("go"))
+    finally:
+        for worker_process in workers.values():
+            worker_process.close()
+    result = summarise(times)
+    med = result["median_s"]
     print(f"model-only eval forward ({args.backbone or 'resnet50'}), CPU, {args.threads} threads, 1 image "
           f"{args.size[0]}x{args.size[1]}, "
           f"median of {args.runs} interleaved runs")
     print(f"  ours ({args.backend or 'auto'} MSDA): {med['ours']:.3f} s   {['%.2f' % t for t in times['ours']]}")
     print(f"  baseline [{baseline_name}]: {med['baseline']:.3f} s   {['%.2f' % t for t in times['baseline']]}")
-    pair_ratio = statistics.median(o / b for o, b in zip(times["ours"], times["baseline"]))
-    print(f"  ratio ours / baseline: {med['ours'] / med['baseline']:.3f} (of medians), "
-          f"{pair_ratio:.3f} (median of the interleaved pairs' ratios)")
+    print(f"  ratio ours / baseline: {result['ratio']:.3f} (of medians), "
+          f"{result['paired_ratio']:.3f} (median of the interleaved pairs' ratios)")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@ decoder (900 queries per image, 1800 with the denoising/feedback groups), 8 head
 memory of forward+backward (CUDA: max allocated; CPU: peak resident-set growth, measured in a fresh process per
 backend). Backends alternate within each repetition; ratios are against the pure-PyTorch path of the same run.
 
-    python tools/benchmark_msda.py                      # CPU, few repetitions (a couple of minutes on 2 cores)
-    python tools/benchmark_msda.py --device cuda --reps 20
+    python -m tools.benchmark_msda                      # CPU, few repetitions (a couple of minutes on 2 cores)
+    python -m tools.benchmark_msda --device cuda --reps 20
 If the original Deformable-DETR extension (module `MultiScaleDeformableAttention`) is importable, it is timed too
 as backend 'original' (CUDA only).
 """
@@ -15,17 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from models.clickpose.ops.function import available_backends, ms_deform_attn  # noqa: E402
+from models.clickpose.ops.function import available_backends, ms_deform_attn
+from tools import harness
 
 LEVELS = [(100, 167), (50, 84), (25, 42), (13, 21)]
 HEADS, CHANNELS, POINTS = 8, 32, 4
@@ -137,15 +132,7 @@ def peak_memory_mib(case: str, backend: str, batch: int, device: str, dtype: tor
 
 def time_interleaved(fns: Dict[str, Callable], reps: int) -> Dict[str, float]:
     """Median milliseconds per backend; backends alternate within each repetition so load drift hits all alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    times: Dict[str, List[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return harness.medians(harness.interleaved(fns, reps, warmup=1), 1e3)
 
 
 def backends_for(device: str) -> List[str]:
@@ -159,7 +146,13 @@ def backends_for(device: str) -> List[str]:
     return names
 
 
-def main() -> None:
+def cpu_peak_memory_mib(case: str, backend: str, batch: int, dtype: str) -> float:
+    """``peak_memory_mib`` on the CPU in a fresh process (RSS growth measured alone)."""
+    spec = {"case": case, "backend": backend, "batch": batch, "dtype": dtype}
+    return float(harness.run_worker("tools.benchmark_msda", spec))
+
+
+def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
@@ -167,12 +160,13 @@ def main() -> None:
     parser.add_argument("--cases", default="encoder:1,encoder:2,decoder-900:1,decoder-1800:2",
                         help="comma-separated case:batch list; cases: encoder, decoder-<queries>")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     dtype = getattr(torch, args.dtype)
     reps = args.reps or (3 if args.device == "cpu" else 20)
     if args.worker:  # CPU peak memory of one (case, batch, backend), alone in this process
-        case, batch, backend = args.worker.split(":")
-        print(json.dumps(peak_memory_mib(case, backend, int(batch), args.device, dtype)))
+        spec = json.loads(args.worker)
+        dtype = getattr(torch, spec["dtype"])
+        harness.emit(peak_memory_mib(spec["case"], spec["backend"], spec["batch"], "cpu", dtype))
         return
     backends = backends_for(args.device)
     print(f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} reps={reps} "
@@ -189,10 +183,7 @@ def main() -> None:
         del per_backend
         for b in backends:
             if args.device == "cpu":
-                cmd = [sys.executable, __file__, "--device", "cpu", "--dtype", args.dtype,
-                       "--worker", f"{case}:{batch}:{b}"]
-                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                rows[b]["peak_mib"] = float(out.strip().splitlines()[-1])
+                rows[b]["peak_mib"] = cpu_peak_memory_mib(case, b, int(batch), args.dtype)
             else:
                 rows[b]["peak_mib"] = peak_memory_mib(case, b, int(batch), args.device, dtype)
         base = rows["pytorch"]

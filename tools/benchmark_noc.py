@@ -19,7 +19,7 @@ classes as the original PostProcess emits) whose errors shrink round by round as
 keypoint. The original procedure takes hours here, so it is timed on a sample of images (the full per-image loop,
 all three thresholds) and extrapolated linearly per evaluation; the script prints the sample size and the factor.
 
-    python tools/benchmark_noc.py [--repeats 5] [--sample-images 6] [--orig-apk-runs 2] [--pycocotools-rounds 17]
+    python -m tools.benchmark_noc [--repeats 5] [--sample-images 6] [--orig-apk-runs 2] [--pycocotools-rounds 17]
 """
 from __future__ import annotations
 
@@ -28,20 +28,17 @@ import contextlib
 import io
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.dataset_ap import DatasetKeypointAP  # noqa: E402
-from datasets.metadata import COCO_KEYPOINTS  # noqa: E402
-from datasets.oks_ap import PerImageKeypointAP  # noqa: E402
-from util.config import Config  # noqa: E402
-from util.noc import noc_per_image, resolve_max_clicks  # noqa: E402
+from datasets.dataset_ap import DatasetKeypointAP
+from datasets.metadata import COCO_KEYPOINTS
+from datasets.oks_ap import PerImageKeypointAP
+from util.config import Config
+from util.noc import noc_per_image, resolve_max_clicks
 
 _CONFIG = Config.fromfile(Path(__file__).resolve().parents[1] / "config" / "clickpose.cfg.py")
 THRESHOLDS = tuple(_CONFIG.noc_thresholds)  # NoC@85/90/95 (the config holds the default)

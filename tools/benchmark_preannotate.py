@@ -1,6 +1,6 @@
 """Pre-annotation throughput against this machine's arithmetic floor, and against a plain Predictor.predict loop.
 
-    python tools/benchmark_preannotate.py [--config config/clickpose.cfg.py] [--checkpoint CKPT] \\
+    python -m tools.benchmark_preannotate [--config config/clickpose.cfg.py] [--checkpoint CKPT] \\
         [--images 3] [--size 800 1333] [--runs 3] [--batch-sizes 1 2] [--dtypes float32 bfloat16] [--device cpu]
 
 In one run, on the same images: the machine's matmul peak (a 2048x2048 fp32 product, best of several, the
@@ -25,8 +25,6 @@ import statistics
 import sys
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def matmul_peak(dtype, device, size: int = 2048, repeats: int = 7) -> float:

@@ -22,26 +22,26 @@ Inputs: ``--coco DIR`` (a COCO-layout root with annotations/person_keypoints_tra
 images/train2017/) takes the first ``--batch`` training images with their real targets, resized to ``--size``;
 without it, random images with synthetic people.
 
-    python tools/benchmark_train.py --coco /path/to/coco --steps 5 [--click-rounds 1 3] [--original DIR]
+    python -m tools.benchmark_train --coco /path/to/coco --steps 5 [--click-rounds 1 3] [--original DIR]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from tools import harness
+from tools.harness import REPO
+
 PHASES = ("step", "step_cpu", "forward", "dn_queries", "click_loop", "criterion", "backward", "optimizer")
 
 
 # ---------------------------------------------------------------------------------------------- inputs
 def _load_config(path: Path) -> dict:
-    sys.path.insert(0, str(REPO))
     from util.config import Config
     return Config.fromfile(path).to_dict()
 
@@ -105,11 +105,10 @@ class PhaseTimer:
 
 def _ours(spec: dict, timer: PhaseTimer):
     """Our model, criterion and optimizer; returns (model, criterion, optimizer, NestedTensor, set_rounds)."""
-    sys.path.insert(0, str(REPO))
     from datasets.metadata import default_metadata_for_num_keypoints
     from models import build_model
     from models.clickpose import clickpose as clickpose_module
-    from util.training import build_optimizer
+    from models.optim import build_optimizer
 
     args = argparse.Namespace(**_load_config(Path(spec["config"])))
     args.human_feedback = True
@@ -167,7 +166,7 @@ def import_original(root: str, device: str = "cpu"):
     for name in ("resnet50", "resnet101"):  # random initialisation instead of the ImageNet download
         builder = getattr(torchvision.models, name)
         setattr(torchvision.models, name, lambda *a, _b=builder, pretrained=False, **k: _b(*a, weights=None, **k))
-    sys.path.insert(0, root)
+    harness.prefer_checkout(root)
     from models.clickpose import clickpose as clickpose_module
     from models.clickpose.ops.functions.ms_deform_attn_func import ms_deform_attn_core_pytorch
     from models.clickpose.ops.modules import ms_deform_attn as attention_module
@@ -225,8 +224,8 @@ def worker(spec: dict) -> None:
     samples = nested_tensor(inputs["images"], inputs["mask"])
     targets = inputs["targets"]
     weights = criterion.weight_dict
-    print("ready", flush=True)
-    for line in sys.stdin:
+
+    def step(line: str) -> dict[str, float]:
         set_rounds(int(line))
         timer.totals.clear()
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -244,29 +243,20 @@ def worker(spec: dict) -> None:
         end, end_cpu = time.perf_counter(), time.process_time()
         if not torch.isfinite(total):
             raise RuntimeError(f"non-finite loss {float(total)} in the benchmark step")
-        print(json.dumps({"step": end - start, "step_cpu": end_cpu - start_cpu, "forward": after_forward - start,
-                          "criterion": after_criterion - after_forward, "backward": after_backward - after_criterion,
-                          "optimizer": end - after_backward, "dn_queries": timer.totals.get("dn_queries", 0.0),
-                          "click_loop": timer.totals.get("click_loop", 0.0)}), flush=True)
+        return {"step": end - start, "step_cpu": end_cpu - start_cpu, "forward": after_forward - start,
+                "criterion": after_criterion - after_forward, "backward": after_backward - after_criterion,
+                "optimizer": end - after_backward, "dn_queries": timer.totals.get("dn_queries", 0.0),
+                "click_loop": timer.totals.get("click_loop", 0.0)}
+    harness.serve(step)
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def _spawn(spec: dict) -> subprocess.Popen:
-    process = subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE,
-                               stdout=subprocess.PIPE, text=True, cwd=REPO)
-    if process.stdout.readline().strip() != "ready":
-        process.kill()
-        raise RuntimeError(f"benchmark worker '{spec['name']}' failed to start (see its traceback above)")
-    return process
+def _spawn(spec: dict) -> harness.Worker:
+    return harness.Worker("tools.benchmark_train", spec, threads=spec["threads"], name=spec["name"])
 
 
-def _step(process: subprocess.Popen, rounds: int) -> dict[str, float]:
-    process.stdin.write(f"{rounds}\n")
-    process.stdin.flush()
-    line = process.stdout.readline()
-    if not line:
-        raise RuntimeError("a benchmark worker stopped during a step (see its traceback above)")
-    return json.loads(line)
+def _step(worker_process: harness.Worker, rounds: int) -> dict[str, float]:
+    return worker_process.ask(str(rounds))
 
 
 def expected_rounds(num_keypoints: int) -> float:
@@ -297,7 +287,7 @@ def summarise(times: dict[str, dict[int, list[dict]]], baseline: str, mean_round
         result["cpu_ratio"][name] = {
             k: result["medians"][name][k]["step_cpu"] / result["medians"][baseline][k]["step_cpu"] for k in per_rounds}
         result["paired_ratio"][name] = {
-            k: statistics.median(a["step"] / b["step"] for a, b in zip(per_rounds[k], times[baseline][k]))
+            k: harness.paired_ratio([a["step"] for a in per_rounds[k]], [b["step"] for b in times[baseline][k]])
             for k in per_rounds}
         if name in result["expected_step"] and baseline in result["expected_step"]:
             result["ratio"][name]["expected"] = result["expected_step"][name] / result["expected_step"][baseline]
@@ -384,9 +374,8 @@ def main(argv: list[str] | None = None) -> None:
                     for name, process in workers.items():
                         times[name][rounds].append(_step(process, rounds))
         finally:
-            for process in workers.values():
-                process.stdin.close()
-                process.wait()
+            for worker_process in workers.values():
+                worker_process.close()
     mean_rounds = expected_rounds(cfg["num_body_points"])
     result = summarise(times, baseline, mean_rounds)
     people = sum(len(t["boxes"]) for t in inputs["targets"])

@@ -4,8 +4,8 @@ CrowdPose is trained on train + val and evaluated on test; the official release 
 separately. This joins them (images and annotations; the categories must agree) and refuses files whose image or
 annotation ids collide, since pycocotools would silently merge such entries.
 
-    python tools/crowdpose_trainval.py /path/to/crowdpose_dir      # reads json/crowdpose_{train,val}.json
-    python tools/crowdpose_trainval.py --train A.json --val B.json --out C.json
+    python -m tools.crowdpose_trainval /path/to/crowdpose_dir      # reads json/crowdpose_{train,val}.json
+    python -m tools.crowdpose_trainval --train A.json --val B.json --out C.json
 """
 from __future__ import annotations
 

@@ -13,9 +13,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 DEFAULT_IMAGES, DEFAULT_VAL = 424, 24  # synthetic images in all, and of them in the val split
 
 
@@ -80,7 +77,7 @@ def write_report(out: Path, results: dict[str, dict], train_minutes: float, epoc
              f"({train_minutes:.1f} min of training).", "",
              f"Hardware: {hardware()}.", "",
              f"To train longer for better numbers, give more epochs: `make demo DEMO_ARGS=\"--epochs {2 * epochs}\"` "
-             f"(or `python tools/demo.py --epochs {2 * epochs}`) continues this run from its checkpoint and "
+             f"(or `python -m tools.demo --epochs {2 * epochs}`) continues this run from its checkpoint and "
              "re-evaluates.", "",
              "| model | model-only AP | " + " | ".join(thresholds) + " | AP@0 | AP@1 | AP@2 | AP@3 |",
              "|---|---|" + "---|" * (len(thresholds) + 4)]

@@ -1,12 +1,13 @@
-"""Print the environment: Python, torch/CUDA, key packages, and which deformable-attention backends are usable."""
+"""Print the environment: Python, torch/CUDA, key packages, and which deformable-attention backends are usable.
+
+    python -m tools.env_report      # (make env)
+"""
 from __future__ import annotations
 
+import argparse
 import importlib
 import platform
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _version(name: str) -> str:
@@ -38,5 +39,11 @@ def report() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(report())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

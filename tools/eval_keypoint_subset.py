@@ -2,7 +2,7 @@
 17 -> 21 adaptation added. Evaluation with --output_dir writes keypoints_results.json (in the interactive modes:
 the last round's).
 
-    python tools/eval_keypoint_subset.py \
+    python -m tools.eval_keypoint_subset \
         --ann $CLICKPOSE_HumanArt_PATH/HumanArt/annotations/validation_humanart.json --keypoint_field keypoints_21 \
         --results logs/humanart21_eval/keypoints_results.json
 
@@ -16,12 +16,10 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.coco import AnnotationFormatError, load_annotations  # noqa: E402
-from datasets.evaluation import KEYPOINT_STAT_NAMES  # noqa: E402
-from datasets.keypoint_subset import keypoint_subset_stats, new_keypoints  # noqa: E402
-from datasets.metadata import COCO_KEYPOINTS, default_metadata_for_num_keypoints  # noqa: E402
+from datasets.coco import AnnotationFormatError, load_annotations
+from datasets.evaluation import KEYPOINT_STAT_NAMES
+from datasets.keypoint_subset import keypoint_subset_stats, new_keypoints
+from datasets.metadata import COCO_KEYPOINTS, default_metadata_for_num_keypoints
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """GPU readiness in one bounded command (``make gpu-check``): build, test and measure the CUDA path; write a report.
 
-    python tools/gpu_check.py [--out gpu_check] [--budget 480] [--device auto|cuda|cpu] [--skip-build]
+    python -m tools.gpu_check [--out gpu_check] [--budget 480] [--device auto|cuda|cpu] [--skip-build]
 
 With CUDA: compiles the kernels for the visible GPU, runs the deformable-attention tests, then records the kernel
 against the pure-PyTorch path (fp64, fp32, fp16, bf16, gradcheck), forward and forward+backward time and peak memory
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,11 +29,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from tools import gpu_check_steps as steps  # noqa: E402  (imports torch only inside the steps)
-from util.files import atomic_write_text  # noqa: E402
+from tools import gpu_check_steps as steps  # (imports torch only inside the steps)
+from tools import harness
+from util.files import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -84,21 +80,10 @@ def run_step_child(step: Step, mode: str, timeout: float, logs: Path) -> Dict[st
     log_path = logs / f"{step.name}.log"
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         result_path = Path(tmp) / "result.json"
-        command = [sys.executable, str(Path(__file__).resolve()), "--run-step", step.name, "--device", mode,
-                   "--result", str(result_path)]
+        command = harness.module_command("tools.gpu_check", "--run-step", step.name, "--device", mode,
+                                         "--result", str(result_path))
         start = time.perf_counter()
-        with open(log_path, "w") as log:
-            process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-            try:
-                code = process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                code = None
-            except BaseException:  # Ctrl-C: the step is in its own session and would outlive us
-                _kill_group(process)
-                raise
-            if code is None:
-                _kill_group(process)
+        code = harness.run_logged(command, log_path, timeout)  # None: killed (with its children) at the limit
         seconds = round(time.perf_counter() - start, 1)
         if code is None:
             return {"status": "timeout", "seconds": seconds,
@@ -111,15 +96,6 @@ def run_step_child(step: Step, mode: str, timeout: float, logs: Path) -> Dict[st
     if data["status"] == "failed":
         data["log_tail"] = _tail(log_path)
     return data
-
-
-def _kill_group(process: subprocess.Popen) -> None:
-    """The step and everything it started (pytest, the build, torchrun workers)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def _tail(path: Path, lines: int = 30) -> str:

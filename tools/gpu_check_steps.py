@@ -18,11 +18,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tools.harness import REPO, repeat, run_command
 
 Result = Dict[str, Any]
 PAPER_INFERENCE_MS = 48.0  # ED-Pose / Click-Pose R50 at 800x1333 (fp32), the figure to beat
@@ -78,15 +76,7 @@ def _sync(device: str) -> None:
 
 
 def _median_ms(fn: Callable[[], Any], device: str, runs: int, warmup: int) -> Dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
+    times = [t * 1e3 for t in repeat(fn, runs, warmup, sync=lambda: _sync(device))]
     return {"median_ms": round(statistics.median(times), 3), "min_ms": round(min(times), 3), "runs": runs}
 
 
@@ -140,11 +130,6 @@ def _images(sizes: Sizes, batch: int = 1):
     return torch.randn(batch, 3, *sizes.image, generator=generator).to(sizes.device)
 
 
-def _run(command: Sequence[str], timeout: float, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(command), cwd=REPO, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
-
-
 def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -178,7 +163,7 @@ def _driver_version() -> Optional[str]:
     if shutil.which("nvidia-smi") is None:
         return None
     try:
-        out = _run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], timeout=30)
+        out = run_command(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], timeout=30)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
@@ -193,7 +178,7 @@ def _nvcc_version() -> Optional[str]:
     if home is None:
         return None
     try:
-        out = _run([os.path.join(home, "bin", "nvcc"), "--version"], timeout=30).stdout
+        out = run_command([os.path.join(home, "bin", "nvcc"), "--version"], timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found = re.search(r"release ([\d.]+)", out)
@@ -206,13 +191,13 @@ def step_build(sizes: Sizes) -> Result:
     major, minor = torch.cuda.get_device_capability(0)
     arch = f"{major}.{minor}"
     start = time.perf_counter()
-    out = _run([sys.executable, "-m", "models.clickpose.ops.build", "--cuda", "--arch", arch], timeout=3600)
+    out = run_command([sys.executable, "-m", "models.clickpose.ops.build", "--cuda", "--arch", arch], timeout=3600)
     seconds = round(time.perf_counter() - start, 1)
     if out.returncode != 0:
         raise RuntimeError(f"kernel build failed (exit {out.returncode}) after {seconds} s:\n"
                            f"{_tail(out.stdout, 10)}\n{_tail(out.stderr, 25)}")
-    probe = _run([sys.executable, "-c", "from models.clickpose.ops import _library; m, why = _library.load(); "
-                  "print(bool(m and m.with_cuda), why)"], timeout=120)
+    probe = run_command([sys.executable, "-c", "from models.clickpose.ops import _library; m, why = _library.load(); "
+                         "print(bool(m and m.with_cuda), why)"], timeout=120)
     if not probe.stdout.startswith("True"):
         raise RuntimeError(f"the build finished but the CUDA kernel does not load: {probe.stdout}{probe.stderr}")
     return {"summary": f"CUDA kernel built for sm {arch} in {seconds} s", "arch": arch, "seconds": seconds}
@@ -220,8 +205,8 @@ def step_build(sizes: Sizes) -> Result:
 
 def step_cuda_tests(sizes: Sizes) -> Result:
     """The deformable-attention test suite, where every CUDA-parametrised test now runs (slow build test left out)."""
-    out = _run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/models/ops",
-                "-m", "not slow"], timeout=3600)
+    out = run_command([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/models/ops",
+                       "-m", "not slow"], timeout=3600)
     lines = out.stdout.strip().splitlines()
     summary = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|errors?)\b", line)),
                    lines[-1] if lines else "no output")
@@ -438,7 +423,7 @@ def step_train(sizes: Sizes) -> Result:
     import engine
     from tools.benchmark_train import make_inputs
     from util.misc import NestedTensor
-    from util.training import build_optimizer
+    from models.optim import build_optimizer
     model, criterion, args = build_model(sizes, with_criterion=True)
     model.draw_training_click_rounds = lambda: 1  # the most frequent draw; fixed so both precisions do equal work
     optimizer = build_optimizer(args, model)
@@ -451,8 +436,9 @@ def step_train(sizes: Sizes) -> Result:
 
         def steps(count: int, amp=amp, dtype=dtype, scaler=scaler) -> Dict[str, float]:
             return engine.train_one_epoch(model, criterion, [(samples, batch["targets"])] * count, optimizer,
-                                          torch.device(sizes.device), 0, args.clip_max_norm, amp=amp,
-                                          amp_dtype=dtype, scaler=scaler, log_fn=lambda _: None)
+                                          torch.device(sizes.device), 0, args.clip_max_norm,
+                                          step=engine.StepOptions(amp=amp, amp_dtype=dtype, scaler=scaler),
+                                          log_fn=lambda _: None)
         steps(1)  # warm-up (allocator, cuDNN autotuning)
         _reset_peak(sizes.device)
         start = time.perf_counter()
@@ -482,7 +468,7 @@ def step_nccl(sizes: Sizes) -> Result:
                    "epochs=1", "batch_size=1", "num_queries=100", "dn_number=4", "num_group=8",
                    "num_group_refine=4", "num_select=8"]
         start = time.perf_counter()
-        out = _run(command, timeout=3600, env={"OMP_NUM_THREADS": "1"})
+        out = run_command(command, timeout=3600, env={"OMP_NUM_THREADS": "1"})
         seconds = round(time.perf_counter() - start, 1)
     text = out.stdout + out.stderr
     if out.returncode != 0 or "backend nccl" not in text or "[1/2]" not in text:

@@ -1,6 +1,6 @@
 """Write the synthetic COCO-format people dataset (see datasets/synthetic.py).
 
-    python tools/make_synthetic_dataset.py --out data_synthetic --num-images 200 [--seed 0] [--split-val 40] \
+    python -m tools.make_synthetic_dataset --out data_synthetic --num-images 200 [--seed 0] [--split-val 40] \
         [--scene full|demo]
 
 The result loads with ``--dataset_file coco --coco_path <out>``.
@@ -10,11 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datasets.synthetic import SCENES, write_synthetic_dataset  # noqa: E402
+from datasets.synthetic import SCENES, write_synthetic_dataset
 
 
 def main(argv=None) -> int:

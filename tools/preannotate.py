@@ -1,14 +1,16 @@
 """Pre-annotate a folder of images: the model's people for every image, in a file annotators open for review.
 
-    python tools/preannotate.py IMAGES --config CFG --checkpoint CKPT --out FILE.json \\
+    python -m tools.preannotate IMAGES --config CFG --checkpoint CKPT --out FILE.json \\
         [--batch-size N] [--threshold T] [--device cpu|cuda] [--dtype float32|bfloat16|float16] \\
         [--format coco|label-studio] [--save-every N]
-    torchrun --nproc_per_node 4 tools/preannotate.py IMAGES ...    # the same file, 4 processes (or nodes)
+    torchrun --nproc_per_node 4 -m tools.preannotate IMAGES ...    # the same file, 4 processes (or nodes)
+
+(run from the repository root, as every tool).
 
 ``--format coco`` (default) writes the annotation tool's file: a COCO keypoints file (pycocotools loads it) with the
 checkpoint's keypoint layout and skeleton in ``categories``, a ``score`` per person, unlabelled keypoints as COCO
 writes them, and every image with status ``todo`` in the tool's own section, so that
-``python tools/annotate.py IMAGES --annotations FILE.json`` opens it for review. ``--format label-studio`` writes
+``python -m tools.annotate IMAGES --annotations FILE.json`` opens it for review. ``--format label-studio`` writes
 Label Studio tasks with predictions (import them into a project made with the ``FILE.label_config.xml`` written
 beside it; see docs/preannotate.md).
 
@@ -29,8 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 DTYPES = ("float32", "bfloat16", "float16")
 REPORT_KEY = "clickpose_preannotate"
 
@@ -40,7 +40,8 @@ class PreannotateError(RuntimeError):
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m tools.preannotate", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", help="folder of images (searched recursively)")
     parser.add_argument("--config", required=True)
     parser.add_argument("--checkpoint", required=True)

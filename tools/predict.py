@@ -1,6 +1,6 @@
 """Predict people in one image, optionally apply clicks, and write the annotated image and a JSON.
 
-    python tools/predict.py IMAGE --config config/clickpose.cfg.py --checkpoint ckpt.pth \
+    python -m tools.predict IMAGE --config config/clickpose.cfg.py --checkpoint ckpt.pth \
         [--click PERSON,KEYPOINT,X,Y ...] [--out-dir predictions] [--score-threshold 0.3]
 
 PERSON is the 'index' printed/written for a person by the prediction; X, Y are pixels of the image.
@@ -11,8 +11,6 @@ import argparse
 import json
 import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def parse_click(text: str) -> tuple[int, int, float, float]:

@@ -16,9 +16,10 @@ from tools.benchmark_train import PHASES, _FixedLoopRounds, expected_rounds, mak
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 def test_smallest_run_reports_every_phase(tmp_path):
     out = tmp_path / "result.json"
-    run = subprocess.run([sys.executable, str(REPO / "tools" / "benchmark_train.py"), "--config",
+    run = subprocess.run([sys.executable, "-m", "tools.benchmark_train", "--config",
                           str(REPO / "config" / "tiny.cfg.py"), "--steps", "1", "--warmup", "0", "--size", "128", "160",
                           "--threads", "1", "--json", str(out)], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -24,7 +24,7 @@ def test_cpu_path_runs_every_cpu_step_and_says_there_is_no_gpu(tmp_path):
     out = tmp_path / "report"
     # One thread per process: the CPU version is a smoke run, and a shared test machine is often oversubscribed.
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "tools/gpu_check.py", "--device", "cpu", "--out", str(out),
+    result = subprocess.run([sys.executable, "-m", "tools.gpu_check", "--device", "cpu", "--out", str(out),
                              "--budget", "400"], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -91,6 +91,19 @@ def test_markdown_escapes_cells_and_shows_tables():
     markdown = gpu_check.render_markdown(report)
     assert "| Model inference latency | ok | 1.5 | a \\| b |" in markdown
     assert "| x | ok | y |" in markdown and "| 1 | yes |  |" in markdown and "| 2 | no |  |" in markdown
+
+
+def test_step_timing_is_the_median_after_the_warm_up(monkeypatch):
+    from tools import gpu_check_steps, harness
+
+    durations = iter([5.0, 0.003, 0.001, 0.002])  # warm-up (untimed), then 3 ms, 1 ms, 2 ms
+    clock = [0.0]
+
+    def call():
+        clock[0] += next(durations)
+    monkeypatch.setattr(harness.time, "perf_counter", lambda: clock[0])
+    timing = gpu_check_steps._median_ms(call, "cpu", runs=3, warmup=1)
+    assert timing == {"median_ms": 2.0, "min_ms": 1.0, "runs": 3}
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is visible")

@@ -94,7 +94,7 @@ def test_file_loads_in_pycocotools_and_opens_in_the_annotation_tool(setup, refer
 def test_killed_run_resumes_and_writes_every_image_once(setup, reference, tmp_path):
     out = tmp_path / "out.json"
     parts = tmp_path / ".out.json.parts"
-    proc = subprocess.Popen([sys.executable, str(REPO / "tools" / "preannotate.py"),
+    proc = subprocess.Popen([sys.executable, "-m", "tools.preannotate",
                              *command(setup, out, "--batch-size", "1", "--save-every", "1")], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -120,12 +120,12 @@ def test_killed_run_resumes_and_writes_every_image_once(setup, reference, tmp_pa
 def test_two_processes_write_the_file_of_one(setup, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the same arithmetic in every process
     single, sharded = tmp_path / "single.json", tmp_path / "sharded.json"
-    script = str(REPO / "tools" / "preannotate.py")
-    one = subprocess.run([sys.executable, script, *command(setup, single, "--batch-size", "2")], cwd=REPO, env=env,
+    script = ["-m", "tools.preannotate"]  # the tools run as modules from the repository root
+    one = subprocess.run([sys.executable, *script, *command(setup, single, "--batch-size", "2")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                          str(free_port()), script, *command(setup, sharded, "--batch-size", "2")], cwd=REPO, env=env,
+                          str(free_port()), *script, *command(setup, sharded, "--batch-size", "2")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout

@@ -1,7 +1,6 @@
 """tools/predict.py and the Predictor refuse a checkpoint that would run code, unless the user opts in."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,8 @@ def evil(tmp_path):
 
 
 def _predict_tool():
-    spec = importlib.util.spec_from_file_location("predict_tool", REPO / "tools" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tools import predict
+    return predict
 
 
 def test_predict_tool_refuses_a_payload_with_one_error_line(evil, tmp_path, capsys):
