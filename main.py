@@ -10,13 +10,11 @@ launchers' WORLD_SIZE/RANK/LOCAL_RANK/SLURM_*); everything below receives plain 
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import logging
 import os
 import random
 import shlex
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -24,8 +22,21 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
 
+import engine
+from datasets import build_dataset, get_metadata
+from models import build_model
+from models.optim import build_optimizer
 from util.config import Config, ConfigError, DictAction, apply_config_to_args, check_ranges
+from util.distributed import init_distributed_mode, is_main_process
+from util.ema import ModelEma
+from util.errors import error_message, exit_code
+from util.files import append_line, atomic_write_text
+from util.logger import setup_logger
+from util.noc import resolve_max_clicks
+from util.run_folder import BestMetricHolder, tidy_output_dir
+from util.training import build_lr_scheduler
 
 # Dataset root per --dataset_file, from the reference's environment variables.
 DATASET_ROOT_ENV = {
@@ -98,20 +109,6 @@ def load_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-# Files a run writes in output_dir through util.files.atomic_write (stale temporaries are theirs).
-RUN_FILES = ("checkpoint", "best_metric.json", "log.txt", "config_")
-
-
-def tidy_output_dir(output_dir: Path, logger) -> None:
-    """Remove temporary files of a killed save and a log line cut short by a kill."""
-    from util.files import remove_stale_temp_files, repair_line_log
-
-    for path in remove_stale_temp_files(output_dir, RUN_FILES):
-        logger.info(f"removed {path}, left by a save that was stopped")
-    if repair_line_log(output_dir / "log.txt"):
-        logger.warning(f"{output_dir / 'log.txt'} ended in a partial line (a stopped run); it was removed")
-
-
 def git_sha() -> str:
     here = Path(__file__).resolve().parent
 
@@ -148,10 +145,6 @@ def prepare(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str,
 
     Returns ``(args, cfg, logger)``; ``args`` carries every config key as an attribute.
     """
-    from util.distributed import init_distributed_mode
-    from util.files import atomic_write_text
-    from util.logger import setup_logger
-
     environ = os.environ if environ is None else environ
     args = get_args_parser().parse_args(argv)
     init_distributed_mode(args, environ)
@@ -178,267 +171,32 @@ def prepare(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str,
     return args, cfg, logger
 
 
-def seed_everything(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def resolve_device(requested: str, logger):
-    import torch
-
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning(f"--device {requested} requested but no CUDA device is visible; running on the CPU")
-        return torch.device("cpu")
-    return torch.device(requested)
-
-
-def build_loaders(args, dataset_train, dataset_val):
-    """Data loaders; the training order is a function of (seed, epoch) so a resumed run sees the same order."""
-    import torch
-    from torch.utils.data import DataLoader, DistributedSampler, SequentialSampler
-
-    from util.misc import collate_fn
-
-    loader_kw = dict(collate_fn=collate_fn, num_workers=args.num_workers, persistent_workers=False)
-    train_loader = None
-    if dataset_train is not None:
-        if args.distributed:
-            sampler = DistributedSampler(dataset_train, shuffle=True, seed=args.seed)
-        else:
-            sampler = EpochSeededSampler(len(dataset_train), args.seed)
-        batch_sampler = torch.utils.data.BatchSampler(sampler, args.batch_size, drop_last=True)
-        if len(batch_sampler) == 0:  # incomplete batches are dropped, as in the reference: nothing would train
-            raise ConfigError(
-                f"the training split has {len(dataset_train)} images, {len(sampler)} per process, fewer than "
-                f"batch_size={args.batch_size}: no training step would run. Lower batch_size (--options "
-                f"batch_size=N), use fewer processes, or add training images")
-        train_loader = DataLoader(dataset_train, batch_sampler=batch_sampler, **loader_kw)
-    val_sampler = (DistributedSampler(dataset_val, shuffle=False) if args.distributed
-                   else SequentialSampler(dataset_val))
-    val_loader = DataLoader(dataset_val, args.batch_size, sampler=val_sampler, drop_last=False, **loader_kw)
-    return train_loader, val_loader
-
-
-class EpochSeededSampler:
-    """Random permutation drawn from ``seed + epoch`` (the single-process twin of DistributedSampler)."""
-
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed, self.epoch = length, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self):
-        import torch
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.length
-
-
 @dataclass
-class Run:
-    """What one run builds once; the steps below read it (``model`` is the DDP wrapper when distributed)."""
+class EvalContext:
+    """What evaluating a model reads (``evaluate_model``); ``writer``: TensorBoard, for the interactive metrics."""
     args: argparse.Namespace
-    logger: logging.Logger
-    device: Any
-    model: Any
-    model_without_ddp: Any
-    criterion: Any
+    device: torch.device
     postprocessors: dict
-    ema: Any
     dataset_val: Any
-    train_loader: Any
     val_loader: Any
-    optimizer: Any
-    lr_scheduler: Any
-    per_iter: bool
-    n_parameters: int
-    best: Any
-    output_dir: Optional[Path] = None
+    output_dir: Optional[Path]
+    max_clicks: int  # the interactive evaluation's click cap: max_clicks, or the layout's keypoint count
     writer: Any = None
-    metadata: Any = None  # the run's keypoint layout (util.keypoint_metadata.KeypointMetadata)
-    scaler: Any = None  # torch.amp.GradScaler, enabled for float16 --amp; its state is part of checkpoint.pth
-    max_clicks: int = 0  # the interactive evaluation's click cap: max_clicks, or the layout's keypoint count
 
     @property
     def log_fn(self):
-        return self.logger.info if self.args.save_log else print
+        return logging.getLogger("clickpose").info if self.args.save_log else print
 
     @property
     def max_iters(self) -> Optional[int]:
         return 15 if self.args.debug else None
 
     @property
-    def amp_dtype(self):
-        import torch
-
+    def amp_dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.args.amp_dtype == "bfloat16" else torch.float16
 
 
-def wrap_distributed(model, args, device, logger):
-    """DDP around ``model`` when distributed, else ``model``."""
-    import torch
-
-    if not args.distributed:
-        return model
-    find_unused = args.find_unused_params
-    if not find_unused and args.dec_layers - args.num_box_decoder_layers < 2:
-        # with one keypoint layer, pose_hw_embed's output feeds no later layer: it gets no gradient at all
-        logger.info("one box+keypoint decoder layer: enabling DDP's find_unused_parameters")
-        find_unused = True
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[args.gpu] if device.type == "cuda" else None, find_unused_parameters=find_unused)
-
-
-def build_run(args, logger) -> Run:
-    """Model, criterion, EMA, data, optimizer and schedule, in the order that fixes the random streams."""
-    import torch
-
-    from datasets import build_dataset, get_metadata
-    from models import build_model
-    from util.ema import ModelEma
-    from util.noc import resolve_max_clicks
-    from util.training import BestMetricHolder, build_lr_scheduler, build_optimizer
-
-    device = resolve_device(args.device, logger)
-    seed_everything(args.seed + args.rank)
-    metadata = get_metadata(args)  # the keypoint layout, resolved once
-    max_clicks = resolve_max_clicks(args.max_clicks, metadata.num_keypoints)  # checked before anything is built
-    model, criterion, postprocessors = build_model(args, metadata)
-    model.to(device)
-    criterion.to(device)
-    ema = ModelEma(model, args.ema_decay, unique_params=args.ema_unique_params) if args.use_ema else None
-    wrapped = wrap_distributed(model, args, device, logger)
-    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f"number of trainable params: {n_parameters}")
-    dataset_val = build_dataset("val", args)
-    dataset_train = None if args.eval else build_dataset("train", args)
-    train_loader, val_loader = build_loaders(args, dataset_train, dataset_val)
-    optimizer = build_optimizer(args, model)
-    lr_scheduler, per_iter = build_lr_scheduler(args, optimizer, len(train_loader) if train_loader else 1)
-    # built here, not in train(), so that a resume restores its loss scale with the optimizer's state
-    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "float16")
-    return Run(args, logger, device, wrapped, model, criterion, postprocessors, ema, dataset_val, train_loader,
-               val_loader, optimizer, lr_scheduler, per_iter, n_parameters, BestMetricHolder(use_ema=args.use_ema),
-               Path(args.output_dir) if args.output_dir else None, metadata=metadata, scaler=scaler,
-               max_clicks=max_clicks)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Where a run starts: explicit files win; output_dir/checkpoint.pth resumes a killed run
-
-
-def choose_checkpoint(args, output_dir: Optional[Path], logger) -> tuple[Optional[Path], str]:
-    """The file to start from and how: 'resume' (weights, then the training state unless --eval) or 'pretrain'
-    (weights only). An explicit --resume or --pretrain_model_path wins over output_dir/checkpoint.pth, except that
-    training with --pretrain_model_path continues a checkpoint.pth that started from the same file; one that
-    started elsewhere is an error (either choice could lose the user's work)."""
-    from util.checkpoint import CheckpointError, read_checkpoint
-
-    auto = output_dir / "checkpoint.pth" if output_dir is not None else None
-    auto = auto if auto is not None and auto.is_file() else None
-    if args.resume:
-        if auto is not None and not args.eval and Path(args.resume).resolve() != auto.resolve():
-            logger.warning(f"--resume {args.resume}: {auto} is not resumed, and this run's epochs replace it")
-        return Path(args.resume), "resume"
-    if args.pretrain_model_path:
-        if auto is None or args.eval:
-            return Path(args.pretrain_model_path), "pretrain"
-        started = getattr(read_checkpoint(auto, trust=args.trust_checkpoint).get("args"), "pretrain_model_path", None)
-        if started and Path(started).resolve() == Path(args.pretrain_model_path).resolve():
-            logger.info(f"{auto} continues a run that started from {started}: resuming it")
-            return auto, "resume"
-        raise CheckpointError(
-            f"--output_dir {output_dir} already holds checkpoint.pth of a run that started from "
-            f"{started or 'no pretrained weights'}, not from --pretrain_model_path {args.pretrain_model_path}. "
-            f"To continue that run, pass --resume {auto}; to train from {args.pretrain_model_path}, choose a new "
-            "--output_dir (or move that checkpoint.pth away)")
-    return (auto, "resume") if auto is not None else (None, "")
-
-
-def load_starting_point(run: Run) -> Optional[dict]:
-    """Load the chosen checkpoint; returns it when the training state was restored (a resumed training run)."""
-    from util.adaptation import load_pretrained
-    from util.checkpoint import load_model_weights, read_checkpoint
-
-    args, logger = run.args, run.logger
-    path, how = choose_checkpoint(args, run.output_dir, logger)
-    if path is None:
-        return None
-    ckpt = read_checkpoint(path, trust=args.trust_checkpoint)
-    if how == "pretrain":
-        load_pretrained(run.model_without_ddp, ckpt, run.metadata, ignore_keywords=args.finetune_ignore,
-                        init_from=args.adapt_keypoint_init, source=str(path))
-        if run.ema is not None:
-            run.ema.set(run.model_without_ddp)
-        logger.info(f"loaded weights from {path} (--pretrain_model_path)")
-        return None
-    args.resume = str(path)
-    load_model_weights(run.model_without_ddp, ckpt["model"], strict=True, source=str(path))
-    if run.ema is not None:
-        # the EMA weights when the checkpoint has them (keys with or without 'module.'), else the model's
-        if "ema_model" in ckpt:
-            load_model_weights(run.ema.module, ckpt["ema_model"], strict=True, source=f"{path} (ema_model)")
-        else:
-            run.ema.set(run.model_without_ddp)
-    resumed = not args.eval and all(k in ckpt for k in ("optimizer", "lr_scheduler", "epoch"))
-    if resumed:
-        restore_training_state(run, ckpt, path.parent)
-    logger.info(f"{'evaluating' if args.eval else 'resumed from'} {path}"
-                + (f" (next epoch {args.start_epoch})" if resumed else ""))
-    return ckpt if resumed else None
-
-
-def restore_training_state(run: Run, ckpt: dict, folder: Path) -> None:
-    from util.checkpoint import restore_rng_state, restore_scaler_state
-
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-    restore_scaler_state(run.scaler, ckpt)
-    run.args.start_epoch = ckpt["epoch"] + 1
-    load_best_metric(run.best, folder, run.logger)
-    restore_rng_state(ckpt, run.args.rank, run.args.world_size)
-
-
-def load_best_metric(best, folder: Path, logger) -> None:
-    """The best AP so far from ``best_metric.json``; rebuilt from ``log.txt`` when that file is missing or
-    unreadable (so a damaged side file never blocks a resume, and the best checkpoints stay the best)."""
-    path = folder / "best_metric.json"
-    if path.is_file():
-        try:
-            best.load_state_dict(json.loads(path.read_text()))
-            return
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            logger.warning(f"{path} is unreadable ({type(exc).__name__}: {exc}); rebuilding the best metric so far "
-                           f"from {folder / 'log.txt'}")
-    for entry in read_log(folder / "log.txt"):
-        if "epoch" in entry and "test_coco_eval_keypoints_detr" in entry:
-            best.update(float(entry["test_coco_eval_keypoints_detr"][0]), entry["epoch"])
-            if "ema_test_coco_eval_keypoints_detr" in entry:
-                best.update(float(entry["ema_test_coco_eval_keypoints_detr"][0]), entry["epoch"], is_ema=True)
-
-
-def read_log(path: Path) -> list[dict]:
-    """The JSON entries of a ``log.txt`` (lines that do not parse are skipped)."""
-    entries = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            entries.append(entry)
-    return entries
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Evaluation
+Run = EvalContext  # the name the evaluation functions below are annotated with
 
 
 def evaluate_model(run: Run, net) -> dict:
@@ -486,218 +244,73 @@ def run_interactive_evaluation(run: Run, net) -> dict:
     return results.log_stats()
 
 
-def evaluate_only(run: Run) -> int:
-    """--eval: the regular weights, as the reference (a best-EMA checkpoint holds the EMA weights as 'model')."""
-    from util.distributed import is_main_process
-    from util.files import append_line
-
-    if run.args.feedback_loop_NOC_test or run.args.feedback_inference:
-        open_tensorboard(run)  # the interactive metrics go to TensorBoard too
-    try:
-        stats = evaluate_model(run, run.model_without_ddp)
-    finally:
-        if run.writer is not None:
-            run.writer.close()
-    if run.output_dir is not None and is_main_process():
-        append_line(run.output_dir / "log.txt", json.dumps({f"test_{k}": v for k, v in stats.items()}, default=float))
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Training: per epoch, train -> checkpoint.pth (+ snapshot) -> evaluate -> best -> log line
-
-
-def snapshot_path(run: Run, epoch: int) -> Optional[Path]:
-    """``checkpointNNNN.pth`` when ``epoch`` ends an lr_drop period or a save_checkpoint_interval."""
-    args = run.args
-    if run.output_dir is None or ((epoch + 1) % args.lr_drop and (epoch + 1) % args.save_checkpoint_interval):
+def open_tensorboard(output_dir: Optional[Path]) -> Any:
+    """A SummaryWriter in output_dir/tensorboard on the main process, else None."""
+    if output_dir is None or not is_main_process():
         return None
-    return run.output_dir / f"checkpoint{epoch:04}.pth"
+    from torch.utils.tensorboard import SummaryWriter  # imported only when used: it is slow to import
+
+    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
 
 
-def save_epoch_checkpoints(run: Run, epoch: int, train_stats: dict, seconds: float) -> None:
-    """checkpoint.pth, then the epoch's snapshot; both carry the training stats so that a run killed before the
-    epoch's log line can write it when resumed."""
-    from util.checkpoint import save_checkpoint
-
-    if run.output_dir is None:
-        return
-    extra = {"train_stats": {k: float(v) for k, v in train_stats.items()}, "epoch_seconds": float(seconds)}
-    snapshot = snapshot_path(run, epoch)
-    for path in [run.output_dir / "checkpoint.pth"] + ([snapshot] if snapshot is not None else []):
-        save_checkpoint(path, run.model_without_ddp, run.optimizer, run.lr_scheduler, epoch, run.args,
-                        ema_model=run.ema.module if run.ema is not None else None, extra=extra, scaler=run.scaler)
-
-
-def update_best(run: Run, epoch: int, kinds: list) -> None:
-    """Best checkpoints per kind ('regular', 'ema') when their AP improves; best_metric.json written atomically."""
-    from util.checkpoint import save_checkpoint
-    from util.distributed import is_main_process
-    from util.files import atomic_write_text
-
-    for kind, net, stats in kinds:
-        if run.best.update(float(stats["coco_eval_keypoints_detr"][0]), epoch, is_ema=kind == "ema") \
-                and run.output_dir is not None:
-            save_checkpoint(run.output_dir / f"checkpoint_best_{kind}.pth", net, run.optimizer, run.lr_scheduler,
-                            epoch, run.args, with_rng=False)
-    if run.output_dir is not None and is_main_process():
-        # a small side file, so a resumed run keeps its best so far without rewriting checkpoint.pth
-        atomic_write_text(run.output_dir / "best_metric.json", json.dumps(run.best.state_dict()))
-
-
-def finish_epoch(run: Run, epoch: int, train_stats: dict, started: float) -> None:
-    """Evaluate the epoch's model (and EMA), update the best, write the log line and TensorBoard scalars.
-    ``started``: the epoch's start time (``time.time()``)."""
-    import datetime
-    import time
-
-    test_stats = evaluate_model(run, run.model_without_ddp)
-    log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
-                 **{f"test_{k}": v for k, v in test_stats.items()}}
-    kinds = [("regular", run.model_without_ddp, test_stats)]
-    if run.ema is not None:
-        ema_stats = evaluate_model(run, run.ema.module)
-        log_stats.update({f"ema_test_{k}": v for k, v in ema_stats.items()})
-        kinds.append(("ema", run.ema.module, ema_stats))
-    update_best(run, epoch, kinds)
-    log_stats.update(run.best.summary())
-    log_stats.update(epoch=epoch, n_parameters=run.n_parameters, now_time=str(datetime.datetime.now()),
-                     epoch_time=str(datetime.timedelta(seconds=int(time.time() - started))))
-    write_epoch_log(run, epoch, log_stats)
-
-
-def write_epoch_log(run: Run, epoch: int, log_stats: dict) -> None:
-    from util.distributed import is_main_process
-    from util.files import append_line
-
-    if run.output_dir is None or not is_main_process():
-        return
-    append_line(run.output_dir / "log.txt", json.dumps(log_stats, default=float))
-    if run.writer is not None:
-        for key, value in log_stats.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                run.writer.add_scalar(key, value, epoch)
-        run.writer.flush()
-
-
-def write_owed_outputs(run: Run, ckpt: dict) -> None:
-    """A run killed after checkpoint.pth but before the epoch's snapshot or log line: write them now."""
-    import time
-
-    from util.distributed import broadcast_object, is_main_process
-    from util.files import atomic_write
-
-    own = run.output_dir / "checkpoint.pth" if run.output_dir is not None else None
-    if own is None or Path(run.args.resume).resolve() != own.resolve():
-        return
-    epoch = ckpt["epoch"]
-    snapshot = snapshot_path(run, epoch)
-    if snapshot is not None and not snapshot.exists() and is_main_process():
-        run.logger.info(f"writing {snapshot}, which the stopped run owed (a copy of {own})")
-        with open(own, "rb") as source:
-            atomic_write(snapshot, lambda handle: shutil.copyfileobj(source, handle, 2**24))
-    logged = broadcast_object(is_main_process() and any(e.get("epoch") == epoch
-                                                        for e in read_log(run.output_dir / "log.txt")))
-    if not logged and "train_stats" in ckpt:
-        run.logger.info(f"log.txt lacks epoch {epoch} (the run stopped after its checkpoint): evaluating it now")
-        finish_epoch(run, epoch, ckpt["train_stats"], time.time() - float(ckpt.get("epoch_seconds", 0.0)))
-
-
-def open_tensorboard(run: Run) -> None:
-    from util.distributed import is_main_process
-
-    if run.output_dir is not None and is_main_process():
-        from torch.utils.tensorboard import SummaryWriter
-
-        run.writer = SummaryWriter(log_dir=str(run.output_dir / "tensorboard"))
-
-
-def train(run: Run, resumed: Optional[dict]) -> int:
-    import datetime
-    import time
-
-    import engine
-
-    args, logger = run.args, run.logger
-    if resumed is not None:
-        write_owed_outputs(run, resumed)
-    if args.start_epoch >= args.epochs:
-        logger.warning(f"nothing to train: the next epoch is {args.start_epoch} and epochs={args.epochs} (raise "
-                       "epochs, e.g. --options epochs=N, to train further)")
-    logger.info("Start training")
-    start = time.time()
-    for epoch in range(args.start_epoch, args.epochs):
-        epoch_start = time.time()
-        run.train_loader.batch_sampler.sampler.set_epoch(epoch)
-        train_stats = engine.train_one_epoch(
-            run.model, run.criterion, run.train_loader, run.optimizer, run.device, epoch, args.clip_max_norm,
-            amp=args.amp, amp_dtype=run.amp_dtype, scaler=run.scaler, lr_scheduler=run.lr_scheduler,
-            step_scheduler_per_iter=run.per_iter,
-            ema=run.ema if epoch >= args.ema_epoch else None, max_iters=run.max_iters, log_fn=run.log_fn)
-        if not run.per_iter:
-            run.lr_scheduler.step()
-        save_epoch_checkpoints(run, epoch, train_stats, time.time() - epoch_start)
-        finish_epoch(run, epoch, train_stats, epoch_start)
-    logger.info(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
-    return 0
-
-
-def run(args, logger) -> int:
-    """Build everything from ``args`` and train, or evaluate with ``--eval``."""
-    state = build_run(args, logger)
-    resumed = load_starting_point(state)
-    if args.eval:
-        return evaluate_only(state)
-    open_tensorboard(state)
+def run(args: argparse.Namespace, logger: logging.Logger) -> int:
+    """Build the model, data, optimizer and schedule (in the order that fixes the random streams), then train, or
+    evaluate with ``--eval``."""
+    device = torch.device("cpu") if args.device.startswith("cuda") and not torch.cuda.is_available() else None
+    if device is not None:
+        logger.warning(f"--device {args.device} requested but no CUDA device is visible; running on the CPU")
+    device = device or torch.device(args.device)
+    seed = args.seed + args.rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    metadata = get_metadata(args)  # the keypoint layout, resolved once
+    max_clicks = resolve_max_clicks(args.max_clicks, metadata.num_keypoints)  # checked before anything is built
+    model, criterion, postprocessors = build_model(args, metadata)
+    model.to(device)
+    criterion.to(device)
+    ema = ModelEma(model, args.ema_decay, unique_params=args.ema_unique_params) if args.use_ema else None
+    wrapped = engine.wrap_distributed(model, args, device)
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(f"number of trainable params: {n_parameters}")
+    dataset_val = build_dataset("val", args)
+    dataset_train = None if args.eval else build_dataset("train", args)
+    train_loader, val_loader = engine.build_loaders(args, dataset_train, dataset_val)
+    optimizer = build_optimizer(args, model)
+    lr_scheduler, per_iter = build_lr_scheduler(args, optimizer, len(train_loader) if train_loader else 1)
+    # built here, not in train(), so that a resume restores its loss scale with the optimizer's state
+    scaler = torch.amp.GradScaler(device.type, enabled=args.amp and args.amp_dtype == "float16")
+    state = engine.TrainingState(model, optimizer, lr_scheduler, per_iter, scaler, ema)
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    record = engine.RunRecord(output_dir, BestMetricHolder(use_ema=args.use_ema), n_parameters)
+    resumed = engine.load_starting_point(args, state, metadata, record)
+    ctx = EvalContext(args, device, postprocessors, dataset_val, val_loader, output_dir, max_clicks)
+    if not args.eval or args.feedback_loop_NOC_test or args.feedback_inference:
+        ctx.writer = record.writer = open_tensorboard(output_dir)  # interactive metrics go to TensorBoard too
     try:
-        return train(state, resumed)
+        if args.eval:  # the regular weights, as the reference (a best-EMA checkpoint holds them as 'model')
+            stats = evaluate_model(ctx, model)
+            if output_dir is not None and is_main_process():
+                append_line(output_dir / "log.txt", json.dumps({f"test_{k}": v for k, v in stats.items()},
+                                                               default=float))
+        else:
+            engine.train(args, wrapped, criterion, train_loader, device, state, record,
+                         lambda net: evaluate_model(ctx, net), resumed=resumed, log_fn=ctx.log_fn)
+        return 0
     finally:
-        if state.writer is not None:
-            state.writer.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Expected errors: one line, no traceback (unless --debug)
-
-
-def expected_error_code(exc: BaseException) -> Optional[int]:
-    """The exit code of an error the user can fix (config, data, checkpoint, disk, a diverged or hung run);
-    None for anything else, a bug, which keeps its traceback."""
-    import torch.distributed as dist
-
-    from datasets import AnnotationFormatError, DatasetLayoutError, UnreadableImageError
-    from engine import NonFiniteLossError
-    from util.checkpoint import CheckpointError
-
-    if isinstance(exc, ConfigError):
-        return 2
-    expected = (CheckpointError, DatasetLayoutError, AnnotationFormatError, UnreadableImageError, NonFiniteLossError,
-                getattr(dist, "DistBackendError", CheckpointError))
-    if isinstance(exc, expected) or (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)):
-        return 1
-    return None
-
-
-def error_message(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if "Original Traceback" in text:  # re-raised from a DataLoader worker: the original message is the last line
-        last = text.splitlines()[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    import torch.distributed as dist
-
-    if isinstance(exc, getattr(dist, "DistBackendError", ())):
-        text = (f"a distributed operation failed or timed out (another process died or hangs; see its log; "
-                f"--dist_timeout sets the wait): {text.splitlines()[0] if text else ''}")
-    return text
+        if ctx.writer is not None:
+            ctx.writer.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Expected errors (util.errors.exit_code) end in one ``error:`` line and their exit code, without a traceback
+    unless --debug; anything else is a bug and raises."""
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args, _cfg, logger = prepare(argv)
         return run(args, logger)
     except Exception as exc:
-        code = None if debug else expected_error_code(exc)
+        code = None if debug else exit_code(exc)
         if code is None:
             raise
         print(f"error: {error_message(exc)}", file=sys.stderr)

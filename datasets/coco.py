@@ -20,20 +20,10 @@ from PIL import Image, UnidentifiedImageError
 from pycocotools.coco import COCO
 
 from datasets.metadata import KeypointMetadata
+# defined beside the CLI's exit codes; re-exported here (datasets/__init__.py exports them)
+from util.errors import AnnotationFormatError, DatasetLayoutError, UnreadableImageError  # noqa: F401
 
 logger = logging.getLogger(__name__)
-
-
-class DatasetLayoutError(FileNotFoundError):
-    """A dataset root, annotation file or image folder is missing; the message shows the expected layout."""
-
-
-class AnnotationFormatError(ValueError):
-    """An annotation file is not valid JSON or lacks a field; the message names the file and the field."""
-
-
-class UnreadableImageError(OSError):
-    """An image file is missing or cannot be decoded; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -110,12 +110,12 @@ def test_loss_falls_when_overfitting_a_batch(synthetic):
     model.train()
     for _ in range(18):
         loss_dict = criterion(model(samples, list(targets)), list(targets))
-        total = engine.weighted_total(loss_dict, criterion.weight_dict)
+        total, _ = criterion.weigh(loss_dict)
         optimizer.zero_grad()
         total.backward()
         optimizer.step()
         # the final layer's matched terms (the denoising terms get fresh noise every step)
-        losses.append(float(engine.weighted_total({k: loss_dict[k].detach() for k in matched}, criterion.weight_dict)))
+        losses.append(float(criterion.weigh({k: loss_dict[k].detach() for k in matched})[0]))
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2]), losses
 
 
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
     model, criterion, _ = build_model(args, get_metadata(args))
 
     class NanCriterion(torch.nn.Module):
-        weight_dict = criterion.weight_dict
+        weigh = criterion.weigh
 
         def forward(self, outputs, targets):
             losses = criterion(outputs, targets)

@@ -110,3 +110,24 @@ def test_no_import_cycle_between_project_modules():
 ])
 def test_find_cycle_detects_a_cycle(edges, expected):
     assert find_cycle(edges) == expected
+
+
+# What each layer may import of the project: util nothing outside util; datasets and models util only (besides
+# themselves); engine, main and tools anything.
+LAYERS = {"util": {"util"}, "datasets": {"datasets", "util"}, "models": {"models", "util"}}
+# Known exceptions, each with its reason.
+ALLOWED = {
+    # the Predictor resolves a run's keypoint layout from a config the way main.py does (datasets.get_metadata)
+    ("models.predictor", "datasets"),
+}
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_layers_import_only_what_they_may():
+    bad = sorted(f"{module} -> {target}" for module, targets in import_graph().items() if _layer(module) in LAYERS
+                 for target in targets if _layer(target) not in LAYERS[_layer(module)]
+                 and (module, _layer(target)) not in ALLOWED)
+    assert not bad, "layer violations (util: util only; datasets, models: util only): " + ", ".join(bad)

@@ -362,9 +362,11 @@ def test_disk_full_is_an_expected_error():
 
     from util.files import DiskFullError
 
-    assert clickpose_main.expected_error_code(DiskFullError(errno.ENOSPC, "no space left on the device")) == 1
-    assert clickpose_main.expected_error_code(OSError(errno.ENOSPC, "No space left on device")) == 1
-    assert clickpose_main.expected_error_code(KeyError("a bug")) is None
+    from util.errors import exit_code
+
+    assert exit_code(DiskFullError(errno.ENOSPC, "no space left on the device")) == 1
+    assert exit_code(OSError(errno.ENOSPC, "No space left on device")) == 1
+    assert exit_code(KeyError("a bug")) is None
 
 
 def _free_port() -> int:

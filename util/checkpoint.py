@@ -19,12 +19,9 @@ import torch
 from torch import nn
 
 from .distributed import all_gather, save_on_master
+from .errors import CheckpointError  # defined beside the CLI's exit codes; re-exported here
 
 log = logging.getLogger("clickpose")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable, or does not fit the model; the message says which and why."""
 
 
 # What a checkpoint may hold without the user's opt-in: tensors, containers, numbers, strings, and the

@@ -10,7 +10,7 @@ from torch import nn
 from models.clickpose.backbone import BackboneOptions, Joiner, make_backbone, set_trainable
 from models.clickpose.position_encoding import PositionEmbeddingSineHW
 from util.misc import NestedTensor
-from util.training import backbone_parameter_ids, build_optimizer, param_groups
+from models.optim import backbone_parameter_ids, build_optimizer, param_groups
 
 
 class _Model(nn.Module):

@@ -4,11 +4,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS
+from datasets.metadata import (COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS,
+                               default_metadata_for_num_keypoints)
 from models import build_model
-from util.adaptation import PER_KEYPOINT_TENSORS, adapt_state_dict, load_pretrained
+from models.adaptation import PER_KEYPOINT_TENSORS, adapt_state_dict, load_pretrained
 from util.checkpoint import read_checkpoint, save_checkpoint
 from tests.models.conftest import load_args
+
+
+def _load(model, ckpt, target, **kwargs):
+    """load_pretrained as main.py calls it: checkpoints without a recorded layout have the built-in one."""
+    return load_pretrained(model, ckpt, target, legacy_layout=default_metadata_for_num_keypoints, **kwargs)
+
 
 EMBED = "transformer.decoder.keypoint_embed.weight"
 HW = "transformer.decoder.hw.weight"
@@ -33,7 +40,7 @@ def test_17_to_21_copies_known_keypoints_and_initialises_new_ones(source_checkpo
     assert source_checkpoint["keypoint_metadata"] == COCO_KEYPOINTS.to_dict()  # recorded at save time
     torch.manual_seed(4)
     model = _model(HUMANART21_KEYPOINTS)
-    report = load_pretrained(model, source_checkpoint, HUMANART21_KEYPOINTS,
+    report = _load(model, source_checkpoint, HUMANART21_KEYPOINTS,
                              init_from={"left_finger": "left_wrist", "left_toe": "left_ankle"})
     out = model.state_dict()
     groups = load_args().num_group
@@ -65,7 +72,7 @@ def test_17_to_21_copies_known_keypoints_and_initialises_new_ones(source_checkpo
 
 def test_released_checkpoints_without_recorded_layout_are_coco(source_checkpoint):
     model = _model(HUMANART21_KEYPOINTS)
-    report = load_pretrained(model, {"model": source_checkpoint["model"]}, HUMANART21_KEYPOINTS)
+    report = _load(model, {"model": source_checkpoint["model"]}, HUMANART21_KEYPOINTS)
     assert report.source == "coco" and len(report.copied) == 17
 
 
@@ -79,7 +86,7 @@ def test_17_to_crowdpose_14_matches_by_name(source_checkpoint):
 
 def test_same_layout_loads_without_adaptation(source_checkpoint):
     model = _model(COCO_KEYPOINTS)
-    assert load_pretrained(model, source_checkpoint, COCO_KEYPOINTS) is None
+    assert _load(model, source_checkpoint, COCO_KEYPOINTS) is None
     assert torch.equal(model.state_dict()[HW], source_checkpoint["model"][HW])
 
 
@@ -105,7 +112,7 @@ def _warnings(caplog) -> list[str]:
 
 def test_17_to_21_is_an_info_line_not_a_warning(source_checkpoint, clickpose_log):
     """Every source keypoint is in the target: the adaptation the paper describes, nothing to warn about."""
-    load_pretrained(_model(HUMANART21_KEYPOINTS), source_checkpoint, HUMANART21_KEYPOINTS)
+    _load(_model(HUMANART21_KEYPOINTS), source_checkpoint, HUMANART21_KEYPOINTS)
     assert _warnings(clickpose_log) == []
     assert any("17 keypoints copied, 4 initialised" in r.getMessage() for r in clickpose_log.records)
 
@@ -136,7 +143,7 @@ def test_layouts_without_a_shared_name_are_an_error_unless_the_keypoint_weights_
     # the fix the message gives: train the per-keypoint weights from scratch, keep the rest
     model = _model(animal)
     before = {k: v.clone() for k, v in model.state_dict().items() if k in PER_KEYPOINT_TENSORS}
-    load_pretrained(model, source_checkpoint, animal, ignore_keywords=list(PER_KEYPOINT_TENSORS))
+    _load(model, source_checkpoint, animal, ignore_keywords=list(PER_KEYPOINT_TENSORS))
     after = model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in before.items())
     backbone = "backbone.0.body.layer2.0.conv1.weight"

@@ -17,16 +17,20 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from util.checkpoint import CheckpointError, load_model_weights, strip_prefix
-from util.config import ConfigError
+from util.checkpoint import load_model_weights, strip_prefix
+from util.errors import CheckpointError, ConfigError
 from util.keypoint_metadata import KeypointMetadata
 
 log = logging.getLogger("clickpose")
+
+# The built-in layout with a keypoint count (``datasets.metadata.default_metadata_for_num_keypoints``; the caller
+# passes it in, as models do not import datasets).
+LegacyLayout = Callable[[int], KeypointMetadata]
 
 HW_KEY = "transformer.decoder.hw.weight"
 # key -> (rows before the keypoint rows, whether rows are grouped (G, K, ...) )
@@ -140,26 +144,27 @@ def adapt_state_dict(state_dict: Mapping[str, Tensor], source: KeypointMetadata,
     return adapted, report
 
 
-def source_metadata(ckpt: Mapping[str, Any], state_dict: Mapping[str, Tensor]) -> KeypointMetadata:
-    """The layout a checkpoint was trained with: its recorded ``keypoint_metadata``, else the built-in layout with
-    its keypoint count (17: COCO, as the released checkpoints; 14: CrowdPose)."""
+def source_metadata(ckpt: Mapping[str, Any], state_dict: Mapping[str, Tensor],
+                    legacy_layout: LegacyLayout) -> KeypointMetadata:
+    """The layout a checkpoint was trained with: its recorded ``keypoint_metadata``, else ``legacy_layout`` of its
+    keypoint count (the built-in layouts: 17: COCO, as the released checkpoints; 14: CrowdPose)."""
     if ckpt.get("keypoint_metadata"):
         return KeypointMetadata.from_dict(ckpt["keypoint_metadata"])
     if HW_KEY not in state_dict:
         raise CheckpointError(f"cannot tell the checkpoint's keypoint layout: it records no keypoint_metadata and "
                               f"has no {HW_KEY}")
-    from datasets.metadata import default_metadata_for_num_keypoints
-
-    return default_metadata_for_num_keypoints(int(state_dict[HW_KEY].shape[0]))
+    return legacy_layout(int(state_dict[HW_KEY].shape[0]))
 
 
 def load_pretrained(model: nn.Module, ckpt: Mapping[str, Any], target: KeypointMetadata, *,
-                    ignore_keywords: Optional[list[str]] = None, init_from: Optional[Mapping[str, str]] = None,
+                    legacy_layout: LegacyLayout, ignore_keywords: Optional[list[str]] = None,
+                    init_from: Optional[Mapping[str, str]] = None,
                     source: str = "checkpoint") -> Optional[AdaptationReport]:
     """Load ``ckpt['model']`` into ``model`` (non-strict, as --pretrain_model_path), adapting the per-keypoint
-    weights when the checkpoint's layout differs from ``target``. Returns the report, or None if none was needed."""
+    weights when the checkpoint's layout differs from ``target`` (a checkpoint without a recorded layout has
+    ``legacy_layout`` of its keypoint count). Returns the report, or None if none was needed."""
     weights = strip_prefix(ckpt["model"])
-    layout = source_metadata(ckpt, weights)
+    layout = source_metadata(ckpt, weights, legacy_layout)
     ignore = [word for word in (ignore_keywords or []) if word]
     # per-keypoint tensors that --finetune_ignore drops anyway are not adapted (nor can they block the load)
     weights = {k: v for k, v in weights.items()
