@@ -2,7 +2,7 @@
 
 - ``main.py`` command lines (plain, ``torchrun``, ``torch.distributed.launch``): the flags parse, the config loads,
   every ``--options`` key exists and its value validates, and the dataset is a supported one;
-- ``tools/*.py`` scripts exist and accept every flag the README gives them;
+- tools (``python -m tools.X`` or a script path) exist and accept every flag the README gives them;
 - ``python -m`` modules exist, ``make`` targets exist, files named after ``cd`` exist;
 - Python blocks compile and import what exists.
 
@@ -108,24 +108,35 @@ def test_main_py_command_parses_and_validates(argv, env, monkeypatch):
 
 
 def _tool_commands():
+    """(how to run it: a script path or ``-m module``, its arguments, working directory) of every tool command."""
     for argv, _, cwd in COMMANDS:
-        scripts = [word for word in argv if word.endswith(".py") and word != "main.py"]
-        if argv[0] in {"python", "python3"} and scripts and main_py_argv(argv) is None:
+        if argv[0] not in {"python", "python3"} or main_py_argv(argv) is not None:
+            continue
+        if argv[1] == "-m" and argv[2].startswith("tools."):
+            yield f"-m {argv[2]}", argv[3:], cwd
+            continue
+        scripts = [word for word in argv if word.endswith(".py")]
+        if scripts:
             yield scripts[0], argv[argv.index(scripts[0]) + 1:], cwd
 
 
-@pytest.mark.parametrize("script,args,cwd", list(_tool_commands()), ids=lambda v: str(v) if isinstance(v, str) else "")
-def test_script_exists_and_accepts_the_flags(script, args, cwd):
-    path = cwd / script
-    assert path.is_file(), f"README names {script}, which does not exist"
-    if path.name == "setup.py":
-        return
+@pytest.mark.parametrize("tool,args,cwd", list(_tool_commands()), ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_tool_exists_and_accepts_the_flags(tool, args, cwd):
+    if tool.startswith("-m "):
+        module = tool[3:]
+        assert importlib.util.find_spec(module) is not None, f"README: python -m {module}: no such module"
+        command = [sys.executable, "-m", module, "--help"]
+    else:
+        path = cwd / tool
+        assert path.is_file(), f"README names {tool}, which does not exist"
+        if path.name == "setup.py":
+            return
+        command = [sys.executable, str(path), "--help"]
     flags = {a.split("=", 1)[0] for a in args if a.startswith("--")}
-    help_text = subprocess.run([sys.executable, str(path), "--help"], capture_output=True, text=True, cwd=REPO,
-                               timeout=120)
+    help_text = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert help_text.returncode == 0, help_text.stderr
     missing = [flag for flag in flags if flag not in help_text.stdout]
-    assert not missing, f"{script} does not accept {missing}"
+    assert not missing, f"{tool} does not accept {missing}"
 
 
 def test_modules_and_make_targets_exist():
