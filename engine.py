@@ -1,11 +1,13 @@
-"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` (model-only AP), ``evaluate_interactive``."""
+"""Training and evaluation loops: ``train_one_epoch``, ``evaluate`` (model-only AP), ``evaluate_interactive``, and
+``evaluate_model``, the one evaluation entry of a run."""
 from __future__ import annotations
 
+import copy
 import datetime
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -14,19 +16,21 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
-from datasets.dataset_ap import DatasetKeypointAP
+from datasets import build_evaluator
+from datasets.evaluation import (KEYPOINT_STATS_KEY, PER_IMAGE_AP_KEY, DatasetKeypointAP, EvaluatorGroup,
+                                 InteractiveResults, PerImageAPEvaluator, check_thresholds, write_interactive_report)
 from datasets.metadata import default_metadata_for_num_keypoints
 from models.adaptation import load_pretrained
 from util import run_folder
 from util import checkpoint as checkpoint_io  # save_checkpoint through the module (tests stop it mid-run)
-from util.checkpoint import load_model_weights, read_checkpoint, restore_rng_state, restore_scaler_state
+from util.checkpoint import (load_model_weights, preserve_rng, read_checkpoint, restore_rng_state,
+                             restore_scaler_state)
 from util.errors import ConfigError
 from util.keypoint_metadata import KeypointMetadata
 from util.misc import collate_fn
-from util.distributed import all_gather, broadcast_object, is_main_process, reduce_dict
+from util.distributed import broadcast_object, is_main_process, reduce_dict
 from util.errors import NonFiniteLossError  # noqa: F401  (re-exported: raised here, mapped to exit code 1 by main.py)
 from util.metric_logger import MetricLogger, SmoothedValue
-from util.noc import InteractiveResults, check_thresholds
 
 log = logging.getLogger("clickpose")
 
@@ -198,7 +202,7 @@ class RunRecord:
     writer: Any = None  # TensorBoard SummaryWriter (main process)
 
 
-Evaluate = Callable[[nn.Module], dict]  # a model's test stats (main.py's evaluate_model)
+Evaluate = Callable[[nn.Module], dict]  # a model's test stats (``evaluate_model`` with the run's values)
 
 
 def build_loaders(args: Any, dataset_train: Any, dataset_val: Any) -> tuple[Optional[DataLoader], DataLoader]:
@@ -363,50 +367,77 @@ def evaluate(model: nn.Module, postprocessors: Mapping[str, Callable], data_load
              device: torch.device, *, amp: bool = False, amp_dtype: torch.dtype = torch.float16,
              max_iters: Optional[int] = None, print_freq: int = 10,
              log_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Model-only evaluation: predictions of every image go to ``evaluator``; returns its summary stats."""
+    """Model-only evaluation: predictions of every image go to ``evaluator`` (a ``DatasetEvaluator``); returns its
+    stats."""
     model.eval()
+    evaluator.reset()
     meters = MetricLogger()
     for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, "Test:", log=log_fn)):
         samples = samples.to(device)
         with _autocast(device, amp, amp_dtype):
             outputs = model(samples)
         orig_sizes = torch.stack([t["orig_size"] for t in targets]).to(device)
-        results = postprocessors["bbox"](outputs, orig_sizes)
-        evaluator.update({int(t["image_id"]): r for t, r in zip(targets, results)})
+        results = postprocessors["pose"](outputs, orig_sizes)
+        evaluator.process([int(t["image_id"]) for t in targets], results)
         if max_iters is not None and step + 1 >= max_iters:
             break
-    evaluator.synchronize_between_processes()
-    evaluator.accumulate()
-    return evaluator.summarize()
+    return evaluator.evaluate()
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How ``evaluate_model`` evaluates (plain values taken from the run's config and environment)."""
+    interactive: bool = False  # NoC and AP after k clicks instead of the model-only AP
+    amp: bool = False
+    amp_dtype: torch.dtype = torch.float16
+    max_iters: Optional[int] = None  # stop after this many batches (--debug: 15)
+    max_clicks: int = 0  # interactive: click rounds 1..max_clicks after round 0
+    thresholds: tuple[float, ...] = ()  # interactive: NoC thresholds (per-image AP in (0, 1])
+    report_round: Optional[int] = None  # interactive: the round the full evaluator sees (default: max_clicks)
+    max_select: Optional[int] = None  # interactive: the post-process keeps at most this many detections
+    click_list_paths: Mapping[float, Any] = field(default_factory=dict)  # interactive: extra {threshold: path} lists
+
+
+def click_round_evaluator(per_image_ap: Any, scorer: Optional[Callable[[], Any]] = None) -> Callable[[], Any]:
+    """The factory of one click round's evaluator: per-image AP (NoC) and dataset-level keypoint stats.
+
+    Default: a ``DatasetKeypointAP``, both from one matching pass of ``per_image_ap`` (a ``PerImageKeypointAP`` on
+    the dataset's ground truth and OKS sigmas). ``scorer`` (CrowdPose: its own evaluator, best sharing one loaded
+    ground truth) gives the dataset-level stats instead, beside the per-image AP of ``per_image_ap``.
+    """
+    if scorer is None:
+        return lambda: DatasetKeypointAP(per_image_ap)
+    return lambda: EvaluatorGroup([PerImageAPEvaluator(per_image_ap), scorer()])
 
 
 @torch.no_grad()
-def evaluate_interactive(model: nn.Module, postprocess: Callable, data_loader: Iterable, per_image_ap: Any,
-                         device: torch.device, *, max_clicks: int, thresholds: Sequence[float],
-                         report_round: Optional[int] = None, report_evaluator: Any = None,
-                         round_evaluator_factory: Optional[Callable[[], Any]] = None, max_iters: Optional[int] = None,
-                         print_freq: int = 10, log_fn: Callable[[str], None] = print) -> InteractiveResults:
+def evaluate_interactive(model: nn.Module, postprocess: Callable, data_loader: Iterable, device: torch.device,
+                         options: EvalOptions, *, round_evaluator: Callable[[], Any], report_evaluator: Any = None,
+                         log_fn: Callable[[str], None] = print) -> InteractiveResults:
     """Simulated interactive annotation of the whole val set in one pass; returns what it measured.
 
-    Per batch: one model pass (``model(samples, return_state=True)``), then ``max_clicks`` oracle click rounds on
-    the cached state (``model.click_rounds(state, outputs, targets, max_clicks)``, rounds 0..max_clicks). Each
-    round's post-processed predictions are matched once by ``per_image_ap`` (a ``PerImageKeypointAP`` built with
-    the dataset's ground truth and OKS sigmas): that gives the per-image AP (for NoC at every threshold) and the
-    dataset-level keypoint AP after k clicks (``DatasetKeypointAP``). A scorer with other semantics (CrowdPose)
-    comes as ``round_evaluator_factory`` (one keypoint evaluator per round). ``report_evaluator`` (box and keypoint
-    AP, result files) sees round ``report_round`` (default ``max_clicks``). Clicks never change earlier rounds, so
-    one pass gives what the reference computes in 3 + 17 runs; any batch size, any number of processes.
-    Writing reports is the caller's job (``util.noc_report``).
+    Per batch: one model pass (``model(samples, return_state=True)``), then ``options.max_clicks`` oracle click
+    rounds on the cached state (``model.click_rounds(state, outputs, targets, max_clicks)``, rounds 0..max_clicks).
+    Every round has its evaluator (a ``DatasetEvaluator`` from ``round_evaluator``, see ``click_round_evaluator``),
+    fed that round's post-processed predictions; it gives the per-image AP (for NoC at ``options.thresholds``) and
+    the dataset-level keypoint AP after k clicks. ``report_evaluator`` (box and keypoint AP, result files) sees
+    round ``options.report_round`` (default ``max_clicks``). Clicks never change earlier rounds, so one pass gives
+    what the reference computes in 3 + 17 runs; any batch size, any number of processes. Writing reports is the
+    caller's job (``datasets.evaluation.report``).
     """
-    thresholds = check_thresholds(thresholds)
-    report_round = max_clicks if report_round is None else min(int(report_round), max_clicks)
-    round_scorers = [round_evaluator_factory() if round_evaluator_factory else DatasetKeypointAP()
-                     for _ in range(max_clicks + 1)]
+    max_clicks, max_iters = options.max_clicks, options.max_iters
+    thresholds = check_thresholds(options.thresholds)
+    report_round = max_clicks if options.report_round is None else min(int(options.report_round), max_clicks)
+    round_evaluators = [round_evaluator() for _ in range(max_clicks + 1)]
+    fed = list(enumerate(round_evaluators))  # (round, evaluator) pairs
+    if report_evaluator is not None:
+        fed.append((report_round, report_evaluator))
+    for _, evaluator in fed:
+        evaluator.reset()
     model.eval()
     net = model.module if hasattr(model, "module") else model
-    ap_rows: dict[Any, np.ndarray] = {}
     meters = MetricLogger()
-    for step, (samples, targets) in enumerate(meters.log_every(data_loader, print_freq, "Interactive:", log=log_fn)):
+    for step, (samples, targets) in enumerate(meters.log_every(data_loader, 10, "Interactive:", log=log_fn)):
         targets = targets_to(targets, device)
         outputs, state = net(samples.to(device), return_state=True)
         rounds = net.click_rounds(state, outputs, targets, max_clicks)
@@ -415,54 +446,61 @@ def evaluate_interactive(model: nn.Module, postprocess: Callable, data_loader: I
                                f"{max_clicks + 1} (round 0 = before any click)")
         orig_sizes = torch.stack([t["orig_size"] for t in targets])
         image_ids = [int(t["image_id"]) for t in targets]
-        curves = np.zeros((len(targets), max_clicks + 1))
-        for k, round_outputs in enumerate(rounds):
-            results = postprocess(round_outputs, orig_sizes)
-            curves[:, k] = _score_round(per_image_ap, round_scorers[k], image_ids, results)
-            if report_evaluator is not None and k == report_round:
-                report_evaluator.update(dict(zip(image_ids, results)))
-        for image_id, row in zip(image_ids, curves):
-            ap_rows.setdefault(image_id, row)  # DistributedSampler pads with repeats: keep the first
+        results = [postprocess(round_outputs, orig_sizes) for round_outputs in rounds]
+        for k, evaluator in fed:
+            evaluator.process(image_ids, results[k])
         if max_iters is not None and step + 1 >= max_iters:
             break
-    image_ids, ap_curves = _gather_curves(ap_rows, max_clicks)
+    per_round = [evaluator.evaluate() for evaluator in round_evaluators]
+    image_ids, ap_curves = _ap_curves([stats[PER_IMAGE_AP_KEY] for stats in per_round])
     return InteractiveResults.from_curves(
-        image_ids, ap_curves, thresholds, max_clicks, round_stats=[_round_summary(s) for s in round_scorers],
-        stat_names=tuple(round_scorers[0].keypoint_stat_names),
-        report_round=report_round, report_stats=_summary(report_evaluator) if report_evaluator is not None else {})
+        image_ids, ap_curves, thresholds, max_clicks,
+        round_stats=[list(stats[KEYPOINT_STATS_KEY]) for stats in per_round],
+        stat_names=tuple(round_evaluators[0].keypoint_stat_names), report_round=report_round,
+        report_stats=report_evaluator.evaluate() if report_evaluator is not None else {})
 
 
-def _score_round(per_image_ap: Any, scorer: Any, image_ids: list[int], results: list[dict]) -> np.ndarray:
-    """Per-image AP of one round's predictions; the round's dataset-level scorer gets them too."""
-    arrays = [{key: value.detach().cpu().numpy() for key, value in r.items()} for r in results]
-    if isinstance(scorer, DatasetKeypointAP):
-        ap, matches = per_image_ap.evaluate(image_ids, arrays)
-        scorer.add(matches)
-        return ap
-    scorer.update(dict(zip(image_ids, results)))
-    return per_image_ap.images_ap(image_ids, arrays)
+def _ap_curves(per_round_ap: Sequence[Mapping[Any, float]]) -> tuple[list, np.ndarray]:
+    """(image ids sorted, (N, rounds) AP of each image after every round) from each round's {image_id: AP}."""
+    image_ids = sorted(per_round_ap[0])
+    curves = np.array([[round_ap[i] for round_ap in per_round_ap] for i in image_ids], dtype=np.float64)
+    return image_ids, curves.reshape(len(image_ids), len(per_round_ap))
 
 
-def _gather_curves(ap_rows: dict[Any, np.ndarray], max_clicks: int) -> tuple[list, np.ndarray]:
-    """Every rank's per-image curves, one per image (first occurrence), ordered by image id."""
-    merged: dict[Any, np.ndarray] = {}
-    for part in all_gather(ap_rows):
-        for image_id, row in part.items():
-            merged.setdefault(image_id, row)
-    image_ids = sorted(merged)
-    curves = np.stack([merged[i] for i in image_ids]) if image_ids else np.zeros((0, max_clicks + 1))
-    return image_ids, curves
+def evaluate_model(net: nn.Module, postprocessors: Mapping[str, Any], dataset: Any, data_loader: Iterable,
+                   device: torch.device, options: EvalOptions = EvalOptions(), *, output_dir: Optional[Path] = None,
+                   log_fn: Callable[[str], None] = print, tb_writer: Any = None) -> dict:
+    """A model's test stats (main.py's one evaluation call); the random streams are left as they were.
+
+    Model-only: box and keypoint AP of ``dataset`` (``evaluate``), results files in ``output_dir``.
+    ``options.interactive``: NoC and AP after 0..max_clicks clicks in one pass (``evaluate_interactive``), the full
+    stats of the report round, then the report files in ``output_dir`` and, with ``tb_writer``, TensorBoard
+    scalars. Returns the stats for log.txt.
+    """
+    with preserve_rng():
+        if options.interactive:
+            return _evaluate_interactive_model(net, postprocessors["pose"], dataset, data_loader, device, options,
+                                               output_dir=output_dir, log_fn=log_fn, tb_writer=tb_writer)
+        evaluator = build_evaluator(dataset, output_dir=output_dir)
+        return evaluate(net, postprocessors, data_loader, evaluator, device, amp=options.amp,
+                        amp_dtype=options.amp_dtype, max_iters=options.max_iters, log_fn=log_fn)
 
 
-def _summary(evaluator: Any) -> dict[str, Any]:
-    evaluator.synchronize_between_processes()
-    evaluator.accumulate()
-    return evaluator.summarize()
-
-
-def _round_summary(scorer: Any) -> list[float]:
-    """Dataset-level keypoint stats of one round, from either kind of scorer."""
-    if isinstance(scorer, DatasetKeypointAP):
-        scorer.synchronize_between_processes()
-        return scorer.summarize().tolist()
-    return list(_summary(scorer)["coco_eval_keypoints_detr"])
+def _evaluate_interactive_model(net: nn.Module, postprocess: Any, dataset: Any, data_loader: Iterable,
+                                device: torch.device, options: EvalOptions, *, output_dir: Optional[Path],
+                                log_fn: Callable[[str], None], tb_writer: Any) -> dict:
+    """``evaluate_interactive`` wired to ``dataset``'s scorer, with its ground truth read once for every round."""
+    if options.max_select is not None and postprocess.num_select > options.max_select:
+        postprocess = copy.copy(postprocess)  # the refinement keeps num_group_refine people per class
+        postprocess.num_select = options.max_select
+    report_evaluator = build_evaluator(dataset, output_dir=output_dir)
+    ground_truth = report_evaluator.ground_truth
+    scorer = None if ground_truth.backend == "coco" else (
+        lambda: build_evaluator(dataset, ground_truth=ground_truth, iou_types=("keypoints",), log=None))
+    results = evaluate_interactive(net, postprocess, data_loader, device, options,
+                                   round_evaluator=click_round_evaluator(ground_truth.per_image_ap(), scorer),
+                                   report_evaluator=report_evaluator, log_fn=log_fn)
+    if output_dir is not None and is_main_process():
+        write_interactive_report(output_dir, results, tb_writer=tb_writer,
+                                 click_list_paths=dict(options.click_list_paths), printer=log_fn)
+    return results.log_stats()

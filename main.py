@@ -4,8 +4,9 @@
     torchrun --nproc-per-node=4 main.py -c config/clickpose.cfg.py ...
     python -m torch.distributed.launch --nproc_per_node=4 main.py -c config/clickpose.cfg.py ...
 
-This is the only module that reads environment variables (the reference's CLICKPOSE_* variables, NoC_thr, and the
-launchers' WORLD_SIZE/RANK/LOCAL_RANK/SLURM_*); everything below receives plain arguments.
+Only this entry point reads environment variables (the reference's CLICKPOSE_* variables and NoC_thr through
+``util.config_support.resolve_environment``, the launchers' WORLD_SIZE/RANK/LOCAL_RANK/SLURM_* through
+``util.distributed``); everything below receives plain arguments.
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ import random
 import shlex
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -26,26 +26,18 @@ import torch
 
 import engine
 from datasets import build_dataset, get_metadata
+from datasets.evaluation import resolve_max_clicks
 from models import build_model
 from models.optim import build_optimizer
 from util.config import Config, ConfigError, DictAction, apply_config_to_args, check_ranges
-from util.distributed import init_distributed_mode, is_main_process
+from util.config_support import add_dead_flags, resolve_environment
+from util.distributed import DEFAULT_TIMEOUT_S, init_distributed_mode, is_main_process
 from util.ema import ModelEma
 from util.errors import error_message, exit_code
 from util.files import append_line, atomic_write_text
 from util.logger import setup_logger
-from util.noc import resolve_max_clicks
 from util.run_folder import BestMetricHolder, tidy_output_dir
 from util.training import build_lr_scheduler
-
-# Dataset root per --dataset_file, from the reference's environment variables.
-DATASET_ROOT_ENV = {
-    "coco": "CLICKPOSE_COCO_PATH",
-    "crowdpose": "CLICKPOSE_CrowdPose_PATH",
-    "humanart": "CLICKPOSE_HumanArt_PATH",
-    "ochuman": "CLICKPOSE_OCHuman_PATH",
-}
-
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Click-Pose training and evaluation", add_help=True)
@@ -55,10 +47,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                              "(a,b), 'quoted strings', dotted.keys)")
     # dataset
     parser.add_argument("--dataset_file", default="coco", help="coco | crowdpose | humanart | ochuman | custom")
-    parser.add_argument("--coco_path", type=str, default=None,
-                        help="dataset root (default: the CLICKPOSE_<DATASET>_PATH environment variable)")
-    parser.add_argument("--remove_difficult", action="store_true", help="unused (kept for compatibility)")
-    parser.add_argument("--fix_size", action="store_true", help="unused (kept for compatibility)")
+    parser.add_argument("--coco_path", "--data_root", dest="coco_path", type=str, default=None,
+                        help="the dataset's root, whichever the dataset (default: the CLICKPOSE_<DATASET>_PATH "
+                             "environment variable)")
     # training
     parser.add_argument("--output_dir", default="", help="path where to save, empty for no saving")
     parser.add_argument("--note", default="", help="add some notes to the experiment")
@@ -70,11 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--start_epoch", default=0, type=int, metavar="N", help="start epoch")
     parser.add_argument("--eval", action="store_true", help="evaluate only")
     parser.add_argument("--num_workers", default=10, type=int)
-    parser.add_argument("--test", action="store_true", help="unused (kept for compatibility)")
     parser.add_argument("--debug", action="store_true",
                         help="stop each epoch after 15 iterations; show tracebacks of expected errors")
     parser.add_argument("--find_unused_params", action="store_true")
-    parser.add_argument("--save_results", action="store_true", help="unused (kept for compatibility)")
     parser.add_argument("--save_log", action="store_true", help="also send metric logs to the logger")
     # distributed
     parser.add_argument("--world_size", default=1, type=int, help="number of distributed processes")
@@ -82,7 +71,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rank", default=0, type=int, help="node rank (multi-node launch.py)")
     parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
                         help="set by torch.distributed.launch (both spellings)")
-    parser.add_argument("--dist_timeout", default=600.0, type=float, metavar="SECONDS",
+    parser.add_argument("--dist_timeout", default=DEFAULT_TIMEOUT_S, type=float, metavar="SECONDS",
                         help="a process waits this long for a rank that died or hangs, then stops with an error")
     # trust switches: off by default (README, 'Loading and resuming')
     parser.add_argument("--trust_checkpoint", action="store_true",
@@ -93,6 +82,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--amp", action="store_true", help="train with mixed precision")
     parser.add_argument("--amp_dtype", default="float16", choices=["float16", "bfloat16"],
                         help="autocast dtype with --amp")
+    add_dead_flags(parser)
     return parser
 
 
@@ -103,9 +93,10 @@ def load_config(args: argparse.Namespace) -> Config:
     if args.options:
         cfg.merge_from_dict(args.options)
     check_ranges(cfg.to_dict())
-    for flag, low in (("start_epoch", 0), ("num_workers", 0), ("dist_timeout", 1)):
-        if getattr(args, flag) < low:
-            raise ConfigError(f"--{flag} must be >= {low}, got {getattr(args, flag)}")
+    for flag, value, low in (("start_epoch", args.start_epoch, 0), ("num_workers", args.num_workers, 0),
+                             ("dist_timeout", args.dist_timeout, 1)):
+        if value < low:
+            raise ConfigError(f"--{flag} must be >= {low}, got {value}")
     return cfg
 
 
@@ -122,22 +113,6 @@ def git_sha() -> str:
         return f"sha: {sha}, status: {dirty}, branch: {branch}"
     except (OSError, subprocess.CalledProcessError):
         return "sha: N/A (not a git checkout)"
-
-
-def resolve_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Map the reference's environment variables onto ``args`` (the only place they are read)."""
-    if not args.coco_path:
-        var = DATASET_ROOT_ENV.get(args.dataset_file)
-        args.coco_path = environ.get(var) if var else None
-    args.noc_filter = environ.get("CLICKPOSE_NoC_Test") == "TRUE"
-    # Interactive-evaluation compatibility: the reference took these from the environment, one run per value.
-    if environ.get("NoC_thr"):
-        args.noc_threshold_env = float(environ["NoC_thr"])
-    if environ.get("CLICKPOSE_Click_Number"):
-        args.click_number_env = int(environ["CLICKPOSE_Click_Number"])
-        if args.click_number_env < 1:
-            raise ConfigError("CLICKPOSE_Click_Number must be >= 1")
-    args.noc_save_path = environ.get("CLICKPOSE_SAVE_PATH")
 
 
 def prepare(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str, str]] = None):
@@ -171,77 +146,20 @@ def prepare(argv: Optional[Sequence[str]] = None, environ: Optional[Mapping[str,
     return args, cfg, logger
 
 
-@dataclass
-class EvalContext:
-    """What evaluating a model reads (``evaluate_model``); ``writer``: TensorBoard, for the interactive metrics."""
-    args: argparse.Namespace
-    device: torch.device
-    postprocessors: dict
-    dataset_val: Any
-    val_loader: Any
-    output_dir: Optional[Path]
-    max_clicks: int  # the interactive evaluation's click cap: max_clicks, or the layout's keypoint count
-    writer: Any = None
-
-    @property
-    def log_fn(self):
-        return logging.getLogger("clickpose").info if self.args.save_log else print
-
-    @property
-    def max_iters(self) -> Optional[int]:
-        return 15 if self.args.debug else None
-
-    @property
-    def amp_dtype(self) -> torch.dtype:
-        return torch.bfloat16 if self.args.amp_dtype == "bfloat16" else torch.float16
-
-
-Run = EvalContext  # the name the evaluation functions below are annotated with
-
-
-def evaluate_model(run: Run, net) -> dict:
-    """Model-only AP, or the interactive evaluation; the random streams are left as they were."""
-    import engine
-    from datasets import build_evaluator
-    from util.checkpoint import preserve_rng
-
-    with preserve_rng():
-        if run.args.feedback_loop_NOC_test or run.args.feedback_inference:
-            return run_interactive_evaluation(run, net)
-        evaluator = build_evaluator(run.dataset_val, run.args, run.output_dir)
-        return engine.evaluate(net, run.postprocessors, run.val_loader, evaluator, run.device, amp=run.args.amp,
-                               amp_dtype=run.amp_dtype, max_iters=run.max_iters, log_fn=run.log_fn)
-
-
-def run_interactive_evaluation(run: Run, net) -> dict:
-    """NoC and AP after k clicks in one pass (``engine.evaluate_interactive``), then the report files and, when the
-    run has a TensorBoard writer, its scalars (``util.noc_report``). Returns the stats for log.txt."""
-    import copy
-
-    import engine
-    from datasets import build_evaluator
-    from util.distributed import is_main_process
-    from util.noc_report import write_interactive_report
-
-    args, output_dir, dataset = run.args, run.output_dir, run.dataset_val
-    postprocess = run.postprocessors["bbox"]
-    refined = args.num_group_refine * args.num_classes
-    if postprocess.num_select > refined:  # the reference needs num_select=20 here (it crashes otherwise)
-        postprocess = copy.copy(postprocess)
-        postprocess.num_select = refined
-    threshold_env = getattr(args, "noc_threshold_env", None)  # NoC_thr: set by resolve_environment when present
-    thresholds = list(args.noc_thresholds) + ([threshold_env] if threshold_env is not None else [])
-    report_evaluator = build_evaluator(dataset, args, output_dir)
-    results = engine.evaluate_interactive(
-        net, postprocess, run.val_loader, report_evaluator.per_image_ap(), run.device,
-        max_clicks=run.max_clicks, thresholds=thresholds, report_round=getattr(args, "click_number_env", None),
-        report_evaluator=report_evaluator, round_evaluator_factory=None if report_evaluator.backend == "coco" else
-        lambda: build_evaluator(dataset, args, iou_types=("keypoints",), log=None), log_fn=run.log_fn)
-    if output_dir is not None and is_main_process():
-        compat = {float(threshold_env): args.noc_save_path} if threshold_env is not None and args.noc_save_path else {}
-        write_interactive_report(output_dir, results, tb_writer=run.writer, click_list_paths=compat,
-                                 printer=run.log_fn)
-    return results.log_stats()
+def evaluation_options(args: argparse.Namespace, max_clicks: int) -> engine.EvalOptions:
+    """How the run evaluates, from its args (config keys and the reference's environment variables, read by
+    ``util.config_support.resolve_environment``): NoC_thr adds a threshold (CLICKPOSE_SAVE_PATH: its click list), CLICKPOSE_Click_Number
+    picks the report round; the interactive post-process keeps at most the refined (query, class) pairs."""
+    threshold_env = args.noc_threshold_env
+    thresholds = tuple(args.noc_thresholds) + ((threshold_env,) if threshold_env is not None else ())
+    click_lists = {float(threshold_env): args.noc_save_path} if threshold_env is not None and args.noc_save_path \
+        else {}
+    return engine.EvalOptions(
+        interactive=bool(args.feedback_loop_NOC_test or args.feedback_inference), amp=args.amp,
+        amp_dtype=torch.bfloat16 if args.amp_dtype == "bfloat16" else torch.float16,
+        max_iters=15 if args.debug else None, max_clicks=max_clicks, thresholds=thresholds,
+        report_round=args.click_number_env, max_select=args.num_group_refine * args.num_classes,
+        click_list_paths=click_lists)
 
 
 def open_tensorboard(output_dir: Optional[Path]) -> Any:
@@ -284,22 +202,28 @@ def run(args: argparse.Namespace, logger: logging.Logger) -> int:
     output_dir = Path(args.output_dir) if args.output_dir else None
     record = engine.RunRecord(output_dir, BestMetricHolder(use_ema=args.use_ema), n_parameters)
     resumed = engine.load_starting_point(args, state, metadata, record)
-    ctx = EvalContext(args, device, postprocessors, dataset_val, val_loader, output_dir, max_clicks)
-    if not args.eval or args.feedback_loop_NOC_test or args.feedback_inference:
-        ctx.writer = record.writer = open_tensorboard(output_dir)  # interactive metrics go to TensorBoard too
+    options = evaluation_options(args, max_clicks)
+    if not args.eval or options.interactive:  # interactive metrics go to TensorBoard too
+        record.writer = open_tensorboard(output_dir)
+    log_fn = logging.getLogger("clickpose").info if args.save_log else print
+
+    def evaluate(net: torch.nn.Module) -> dict:
+        return engine.evaluate_model(net, postprocessors, dataset_val, val_loader, device, options,
+                                     output_dir=output_dir, log_fn=log_fn, tb_writer=record.writer)
+
     try:
         if args.eval:  # the regular weights, as the reference (a best-EMA checkpoint holds them as 'model')
-            stats = evaluate_model(ctx, model)
+            stats = evaluate(model)
             if output_dir is not None and is_main_process():
                 append_line(output_dir / "log.txt", json.dumps({f"test_{k}": v for k, v in stats.items()},
                                                                default=float))
         else:
-            engine.train(args, wrapped, criterion, train_loader, device, state, record,
-                         lambda net: evaluate_model(ctx, net), resumed=resumed, log_fn=ctx.log_fn)
+            engine.train(args, wrapped, criterion, train_loader, device, state, record, evaluate, resumed=resumed,
+                         log_fn=log_fn)
         return 0
     finally:
-        if ctx.writer is not None:
-            ctx.writer.close()
+        if record.writer is not None:
+            record.writer.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

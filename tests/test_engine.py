@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import engine
 import main as clickpose_main
 from util.checkpoint import read_checkpoint
 from util.config import Config, apply_config_to_args
+from tests.helpers.ports import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "config" / "demo.cfg.py")
@@ -146,12 +146,6 @@ def test_non_finite_loss_stops_with_the_terms_named(synthetic):
     assert all(torch.equal(v, params[k]) for k, v in before.items())  # no step was taken
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [
     ["-m", "torch.distributed.run", "--nproc-per-node=2"],
@@ -159,7 +153,7 @@ def _free_port() -> int:
 ])
 def test_two_process_gloo_training(synthetic, tmp_path, launcher):
     out = tmp_path / "ddp"
-    port = ["--master-port" if "run" in launcher[1] else "--master_port", str(_free_port())]
+    port = ["--master-port" if "run" in launcher[1] else "--master_port", str(free_port())]
     cmd = [sys.executable, *launcher, *port, str(REPO / "main.py"), "-c", CONFIG, "--coco_path", str(synthetic),
            "--output_dir", str(out), "--device", "cpu", "--num_workers", "0",
            "--options", *FAST, "epochs=1", "batch_size=1"]  # 4 images, 2 ranks: 2 iterations per rank
@@ -194,7 +188,7 @@ ORACLE_CLICKS = 4
 @pytest.fixture(scope="module")
 def coco_oracle(shared_data):
     """The COCO sample's GT, its images, and what pycocotools says about the oracle's predictions."""
-    from tests.interactive_oracle import expected_curves, pycocotools_ap
+    from tests.helpers.oracle import expected_curves, pycocotools_ap
 
     gt = json.loads((shared_data / "coco/annotations/person_keypoints_val2017.json").read_text())
     ids = sorted(img["id"] for img in gt["images"])
@@ -208,7 +202,7 @@ def coco_oracle(shared_data):
 
 
 def _check_oracle_results(results, gt, ids, curves, round_ap):
-    from tests.interactive_oracle import expected_noc
+    from tests.helpers.oracle import expected_noc
 
     assert results.image_ids == ids
     np.testing.assert_allclose(results.ap_curves, curves, rtol=0, atol=1e-9)
@@ -222,7 +216,7 @@ def _check_oracle_results(results, gt, ids, curves, round_ap):
 
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_interactive_oracle_exact_noc_and_ap_after_k(coco_oracle, batch_size):
-    from tests.interactive_oracle import run_evaluation
+    from tests.helpers.oracle import run_evaluation
 
     gt, ids, curves, round_ap = coco_oracle
     results = run_evaluation(gt, ids, batch_size, ORACLE_CLICKS, ORACLE_THRESHOLDS, report_round=2)
@@ -240,15 +234,15 @@ def test_interactive_oracle_exact_noc_and_ap_after_k(coco_oracle, batch_size):
 def test_interactive_oracle_on_two_processes(coco_oracle, tmp_path):
     """2 gloo processes, 3 images: the sampler pads rank 1 with a repeat of the first image; the gathered curves,
     click counts and AP after k equal the single-process expectation."""
-    from tests.interactive_oracle import expected_curves, pycocotools_ap
+    from tests.helpers.oracle import expected_curves, pycocotools_ap
 
     gt, ids, _, _ = coco_oracle
     subset = ids[:3]
     gt_path = tmp_path / "gt.json"
     gt_path.write_text(json.dumps(gt))
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(_free_port()),
-           str(REPO / "tests" / "interactive_oracle.py"), "--gt", str(gt_path), "--out", str(out),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(free_port()),
+           "-m", "tests.helpers.oracle", "--gt", str(gt_path), "--out", str(out),
            "--images", *map(str, subset), "--batch-size", "1", "--max-clicks", str(ORACLE_CLICKS),
            "--thresholds", *map(str, ORACLE_THRESHOLDS)]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -260,7 +254,7 @@ def test_interactive_oracle_on_two_processes(coco_oracle, tmp_path):
     curves = expected_curves(gt, subset, ORACLE_CLICKS)
     assert got["image_ids"] == subset
     np.testing.assert_allclose(got["ap_curves"], curves, rtol=0, atol=1e-9)
-    from tests.interactive_oracle import expected_noc
+    from tests.helpers.oracle import expected_noc
     for threshold in ORACLE_THRESHOLDS:
         assert got["clicks"][str(threshold)] == expected_noc(curves, threshold, ORACLE_CLICKS)
     expected_ap = [pycocotools_ap(gt, subset, k) for k in range(ORACLE_CLICKS + 1)]
@@ -295,10 +289,9 @@ def test_interactive_eval_through_main_honours_the_reference_environment(synthet
 
 def test_interactive_oracle_crowdpose_reports_its_own_stats(shared_data, tmp_path):
     """CrowdPose (14 keypoints): AP after k comes from the CrowdPose scorer, its 9 stats under CrowdPose's names."""
-    from datasets.evaluation import KEYPOINT_STAT_NAMES, evaluate_results_file
+    from datasets.evaluation import KEYPOINT_STAT_NAMES, evaluate_results_file, write_interactive_report
     from datasets.metadata import CROWDPOSE_KEYPOINTS
-    from tests.interactive_oracle import QUERIES, oracle_round, run_evaluation
-    from util.noc_report import write_interactive_report
+    from tests.helpers.oracle import QUERIES, oracle_round, run_evaluation
 
     gt = json.loads((shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json").read_text())
     ids = sorted(img["id"] for img in gt["images"])
@@ -318,9 +311,37 @@ def test_interactive_oracle_crowdpose_reports_its_own_stats(shared_data, tmp_pat
     assert row["AP_hard"] == pytest.approx(results.round_stats[2][8]) and row["AR"] == results.round_stats[2][3]
 
 
+def test_interactive_crowdpose_run_reads_the_ground_truth_once(sample_root, make_args, tmp_path, monkeypatch):
+    """engine.evaluate_model on a CrowdPose-style ground truth (no 'area', faster-coco-eval scorer): the report
+    evaluator, every round's evaluator and the per-image AP share one load of the file; the numbers are those of
+    evaluators that each load their own."""
+    import datasets.evaluation.ground_truth as ground_truth_module
+    from datasets import build_dataset
+    from models.clickpose.postprocess import PostProcess
+    from tests.helpers.oracle import QUERIES, ImageList, OracleModel, collate, run_evaluation
+
+    dataset = build_dataset("val", make_args("crowdpose", sample_root("crowdpose")), transforms=None)
+    gt = json.loads(dataset.ann_file.read_text())
+    assert all("area" not in a for a in gt["annotations"])
+    ids = sorted(img["id"] for img in gt["images"])
+    loads = []
+    real_load = ground_truth_module.load_ground_truth
+    monkeypatch.setattr(ground_truth_module, "load_ground_truth", lambda *a: loads.append(a[1]) or real_load(*a))
+    loader = torch.utils.data.DataLoader(ImageList(gt, ids), batch_size=2, collate_fn=collate)
+    stats = engine.evaluate_model(OracleModel(gt, 14), {"pose": PostProcess(num_select=QUERIES, num_keypoints=14)},
+                                  dataset, loader, torch.device("cpu"),
+                                  engine.EvalOptions(interactive=True, max_clicks=2, thresholds=ORACLE_THRESHOLDS),
+                                  output_dir=tmp_path, log_fn=lambda _: None)
+    assert loads == ["crowdpose"]
+    expected = run_evaluation(gt, ids, 3, 2, ORACLE_THRESHOLDS, backend="crowdpose",
+                              sigmas=dataset.metadata.sigmas).log_stats()
+    assert stats == expected and len(stats["coco_eval_keypoints_detr"]) == 9
+    assert (tmp_path / "noc_results.json").is_file() and (tmp_path / "keypoints_results.json").is_file()
+
+
 def test_interactive_needs_every_round(coco_oracle, monkeypatch):
     """A model whose click_rounds returns fewer rounds than asked is an error, not silently zero APs."""
-    from tests.interactive_oracle import OracleModel, run_evaluation
+    from tests.helpers.oracle import OracleModel, run_evaluation
 
     gt, ids, _, _ = coco_oracle
 
@@ -328,7 +349,7 @@ def test_interactive_needs_every_round(coco_oracle, monkeypatch):
         def click_rounds(self, state, outputs, targets, num_rounds):
             return super().click_rounds(state, outputs, targets, num_rounds)[:-1]
 
-    import tests.interactive_oracle as oracle
+    import tests.helpers.oracle as oracle
     monkeypatch.setattr(oracle, "OracleModel", ShortRounds)
     with pytest.raises(RuntimeError, match="returned 4 rounds for max_clicks=4"):
         run_evaluation(gt, ids, 2, ORACLE_CLICKS, ORACLE_THRESHOLDS)

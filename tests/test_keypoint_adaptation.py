@@ -101,8 +101,8 @@ def test_interactive_click_cap_follows_the_layout_unless_set(humanart21, tmp_pat
 
     seen = []
 
-    def capture(*args, max_clicks, **kwargs):
-        seen.append(max_clicks)
+    def capture(model, postprocess, loader, device, options, **kwargs):
+        seen.append(options.max_clicks)
         raise Stop
 
     monkeypatch.setattr(engine, "evaluate_interactive", capture)

@@ -12,6 +12,7 @@ import torch
 
 import main as clickpose_main
 from util.config import Config, ConfigError
+from tests.helpers.ports import free_port
 from util.distributed import resolve_launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,9 +100,16 @@ def test_environment_variables_map_onto_args(tmp_path):
                                                  "CLICKPOSE_SAVE_PATH": "x.json"})
     assert args.coco_path == "/data/ha/" and args.noc_filter is True
     assert args.noc_threshold_env == 0.9 and args.click_number_env == 3 and args.noc_save_path == "x.json"
+    options = clickpose_main.evaluation_options(args, max_clicks=17)
+    assert options.thresholds == tuple(args.noc_thresholds) + (0.9,) and options.report_round == 3
+    assert options.click_list_paths == {0.9: "x.json"} and options.max_clicks == 17
+    assert options.max_select == args.num_group_refine * args.num_classes
     args, _, _ = clickpose_main.prepare(["-c", CONFIG, "--coco_path", "/explicit"],
                                         environ={"CLICKPOSE_COCO_PATH": "/env"})
     assert args.coco_path == "/explicit" and args.noc_filter is False
+    options = clickpose_main.evaluation_options(args, max_clicks=17)
+    assert options.thresholds == tuple(args.noc_thresholds) and options.report_round is None
+    assert options.click_list_paths == {} and options.interactive is False
 
 
 def test_bad_override_exits_with_clear_message(tmp_path, capsys):
@@ -369,18 +377,10 @@ def test_disk_full_is_an_expected_error():
     assert exit_code(KeyError("a bug")) is None
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(data: Path, out: Path, *options: str) -> None:
     import os
 
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port", str(free_port()),
            str(REPO / "main.py"), *_argv(data, out, options=[*options, "batch_size=1"])]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"

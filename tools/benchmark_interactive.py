@@ -66,29 +66,27 @@ def _ours(spec: dict) -> dict:
 
     import engine
     from datasets import get_metadata
-    from datasets.evaluation import KeypointEvaluator
+    from datasets.evaluation import KeypointEvaluator, PerImageKeypointAP, resolve_max_clicks, write_interactive_report
     from datasets.metadata import COCO_KEYPOINTS
-    from datasets.oks_ap import PerImageKeypointAP
     from models import build_model
     from util.misc import collate_fn
-    from util.noc import resolve_max_clicks
-    from util.noc_report import write_interactive_report
 
     args = _our_args(spec["coco"], spec["short_side"], spec["max_size"])
     data = torch.load(spec["inputs"], weights_only=False)
     model, _, postprocessors = build_model(args, get_metadata(args))
     model.load_state_dict(data["state_dict"])
-    postprocess = copy.copy(postprocessors["bbox"])
+    postprocess = copy.copy(postprocessors["pose"])
     postprocess.num_select = args.num_group_refine * args.num_classes
     loader = [collate_fn([item]) for item in data["items"]]
     gt = str(Path(spec["coco"]) / GT_RELATIVE)
     times, cpu_times = [], []
     for _ in range(spec["repeats"]):
         start, start_cpu = time.perf_counter(), time.process_time()
+        options = engine.EvalOptions(interactive=True, thresholds=tuple(args.noc_thresholds),
+                                     max_clicks=resolve_max_clicks(args.max_clicks, COCO_KEYPOINTS.num_keypoints))
         results = engine.evaluate_interactive(
-            model, postprocess, loader, PerImageKeypointAP(gt, sigmas=COCO_KEYPOINTS.sigmas), torch.device("cpu"),
-            max_clicks=resolve_max_clicks(args.max_clicks, COCO_KEYPOINTS.num_keypoints),
-            thresholds=args.noc_thresholds,
+            model, postprocess, loader, torch.device("cpu"), options,
+            round_evaluator=engine.click_round_evaluator(PerImageKeypointAP(gt, sigmas=COCO_KEYPOINTS.sigmas)),
             report_evaluator=KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None), log_fn=lambda _: None)
         with tempfile.TemporaryDirectory() as tmp:
             write_interactive_report(tmp, results, printer=None)
@@ -136,7 +134,7 @@ def _original(spec: dict) -> dict:
     CocoEvaluator = coco_eval.CocoEvaluator
     cfg = Config.fromfile(Path(spec["root"]) / "config" / "clickpose.cfg.py")._cfg_dict.to_dict()
     args = argparse.Namespace(**cfg)
-    args.device, args.num_select = "cpu", 20  # the README's interactive setting
+    args.device, args.num_select = "cpu", 20  # the original's interactive evaluation needs 20 (it fails with more)
     model, _, postprocessors = clickpose_module.build_clickpose(args)
     data = torch.load(spec["inputs"], weights_only=False)
     model.load_state_dict(data["state_dict"], strict=True)
@@ -153,7 +151,7 @@ def _original(spec: dict) -> dict:
             for image, target in data["items"]:
                 outputs = model(nested_tensor_from_tensor_list([image]), [target])
                 clicks.append(outputs.get("click_num"))
-                results = postprocessors["bbox"](outputs, target["orig_size"][None])
+                results = postprocessors["pose"](outputs, target["orig_size"][None])
                 evaluator.update({int(target["image_id"]): results[0]})
             evaluator.synchronize_between_processes()
             evaluator.accumulate()
@@ -224,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--original is required (the original Click-Pose checkout)")
     from datasets.metadata import COCO_KEYPOINTS
     from util.config import Config
-    from util.noc import resolve_max_clicks
+    from datasets.evaluation import resolve_max_clicks
     cfg = Config.fromfile(REPO / "config" / "clickpose.cfg.py")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

@@ -34,11 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datasets.dataset_ap import DatasetKeypointAP
+from datasets.evaluation.dataset_ap import DatasetKeypointAP
+from datasets.evaluation.noc import noc_per_image, resolve_max_clicks
+from datasets.evaluation.oks_ap import PerImageKeypointAP
 from datasets.metadata import COCO_KEYPOINTS
-from datasets.oks_ap import PerImageKeypointAP
 from util.config import Config
-from util.noc import noc_per_image, resolve_max_clicks
 
 _CONFIG = Config.fromfile(Path(__file__).resolve().parents[1] / "config" / "clickpose.cfg.py")
 THRESHOLDS = tuple(_CONFIG.noc_thresholds)  # NoC@85/90/95 (the config holds the default)

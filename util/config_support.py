@@ -1,14 +1,26 @@
-"""Reference config keys this implementation does not support: setting one to another value than the reference's
-default is an error that says why (instead of being silently ignored, as ``--options`` used to allow).
+"""The original's interface that has no section of its own: its config keys this implementation does not support,
+its environment variables and its command-line flags that do nothing (the one adapter for them).
 
-Each entry: key -> (the only accepted value, the reason). The decisions are listed in ``docs/deviations.md``
-("Config keys that are refused"). Every other key of ``config/clickpose.cfg.py`` is read by the code.
+Unsupported keys: setting one to another value than the reference's default is an error that says why. Each entry:
+key -> (the only accepted value, the reason). The decisions are listed in ``docs/deviations.md``
+("Keypoint layouts, keypoint adaptation, config keys"). Every other key of ``config/clickpose.cfg.py`` is read by the code.
 """
 from __future__ import annotations
 
+import argparse
 from typing import Any, Mapping
 
 from util.config import ConfigError
+
+# Dataset root per --dataset_file, from the reference's environment variables.
+DATASET_ROOT_ENV = {
+    "coco": "CLICKPOSE_COCO_PATH",
+    "crowdpose": "CLICKPOSE_CrowdPose_PATH",
+    "humanart": "CLICKPOSE_HumanArt_PATH",
+    "ochuman": "CLICKPOSE_OCHuman_PATH",
+}
+# The reference's command-line flags that change nothing (accepted so that its commands keep working).
+DEAD_FLAGS = ("--remove_difficult", "--fix_size", "--test", "--save_results")
 
 _NOT_IN_REFERENCE = "the reference defines it in its config but never reads it, so no value ever had an effect"
 _DINO_ONLY = ("a DINO/DN-DETR option whose non-default path the reference's Click-Pose model does not use "
@@ -72,3 +84,25 @@ def refuse_unsupported_keys(args: Any) -> None:
     if problems:
         raise ConfigError("unsupported config values:\n  " + "\n  ".join(problems) +
                           "\nRemove them from the config / --options (see docs/deviations.md).")
+
+
+def add_dead_flags(parser: argparse.ArgumentParser) -> None:
+    """Accept the reference's flags that never had an effect (``DEAD_FLAGS``)."""
+    for flag in DEAD_FLAGS:
+        parser.add_argument(flag, action="store_true", help="unused (kept for compatibility)")
+
+
+def resolve_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Map the reference's environment variables onto ``args`` (main.py calls it; nothing else reads them):
+    CLICKPOSE_<DATASET>_PATH (the dataset root when --coco_path is not given), CLICKPOSE_NoC_Test=TRUE (evaluate
+    only the images the training filter keeps), NoC_thr (one more NoC threshold), CLICKPOSE_Click_Number (the
+    round of the full report) and CLICKPOSE_SAVE_PATH (where NoC_thr's click list goes)."""
+    if not args.coco_path:
+        var = DATASET_ROOT_ENV.get(args.dataset_file)
+        args.coco_path = environ.get(var) if var else None
+    args.noc_filter = environ.get("CLICKPOSE_NoC_Test") == "TRUE"
+    args.noc_threshold_env = float(environ["NoC_thr"]) if environ.get("NoC_thr") else None
+    args.click_number_env = int(environ["CLICKPOSE_Click_Number"]) if environ.get("CLICKPOSE_Click_Number") else None
+    if args.click_number_env is not None and args.click_number_env < 1:
+        raise ConfigError("CLICKPOSE_Click_Number must be >= 1")
+    args.noc_save_path = environ.get("CLICKPOSE_SAVE_PATH")

@@ -61,7 +61,7 @@ def resolve_launch(args: Namespace, environ: Mapping[str, str]) -> None:
     torchrun and torch.distributed.launch export WORLD_SIZE, RANK and LOCAL_RANK (the latter also arrives as
     ``--local-rank``/``--local_rank``); SLURM exports SLURM_PROCID/SLURM_LOCALID/SLURM_NPROCS.
     """
-    cli_local_rank = getattr(args, "local_rank", None)
+    cli_local_rank = args.local_rank
     if "WORLD_SIZE" in environ and int(environ["WORLD_SIZE"]) >= 1 and ("RANK" in environ or "LOCAL_RANK" in environ
                                                                         or cli_local_rank is not None):
         world = int(environ["WORLD_SIZE"])
@@ -89,7 +89,7 @@ def init_distributed_mode(args: Namespace, environ: Optional[Mapping[str, str]] 
     if not args.distributed:
         print("Not using distributed mode")
         return
-    use_cuda = str(getattr(args, "device", "cuda")).startswith("cuda") and torch.cuda.is_available()
+    use_cuda = str(args.device).startswith("cuda") and torch.cuda.is_available()
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
         torch.cuda.set_device(args.gpu)
@@ -99,7 +99,7 @@ def init_distributed_mode(args: Namespace, environ: Optional[Mapping[str, str]] 
                            "torch.distributed.launch, or export MASTER_ADDR and MASTER_PORT (SLURM: the first node)")
     print(f"| distributed init (rank {args.rank}/{args.world_size}, backend {backend}): {args.dist_url}", flush=True)
     # a rank that dies or hangs makes the others fail after this long, instead of torch's default 30 minutes
-    timeout = datetime.timedelta(seconds=float(getattr(args, "dist_timeout", DEFAULT_TIMEOUT_S)))
+    timeout = datetime.timedelta(seconds=float(args.dist_timeout))
     dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank,
                             timeout=timeout)
     dist.barrier()
@@ -113,6 +113,20 @@ def all_gather(data: Any) -> list[Any]:
     gathered: list[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, data)
     return gathered
+
+
+def gather_first_occurrence(mapping: Mapping[Any, Any]) -> dict[Any, Any]:
+    """Every rank's entries of a dict keyed by image id, merged: a key seen on several ranks keeps the first one
+    (rank order, then each rank's insertion order), as a DistributedSampler pads with repeats of early images.
+
+    Without a process group: a copy of ``mapping``. Values must be picklable; values that share an object keep
+    sharing it after the gather (one pickle per rank).
+    """
+    merged: dict[Any, Any] = {}
+    for part in all_gather(dict(mapping)):
+        for key, value in part.items():
+            merged.setdefault(key, value)
+    return merged
 
 
 def broadcast_object(data: Any, src: int = 0) -> Any:

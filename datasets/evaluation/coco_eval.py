@@ -17,22 +17,16 @@ import copy
 import io
 import json
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
-# The one home of the names of the numbers in the stats lists, per scorer, in the scorer's order (log keys keep
-# the reference's names: 'coco_eval_bbox', 'coco_eval_keypoints_detr').
-BBOX_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
-KEYPOINT_STAT_NAMES = {
-    "coco": ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl"),
-    "crowdpose": ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard"),
-}
-STAT_KEYS = {"bbox": "coco_eval_bbox", "keypoints": "coco_eval_keypoints_detr"}
-# CrowdPose's OKS scale is this share of the GT box area (its annotations have no 'area'; faster-coco-eval's rule)
-CROWDPOSE_SCALE_PER_BOX_AREA = 0.53
+from datasets.evaluation.ground_truth import GroundTruth, load_ground_truth, quiet
+from datasets.evaluation.oks_ap import PerImageKeypointAP
+from datasets.evaluation.stat_names import KEYPOINT_STAT_NAMES, STAT_KEYS
+from util.distributed import gather_first_occurrence, is_main_process
+
 # crowd-index thresholds of the CrowdPose easy / medium / hard split
 CROWD_INDEX_EASY_BELOW = 0.2
 CROWD_INDEX_MEDIUM_BELOW = 0.8
@@ -46,7 +40,7 @@ def _to_list(value: Any) -> list:
     return list(value)
 
 
-def predictions_to_coco_results(image_id: int, prediction: dict) -> tuple[list[dict], list[dict]]:
+def predictions_to_coco_results(image_id: int, prediction: Mapping[str, Any]) -> tuple[list[dict], list[dict]]:
     """One image's post-processed prediction -> (bbox results, keypoint results) in COCO results format.
 
     prediction: ``scores`` (n,), ``labels`` (n,), ``boxes`` (n, 4) xyxy pixels, ``keypoints`` (n, K, 3) or
@@ -69,36 +63,6 @@ def predictions_to_coco_results(image_id: int, prediction: dict) -> tuple[list[d
             keypoint_results.append({"image_id": int(image_id), "category_id": label,
                                      "keypoints": [float(v) for v in flat], "score": score})
     return bbox_results, keypoint_results
-
-
-def _quiet() -> contextlib.AbstractContextManager:
-    return contextlib.redirect_stdout(io.StringIO())
-
-
-def load_ground_truth(gt: Union[str, Path, dict, Any], backend: str):
-    """A COCO object of the backend's own API from a path, a dict or a pycocotools COCO."""
-    if backend == "crowdpose":
-        from faster_coco_eval import COCO as FasterCOCO
-        if isinstance(gt, FasterCOCO):
-            return gt
-        coco = FasterCOCO(str(gt) if isinstance(gt, (str, Path)) else
-                          copy.deepcopy(gt if isinstance(gt, dict) else gt.dataset))
-        # CrowdPose has no 'area': use the box area so that box AP per size range is defined (keypoint OKS uses
-        # use_area=False and does not read it)
-        for ann in coco.anns.values():
-            ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
-        return coco
-    from pycocotools.coco import COCO
-    if isinstance(gt, (str, Path)):
-        with _quiet():
-            return COCO(str(gt))
-    if isinstance(gt, dict):
-        coco = COCO()
-        coco.dataset = copy.deepcopy(gt)
-        with _quiet():
-            coco.createIndex()
-        return coco
-    return gt
 
 
 def _crowdpose_eval_class():
@@ -151,7 +115,7 @@ def score_results(coco_gt, results: list[dict], iou_type: str, image_ids: Sequen
         stats = np.asarray(evaluator.stats, dtype=np.float64)
     elif backend == "coco":
         from pycocotools.cocoeval import COCOeval
-        with _quiet():
+        with quiet():
             coco_dt = coco_gt.loadRes(results) if results else _empty_results(coco_gt)
         evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         if iou_type == "keypoints" and sigmas is not None:
@@ -182,63 +146,75 @@ def _empty_results(coco_gt):
     return empty
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class KeypointEvaluator:
-    """Collects predictions per image, merges ranks, scores box and keypoint AP.
+    """Box and keypoint AP of a dataset (the ``DatasetEvaluator`` protocol).
 
-    Usage (per evaluation): ``update`` per batch, then ``synchronize_between_processes()``, ``accumulate()``,
-    ``summarize() -> {'coco_eval_bbox': [12 floats], 'coco_eval_keypoints_detr': [10 floats (coco) or
-    9 (crowdpose: AP, AP50, AP75, AR, AR50, AR75, AP_easy, AP_medium, AP_hard)]}``; index 0 is the keypoint AP.
+    ``reset()``; ``process(image_ids, results)`` per batch (a repeated image keeps its first predictions, as the
+    reference's de-duplication of padded samplers); ``evaluate() -> {'coco_eval_bbox': [12 floats],
+    'coco_eval_keypoints_detr': [10 floats (coco) or 9 (crowdpose: AP, AP50, AP75, AR, AR50, AR75, AP_easy,
+    AP_medium, AP_hard)]}`` gathers the ranks, scores, and writes the COCO results files to ``output_dir``; index 0
+    is the keypoint AP.
+
+    ``ground_truth``: a ``GroundTruth`` (shared, not re-read; its backend and sigmas are used) or what
+    ``load_ground_truth`` reads (a path, a dict or a COCO object) with ``backend`` and ``sigmas``.
     """
 
-    def __init__(self, coco_gt, *, backend: str = "coco", sigmas: Optional[Sequence[float]] = None,
-                 output_dir: Optional[Union[str, Path]] = None, iou_types: Iterable[str] = ("bbox", "keypoints"),
-                 log: Optional[Callable[[str], None]] = print):
-        if backend not in ("coco", "crowdpose"):
-            raise ValueError(f"unknown evaluation backend {backend!r}: expected 'coco' or 'crowdpose'")
-        self.backend = backend
-        self.coco_gt = load_ground_truth(coco_gt, backend)
-        self.sigmas = None if sigmas is None else [float(s) for s in sigmas]
+    def __init__(self, ground_truth: Union[GroundTruth, str, Path, dict, Any], *, backend: str = "coco",
+                 sigmas: Optional[Sequence[float]] = None, output_dir: Optional[Union[str, Path]] = None,
+                 iou_types: Iterable[str] = ("bbox", "keypoints"), log: Optional[Callable[[str], None]] = print):
+        if not isinstance(ground_truth, GroundTruth):
+            ground_truth = GroundTruth.load(ground_truth, backend, sigmas)
+        self.ground_truth = ground_truth
+        self.backend = ground_truth.backend
+        self.sigmas = ground_truth.sigmas
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.iou_types = tuple(iou_types)
         self.log = log
-        self.keypoint_stat_names = KEYPOINT_STAT_NAMES[backend]
-        self._per_image: dict[int, tuple[list[dict], list[dict]]] = {}
-        self._synchronized = False
-        self.stats: dict[str, np.ndarray] = {}
+        self.keypoint_stat_names = KEYPOINT_STAT_NAMES[self.backend]
+        self.reset()
+
+    @property
+    def coco_gt(self):
+        """The backend's COCO object of the ground truth."""
+        return self.ground_truth.coco
 
     @property
     def img_ids(self) -> list[int]:
         return sorted(self._per_image)
 
-    def update(self, predictions: dict[int, dict]) -> None:
-        """predictions: image_id -> {'scores','labels','boxes','keypoints'} (see ``predictions_to_coco_results``).
-        A repeated image keeps its first predictions (as the reference's de-duplication of padded samplers)."""
-        if self._synchronized:
-            raise RuntimeError("update() after synchronize_between_processes(); start a new evaluator")
-        unknown = [i for i in predictions if int(i) not in self.coco_gt.imgs]
+    # ------------------------------------------------------------------------------------------- the protocol
+    def reset(self) -> None:
+        self._per_image: dict[int, tuple[list[dict], list[dict]]] = {}
+        self._gathered = False
+        self.stats: dict[str, np.ndarray] = {}
+
+    def process(self, image_ids: Sequence[int], results: Sequence[Mapping[str, Any]]) -> None:
+        """Record one batch: ``results[i]`` (see ``predictions_to_coco_results``) is the prediction of
+        ``image_ids[i]``; an image already recorded keeps its first predictions."""
+        if self._gathered:
+            raise RuntimeError("process() after evaluate(); call reset() to start a new evaluation")
+        ids = [int(i) for i in image_ids]
+        unknown = [i for i in ids if i not in self.coco_gt.imgs]
         if unknown:
             raise KeyError(f"image ids {unknown[:5]} are not in the ground truth; wrong annotation file?")
-        for image_id, prediction in predictions.items():
-            self._per_image.setdefault(int(image_id), predictions_to_coco_results(int(image_id), prediction))
+        for image_id, prediction in zip(ids, results):
+            if image_id not in self._per_image:
+                self._per_image[image_id] = predictions_to_coco_results(image_id, prediction)
 
-    def synchronize_between_processes(self) -> None:
-        """Gather every rank's predictions (first occurrence of an image wins); a no-op without distributed."""
-        if self._synchronized:
-            return
-        self._synchronized = True
-        if not _distributed():
-            return
-        gathered: list = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self._per_image)
-        merged: dict[int, tuple[list[dict], list[dict]]] = {}
-        for part in gathered:
-            for image_id, results in part.items():
-                merged.setdefault(image_id, results)
-        self._per_image = merged
+    def evaluate(self) -> dict[str, list[float]]:
+        """Every rank's predictions scored (the same numbers on every rank); the results files are written."""
+        return self.summarize()
+
+    # ------------------------------------------------------------------------------------- the steps of evaluate
+    def update(self, predictions: Mapping[int, Mapping[str, Any]]) -> None:
+        """``process`` with {image_id: prediction}."""
+        self.process(list(predictions), list(predictions.values()))
+
+    def _gather(self) -> None:
+        """Every rank's predictions, first occurrence of an image winning (a no-op without distributed)."""
+        if not self._gathered:
+            self._gathered = True
+            self._per_image = gather_first_occurrence(self._per_image)
 
     def results(self, iou_type: str) -> list[dict]:
         """COCO results of all collected images for 'bbox' or 'keypoints', ordered by image id."""
@@ -246,7 +222,8 @@ class KeypointEvaluator:
         return [r for image_id in self.img_ids for r in self._per_image[image_id][slot]]
 
     def accumulate(self) -> None:
-        """Score every IoU type (evaluate + accumulate + summarize of the backend)."""
+        """Gather the ranks and score every IoU type (evaluate + accumulate + summarize of the backend)."""
+        self._gather()
         for iou_type in self.iou_types:
             self.stats[iou_type] = score_results(self.coco_gt, self.results(iou_type), iou_type, self.img_ids,
                                                  self.backend, self.sigmas, self.log)
@@ -258,20 +235,13 @@ class KeypointEvaluator:
         self.write_results()
         return {STAT_KEYS[t]: self.stats[t].tolist() for t in self.iou_types}
 
-    def per_image_ap(self):
-        """Per-image keypoint AP (for NoC) on this evaluator's ground truth and sigmas, with its OKS scale: the
-        annotation's area (coco), or 0.53 x the box area as the CrowdPose scorer (crowdpose)."""
-        from datasets.oks_ap import PerImageKeypointAP
-        if self.backend != "crowdpose":
-            return PerImageKeypointAP(self.coco_gt, sigmas=self.sigmas)
-        gt = {key: self.coco_gt.dataset[key] for key in ("images", "categories")}
-        gt["annotations"] = [{**ann, "area": CROWDPOSE_SCALE_PER_BOX_AREA * ann["bbox"][2] * ann["bbox"][3]}
-                             for ann in self.coco_gt.dataset["annotations"]]
-        return PerImageKeypointAP(gt, sigmas=self.sigmas)
+    def per_image_ap(self) -> PerImageKeypointAP:
+        """Per-image keypoint AP (for NoC) on this evaluator's ground truth (``GroundTruth.per_image_ap``)."""
+        return self.ground_truth.per_image_ap()
 
     def write_results(self) -> list[Path]:
         """Write ``{bbox,keypoints}_results.json`` (scored categories only) on the main process."""
-        if self.output_dir is None or (_distributed() and dist.get_rank() != 0):
+        if self.output_dir is None or not is_main_process():
             return []
         self.output_dir.mkdir(parents=True, exist_ok=True)
         categories = set(self.coco_gt.getCatIds())

@@ -9,11 +9,12 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from pycocotools.cocoeval import COCOeval
 
-from datasets.dataset_ap import DatasetKeypointAP
-from datasets.oks_ap import PerImageKeypointAP
-from tests.datasets.test_oks_ap import _as_arrays, _coco, _random_dets, _random_gt
+from datasets.evaluation.dataset_ap import DatasetKeypointAP
+from datasets.evaluation.oks_ap import PerImageKeypointAP
+from tests.datasets.evaluation.test_oks_ap import _as_arrays, _coco, _random_dets, _random_gt
 
 
 def _pycocotools_stats(gt: dict, dets: list[dict], image_ids, sigmas=None) -> np.ndarray:
@@ -36,7 +37,6 @@ def _ours(gt, dets_per_image: dict, batches: list[list], k: int = 17) -> tuple[n
         ap, matches = per_image.evaluate(batch, *zip(*arrays))
         np.testing.assert_array_equal(ap, per_image.images_ap(batch, *zip(*arrays)))  # same AP either way
         scorer.add(matches)
-    scorer.synchronize_between_processes()
     return scorer.summarize(), scorer
 
 
@@ -82,3 +82,50 @@ def test_medium_and_large_and_empty():
     np.testing.assert_allclose(got, _pycocotools_stats(gt, exact[:1] + [wrong], [1, 2]), rtol=0, atol=1e-12)
     assert got[3] == pytest.approx(1.0) and got[4] == 0.0  # APm, APl
     assert DatasetKeypointAP().summarize().tolist() == [-1.0] * 10
+
+
+def _as_results(dets: list[dict], k: int = 17) -> dict:
+    """A post-processed prediction (torch tensors, as the PostProcess returns) of COCO-format detections."""
+    kps, scores, labels = _as_arrays(dets, k)
+    return {"keypoints": torch.from_numpy(kps), "scores": torch.from_numpy(scores), "labels": torch.from_numpy(labels)}
+
+
+def test_the_evaluator_protocol_gives_the_same_stats_and_each_images_ap():
+    """reset / process(image_ids, results) / evaluate: the pycocotools stats, and the per-image AP of each image."""
+    rng = np.random.default_rng(4)
+    gt = _random_gt(rng, 30)
+    ids = [img["id"] for img in gt["images"]]
+    dets = {i: _random_dets(rng, gt, i, labels=(0, 1)) for i in ids}
+    matcher = PerImageKeypointAP(gt)
+    scorer = DatasetKeypointAP(matcher)
+    scorer.process(ids[:4], [_as_results([dict(d, score=0.5) for d in dets[ids[0]]])] * 4)  # forgotten by reset
+    scorer.reset()
+    for batch in (ids[10:], ids[:10], ids[:2]):  # the last batch repeats two images: their first records count
+        scorer.process(batch, [_as_results(dets[i]) for i in batch])
+    stats = scorer.evaluate()
+    expected = _pycocotools_stats(gt, [d for i in ids for d in dets[i]], ids)
+    np.testing.assert_allclose(stats["coco_eval_keypoints_detr"], expected, rtol=0, atol=1e-12)
+    assert list(stats["per_image_ap"]) == sorted(ids)
+    alone = matcher.images_ap(ids, *zip(*[_as_arrays(dets[i], 17) for i in ids]))
+    assert [stats["per_image_ap"][i] for i in ids] == alone.tolist()
+    with pytest.raises(RuntimeError, match="reset"):
+        scorer.process(ids[:1], [_as_results(dets[ids[0]])])
+
+
+def test_two_ranks_are_gathered_first_occurrence_winning(monkeypatch):
+    """Rank 1 repeats one of rank 0's images with other predictions (a padded sampler): rank 0's records count."""
+    import util.distributed as distributed
+
+    rng = np.random.default_rng(5)
+    gt = _random_gt(rng, 12)
+    ids = [img["id"] for img in gt["images"]]
+    dets = {i: _random_dets(rng, gt, i, labels=(1,)) for i in ids}
+    matcher = PerImageKeypointAP(gt)
+    rank0, rank1 = DatasetKeypointAP(matcher), DatasetKeypointAP(matcher)
+    rank0.process(ids[:6], [_as_results(dets[i]) for i in ids[:6]])
+    rank1.process(ids[6:] + ids[:1], [_as_results(dets[i]) for i in ids[6:]] + [_as_results([])])
+    monkeypatch.setattr(distributed, "all_gather", lambda data: [data, dict(rank1._records)])
+    stats = rank0.evaluate()
+    expected = _pycocotools_stats(gt, [d for i in ids for d in dets[i]], ids)
+    np.testing.assert_allclose(stats["coco_eval_keypoints_detr"], expected, rtol=0, atol=1e-12)
+    assert sorted(stats["per_image_ap"]) == sorted(ids)

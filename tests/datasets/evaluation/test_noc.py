@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from datasets.evaluation import KEYPOINT_STAT_NAMES
-from util.noc import (InteractiveResults, ap_vs_clicks_table, check_thresholds, noc_per_image, noc_summary,
-                      threshold_key)
-from util.noc_report import (format_markdown, format_summary_table, log_tensorboard, plot_ap_vs_clicks,
-                             write_click_list, write_interactive_report)
+from datasets.evaluation.noc import (InteractiveResults, ap_vs_clicks_table, check_thresholds, noc_per_image,
+                                     noc_summary, threshold_key)
+from datasets.evaluation.report import (format_markdown, format_summary_table, log_tensorboard, plot_ap_vs_clicks,
+                                        write_click_list, write_interactive_report)
 
 MAX = 17
 THRESHOLDS = (0.85, 0.90, 0.95)
@@ -214,10 +214,10 @@ def test_click_cap_defaults_to_the_layouts_keypoint_count(layout, expected):
 
     from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_KEYPOINTS
     from util.config import Config
-    from util.noc import resolve_max_clicks
+    from datasets.evaluation.noc import resolve_max_clicks
 
     metadata = {"coco": COCO_KEYPOINTS, "crowdpose": CROWDPOSE_KEYPOINTS, "humanart21": HUMANART21_KEYPOINTS}[layout]
-    config = Config.fromfile(Path(__file__).resolve().parents[2] / "config" / "clickpose.cfg.py")
+    config = Config.fromfile(Path(__file__).resolve().parents[3] / "config" / "clickpose.cfg.py")
     assert resolve_max_clicks(config.max_clicks, metadata.num_keypoints) == expected
     assert resolve_max_clicks(5, metadata.num_keypoints) == 5  # an explicit value wins, also above K
     assert resolve_max_clicks(30, metadata.num_keypoints) == 30
@@ -226,7 +226,7 @@ def test_click_cap_defaults_to_the_layouts_keypoint_count(layout, expected):
 @pytest.mark.parametrize("value", [0, -1, 2.5, True, "17"])
 def test_click_cap_must_be_a_positive_integer_or_none(value):
     from util.config import ConfigError
-    from util.noc import resolve_max_clicks
+    from datasets.evaluation.noc import resolve_max_clicks
 
     with pytest.raises(ConfigError, match=r"max_clicks=.*integer >= 1, or None \(one click per keypoint: 21"):
         resolve_max_clicks(value, 21)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from util.noc import InteractiveResults, threshold_key
+from datasets.evaluation.noc import InteractiveResults, threshold_key
 
 
 def _plain(x: Any) -> Any:

@@ -4,17 +4,20 @@
 records, in the three area ranges); this module pools those records over the images as ``COCOeval.accumulate``
 does (all detections of a category ranked by score, stable, in image-id order) and returns the 10 numbers of
 ``COCOeval.summarize`` (AP, AP50, AP75, APm, APl, AR, AR50, AR75, ARm, ARl). Interactive evaluation uses it for the
-AP after every number of clicks: one matching pass per round instead of a full COCOeval per round.
+AP after every number of clicks: one matching pass per round instead of a full COCOeval per round, which also gives
+each image's AP (NoC).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
-import torch.distributed as dist
 
-from datasets.evaluation import KEYPOINT_STAT_NAMES
-from datasets.oks_ap import AREA_RANGES, OKS_THRESHOLDS, RECALL_THRESHOLDS, ImageMatches
+from datasets.evaluation.oks_ap import AREA_RANGES, OKS_THRESHOLDS, RECALL_THRESHOLDS, ImageMatches, \
+    PerImageKeypointAP
+from datasets.evaluation.per_image_ap import results_as_arrays
+from datasets.evaluation.stat_names import KEYPOINT_STAT_NAMES, KEYPOINT_STATS_KEY, PER_IMAGE_AP_KEY
+from util.distributed import gather_first_occurrence
 
 # (average precision?, OKS threshold or None, area-range index) of each stat, in COCOeval.summarize order
 _SUMMARY = ((True, None, 0), (True, .5, 0), (True, .75, 0), (True, None, 1), (True, None, 2),
@@ -22,46 +25,76 @@ _SUMMARY = ((True, None, 0), (True, .5, 0), (True, .75, 0), (True, None, 1), (Tr
 
 
 class DatasetKeypointAP:
-    """Collects ``ImageMatches`` (``add``), merges ranks, and summarises like pycocotools.
+    """Pools per-image match records over the ranks and summarises like pycocotools (``DatasetEvaluator``).
 
-    Usage: ``add`` per batch, ``synchronize_between_processes()``, then ``summarize() -> (10,) stats``.
-    An image added twice keeps its first records (a padded distributed sampler repeats images).
+    ``process(image_ids, results)`` matches a batch with ``matcher`` (a ``PerImageKeypointAP``: one pass gives each
+    image's AP and its records); ``evaluate() -> {'coco_eval_keypoints_detr': [10 floats], 'per_image_ap':
+    {image_id: AP}}``. Without a matcher, records come from ``add(matches)`` and ``summarize() -> (10,)`` scores
+    them. An image seen twice keeps its first records (a padded distributed sampler repeats images).
     """
 
     keypoint_stat_names = KEYPOINT_STAT_NAMES["coco"]
 
-    def __init__(self) -> None:
-        self._parts: list[ImageMatches] = []
-        self._synchronized = False
+    def __init__(self, matcher: Optional[PerImageKeypointAP] = None) -> None:
+        self.matcher = matcher
+        self.reset()
+
+    def reset(self) -> None:
+        # image id -> (the batch's ImageMatches, the image's row in it, its AP or None): rows point into shared
+        # batches, so neither recording nor the gather copies them per image
+        self._records: dict[Any, tuple[ImageMatches, int, Optional[float]]] = {}
+        self._gathered = False
+
+    def process(self, image_ids: Sequence[Any], results: Sequence[Mapping[str, Any]]) -> None:
+        """Match one batch of post-processed predictions ('keypoints' (n, K, 3), 'scores' (n,), 'labels' (n,))."""
+        if self.matcher is None:
+            raise RuntimeError("DatasetKeypointAP.process needs a matcher: DatasetKeypointAP(PerImageKeypointAP(gt))")
+        ap, matches = self.matcher.evaluate(list(image_ids), results_as_arrays(results))
+        self._record(matches, ap)
 
     def add(self, matches: ImageMatches) -> None:
-        if self._synchronized:
-            raise RuntimeError("add() after synchronize_between_processes(); start a new DatasetKeypointAP")
+        """Record matches made elsewhere (``PerImageKeypointAP.evaluate``)."""
+        self._record(matches, None)
+
+    def _record(self, matches: ImageMatches, ap: Optional[np.ndarray]) -> None:
+        if self._gathered:
+            raise RuntimeError("records added after evaluate(); call reset() to start a new evaluation")
         if matches.matched.shape[1] != len(AREA_RANGES):
             raise ValueError("dataset-level AP needs matches in every area range: use PerImageKeypointAP.evaluate")
-        self._parts.append(matches)
+        for row, image_id in enumerate(matches.image_ids):
+            if image_id not in self._records:
+                self._records[image_id] = (matches, row, None if ap is None else float(ap[row]))
 
-    def synchronize_between_processes(self) -> None:
-        """Gather every rank's records (a no-op without distributed)."""
-        if self._synchronized:
-            return
-        self._synchronized = True
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, self._parts)
-            self._parts = [part for rank_parts in gathered for part in rank_parts]
+    def evaluate(self) -> dict[str, Any]:
+        """The 10 keypoint stats and each image's AP, over every rank's images."""
+        stats = self.summarize().tolist()
+        return {KEYPOINT_STATS_KEY: stats,
+                PER_IMAGE_AP_KEY: {image_id: ap for image_id, (_, _, ap) in sorted(self._records.items())}}
+
+    def _gather(self) -> None:
+        if not self._gathered:
+            self._gathered = True
+            self._records = gather_first_occurrence(self._records)
 
     def _pooled(self) -> Optional[ImageMatches]:
         """All records, one per image (first occurrence), ordered by image id."""
-        parts = [p for p in self._parts if len(p.image_ids)]
-        if not parts:
+        self._gather()
+        if not self._records:
             return None
-        cat_ids = parts[0].cat_ids
-        if any(p.cat_ids != cat_ids for p in parts):
+        image_ids = sorted(self._records)
+        # one select per batch, then back into image-id order
+        batches: dict[int, tuple[ImageMatches, list[int], list[int]]] = {}
+        for position, image_id in enumerate(image_ids):
+            batch, row, _ = self._records[image_id]
+            entry = batches.setdefault(id(batch), (batch, [], []))
+            entry[1].append(row)
+            entry[2].append(position)
+        cat_ids = next(iter(batches.values()))[0].cat_ids
+        if any(batch.cat_ids != cat_ids for batch, _, _ in batches.values()):
             raise ValueError("matches come from different ground truths (category ids differ)")
+        parts = [batch.select(np.asarray(rows)) for batch, rows, _ in batches.values()]
         merged = ImageMatches.concatenate(parts, np.concatenate([p.image_ids for p in parts]), cat_ids)
-        _, first = np.unique(merged.image_ids, return_index=True)  # sorted ids, index of first occurrence
-        return merged.select(first)
+        return merged.select(np.argsort(np.concatenate([positions for _, _, positions in batches.values()])))
 
     def accumulate(self) -> tuple[np.ndarray, np.ndarray]:
         """(T, R, C, A) precision and (T, C, A) recall, -1 where a (category, area) has no GT that counts."""

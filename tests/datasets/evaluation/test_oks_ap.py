@@ -12,8 +12,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from datasets.evaluation.oks_ap import PerImageKeypointAP
 from datasets.metadata import CROWDPOSE_KEYPOINTS
-from datasets.oks_ap import PerImageKeypointAP
 
 
 # ------------------------------------------------------------------------------------------------ reference side

@@ -17,7 +17,7 @@ pairs in a few vectorised numpy passes, reproducing pycocotools bit for bit:
 - the 101-point interpolated precision, averaged over all thresholds and categories that have GT.
 
 ``evaluate`` also returns the match records of every image in the three area ranges (``ImageMatches``), from which
-``datasets.dataset_ap.DatasetKeypointAP`` computes the dataset-level stats without a second matching pass.
+``datasets.evaluation.dataset_ap.DatasetKeypointAP`` computes the dataset-level stats without a second matching pass.
 """
 from __future__ import annotations
 
@@ -217,7 +217,7 @@ class PerImageKeypointAP:
     def evaluate(self, image_ids: Sequence[Any], keypoints: Any, scores: Any = None,
                  labels: Any = None) -> tuple[np.ndarray, "ImageMatches"]:
         """``images_ap`` plus what pycocotools' ``evaluateImg`` records for every entry, category and area range
-        (all, medium, large): the input of dataset-level AP (``datasets.dataset_ap.DatasetKeypointAP``)."""
+        (all, medium, large): the input of dataset-level AP (``dataset_ap.DatasetKeypointAP``)."""
         return self._run(image_ids, keypoints, scores, labels, with_matches=True)
 
     def _run(self, image_ids, keypoints, scores, labels, with_matches: bool):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 QUERIES = 20
 SHRINK = 0.55  # error factor per click round
 
@@ -116,11 +116,12 @@ def run_evaluation(gt: dict, image_ids: list[int], batch_size: int, max_clicks: 
     report = KeypointEvaluator(gt, backend=backend, sigmas=sigmas, log=None)
     rounds = None if backend == "coco" else (
         lambda: KeypointEvaluator(gt, backend=backend, sigmas=sigmas, iou_types=("keypoints",), log=None))
+    options = engine.EvalOptions(interactive=True, max_clicks=max_clicks, thresholds=tuple(thresholds),
+                                 report_round=report_round)
     return engine.evaluate_interactive(
-        OracleModel(gt, num_keypoints), PostProcess(num_select=QUERIES, num_body_points=num_keypoints), loader,
-        report.per_image_ap(), torch.device("cpu"), max_clicks=max_clicks,
-        thresholds=thresholds, report_round=report_round, report_evaluator=report, round_evaluator_factory=rounds,
-        log_fn=lambda _: None)
+        OracleModel(gt, num_keypoints), PostProcess(num_select=QUERIES, num_keypoints=num_keypoints), loader,
+        torch.device("cpu"), options, round_evaluator=engine.click_round_evaluator(report.per_image_ap(), rounds),
+        report_evaluator=report, log_fn=lambda _: None)
 
 
 # ----------------------------------------------------------------------------------------- expected numbers

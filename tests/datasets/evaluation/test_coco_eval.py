@@ -53,10 +53,8 @@ def test_ground_truth_through_the_dataset_scores_ap_one(name, tmp_path, sample_r
     for index in range(len(dataset)):
         _, target = dataset[index]
         prediction = _targets_as_predictions(target, num_kpts, with_background_copies=True)
-        evaluator.update({int(target["image_id"]): prediction})
-    evaluator.synchronize_between_processes()
-    evaluator.accumulate()
-    stats = evaluator.summarize()
+        evaluator.process([int(target["image_id"])], [prediction])
+    stats = evaluator.evaluate()
     assert set(stats) == {"coco_eval_bbox", "coco_eval_keypoints_detr"}
     assert len(stats["coco_eval_bbox"]) == 12
     assert len(stats["coco_eval_keypoints_detr"]) == (9 if name == "crowdpose" else 10)
@@ -99,9 +97,8 @@ def test_worse_predictions_score_lower(sample_root, make_args):
             _, target = dataset[index]
             prediction = _targets_as_predictions(target, 17)
             prediction["keypoints"][..., 0] += shift
-            evaluator.update({int(target["image_id"]): prediction})
-        evaluator.accumulate()
-        stats[shift] = evaluator.summarize()["coco_eval_keypoints_detr"][0]
+            evaluator.process([int(target["image_id"])], [prediction])
+        stats[shift] = evaluator.evaluate()["coco_eval_keypoints_detr"][0]
     assert stats[0.0] == pytest.approx(1.0) and stats[8.0] < 0.9
 
 
@@ -117,46 +114,46 @@ def test_prediction_formats_and_first_update_wins(shared_data):
     assert bbox[0]["bbox"] == [1.0, 2.0, 10.0, 20.0] and bbox[1]["category_id"] == 0
     empty = {"scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64),
              "boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3)}
-    evaluator.update({785: dict(base, keypoints=kpts)})
-    evaluator.update({785: empty, 40083: empty})
+    evaluator.process([785], [dict(base, keypoints=kpts)])
+    evaluator.process([785, 40083], [empty, empty])
     assert evaluator.img_ids == [785, 40083]
     assert len(evaluator.results("keypoints")) == 2  # the repeat of 785 was ignored
     with pytest.raises(KeyError, match="not in the ground truth"):
-        evaluator.update({123: empty})
-    evaluator.synchronize_between_processes()
-    with pytest.raises(RuntimeError):
-        evaluator.update({785: empty})
+        evaluator.process([123], [empty])
+    evaluator.evaluate()
+    with pytest.raises(RuntimeError, match="reset"):
+        evaluator.process([785], [empty])
+    evaluator.reset()
+    evaluator.process([40083], [empty])
+    assert evaluator.img_ids == [40083]
 
 
 def test_no_predictions_scores_zero(shared_data):
     gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
     evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
     empty = {"scores": [], "labels": [], "boxes": torch.zeros(0, 4), "keypoints": torch.zeros(0, 17, 3)}
-    evaluator.update({785: empty})
-    evaluator.accumulate()
-    assert evaluator.summarize()["coco_eval_keypoints_detr"][0] == 0.0
+    evaluator.process([785], [empty])
+    assert evaluator.evaluate()["coco_eval_keypoints_detr"][0] == 0.0
 
 
-def test_synchronize_merges_ranks_once_first_occurrence_wins(shared_data, monkeypatch):
-    import datasets.evaluation as evaluation
+def test_evaluate_merges_ranks_once_first_occurrence_wins(shared_data, monkeypatch):
+    import util.distributed as distributed
     gt = shared_data / "coco/annotations/person_keypoints_val2017.json"
     evaluator = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
     one = {"scores": [0.9], "labels": [1], "boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]),
            "keypoints": torch.ones(1, 17, 3)}
-    evaluator.update({785: one})
-    other_rank = KeypointEvaluator(gt, sigmas=COCO_KEYPOINTS.sigmas, log=None)
-    other_rank.update({40083: one, 785: dict(one, scores=[0.1])})  # 785 again: a padded sampler's repeat
+    evaluator.process([785], [one])
+    other_rank = KeypointEvaluator(evaluator.ground_truth, log=None)
+    other_rank.process([40083, 785], [one, dict(one, scores=[0.1])])  # 785 again: a padded sampler's repeat
     calls = []
 
-    def fake_all_gather(output, obj):
+    def fake_all_gather(data):
         calls.append(1)
-        output[0], output[1] = obj, other_rank._per_image
+        return [data, dict(other_rank._per_image)]
 
-    monkeypatch.setattr(evaluation, "_distributed", lambda: True)
-    monkeypatch.setattr(evaluation.dist, "get_world_size", lambda: 2)
-    monkeypatch.setattr(evaluation.dist, "all_gather_object", fake_all_gather)
-    evaluator.synchronize_between_processes()
-    evaluator.synchronize_between_processes()
+    monkeypatch.setattr(distributed, "all_gather", fake_all_gather)
+    first = evaluator.evaluate()
+    assert evaluator.evaluate() == first
     assert len(calls) == 1
     assert evaluator.img_ids == [785, 40083]
     assert [r["score"] for r in evaluator.results("keypoints")] == [0.9, 0.9]
@@ -179,7 +176,7 @@ def test_per_image_ap_uses_each_scorers_oks_scale(shared_data):
     import copy
 
     from datasets.metadata import CROWDPOSE_KEYPOINTS
-    from datasets.oks_ap import PerImageKeypointAP
+    from datasets.evaluation.oks_ap import PerImageKeypointAP
 
     path = shared_data / "crowdpose/extras/xtcocoapi_example_crowdpose_val.json"
     gt = json.loads(path.read_text())
@@ -202,3 +199,22 @@ def test_per_image_ap_uses_each_scorers_oks_scale(shared_data):
             image["id"], kps, scores)  # the box area itself: a larger scale, so a higher AP somewhere
         smaller += got < unscaled
     assert smaller > 0
+
+
+def test_evaluators_built_on_one_ground_truth_share_it(sample_root, make_args, monkeypatch):
+    """build_evaluator(..., ground_truth=) and KeypointEvaluator(GroundTruth) read nothing again (CrowdPose: the
+    file), and the per-image AP matcher is built once."""
+    import datasets.evaluation.ground_truth as ground_truth_module
+
+    args = make_args("crowdpose", sample_root("crowdpose"))
+    dataset = build_dataset("val", args, transforms=None)
+    loads = []
+    real_load = ground_truth_module.load_ground_truth
+    monkeypatch.setattr(ground_truth_module, "load_ground_truth", lambda *a: loads.append(a) or real_load(*a))
+    report = build_evaluator(dataset, args, log=None)
+    rounds = [build_evaluator(dataset, ground_truth=report.ground_truth, iou_types=("keypoints",), log=None)
+              for _ in range(3)] + [KeypointEvaluator(report.ground_truth, log=None)]
+    assert len(loads) == 1 and loads[0][1] == "crowdpose"
+    assert all(e.coco_gt is report.coco_gt and e.backend == "crowdpose" for e in rounds)
+    assert rounds[0].sigmas == list(CROWDPOSE_KEYPOINTS.sigmas)
+    assert report.per_image_ap() is rounds[1].per_image_ap()

@@ -16,7 +16,7 @@ import numpy as np
 from util.config import ConfigError
 
 # The thresholds' default (NoC@85/90/95) lives in the config (noc_thresholds); the stat names live with the scorers
-# (datasets.evaluation.KEYPOINT_STAT_NAMES). Everything here takes them as arguments.
+# (datasets.evaluation.stat_names). Everything here takes them as arguments.
 
 
 def check_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
@@ -110,7 +110,7 @@ def ap_vs_clicks_table(stats_per_round: Sequence[Sequence[float]],
 
     Args:
         stats_per_round: entry k holds the stats after k click rounds, in ``stat_names`` order (the scorer's:
-            ``datasets.evaluation.KEYPOINT_STAT_NAMES``); shorter lists fill the first names.
+            ``datasets.evaluation.stat_names.KEYPOINT_STAT_NAMES``); shorter lists fill the first names.
     """
     rows = []
     for k, stats in enumerate(stats_per_round):
