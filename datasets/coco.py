@@ -22,6 +22,7 @@ from pycocotools.coco import COCO
 from datasets.metadata import KeypointMetadata
 # defined beside the CLI's exit codes; re-exported here (datasets/__init__.py exports them)
 from util.errors import AnnotationFormatError, DatasetLayoutError, UnreadableImageError  # noqa: F401
+from util.settings import as_data_settings
 
 logger = logging.getLogger(__name__)
 
@@ -343,21 +344,20 @@ class CocoKeypointDataset(torch.utils.data.Dataset):
         raise UnreadableImageError(f"no readable image in {self.img_folder} ({len(self.ids)} tried)")
 
 
-def _required_key(args, key: str) -> str:
-    value = getattr(args, key, None)
-    if not value:
-        raise ValueError(f"dataset_file='custom' needs the config key {key} (a path, absolute or relative to "
-                         f"--coco_path), e.g. --options {key}=...")
-    return str(value)
-
-
 def spec_from_args(args) -> DatasetSpec:
-    """The registered spec of ``args.dataset_file``, or the custom spec from the ``custom_*`` config keys."""
-    name = getattr(args, "dataset_file", "coco")
+    """The registered spec of the dataset, or the custom spec from the ``custom_*`` config keys (``args``: a
+    ``util.settings.DataCfg`` or the flat keys)."""
+    cfg = as_data_settings(args)
+    name = cfg.dataset_file
     if name == "custom":
-        keys = ("custom_train_ann", "custom_train_img", "custom_val_ann", "custom_val_img")
-        values = [_required_key(args, key) for key in keys]
-        return custom_spec(*values, evaluator=getattr(args, "custom_evaluator", "coco") or "coco")
+        values = []
+        for field in ("train_ann", "train_img", "val_ann", "val_img"):
+            value = getattr(cfg.custom, field)
+            if not value:
+                raise ValueError(f"dataset_file='custom' needs the config key custom_{field} (a path, absolute or "
+                                 f"relative to --coco_path), e.g. --options custom_{field}=...")
+            values.append(str(value))
+        return custom_spec(*values, evaluator=cfg.custom.evaluator)
     if name not in DATASET_SPECS:
         raise ValueError(f"dataset_file {name!r} is not supported; choose one of "
                          f"{sorted(DATASET_SPECS) + ['custom']}")

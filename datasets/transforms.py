@@ -18,7 +18,9 @@ import torchvision.transforms as tv_transforms
 import torchvision.transforms.functional as tv_functional
 from PIL import Image
 
+from util import keypoint_codec as kp
 from util.box_ops import box_xyxy_to_cxcywh
+from util.settings import as_data_settings
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -124,12 +126,10 @@ def to_model_target(target: dict, height: int, width: int) -> dict:
                                                                            dtype=torch.float32)
     if "area" in target:
         out["area"] = target["area"] / (float(width) * float(height))
-    if "keypoints" in target:
+    if "keypoints" in target:  # (N, K, 3) pixels -> the codec's flat (N, 3K) layout; visibility 2 (seen) -> 1
         kpts = target["keypoints"]
-        num = kpts.shape[1]
-        xy = kpts[..., :2].reshape(-1, 2 * num) / torch.tensor([width, height] * num, dtype=torch.float32)
         vis = kpts[..., 2].masked_fill(kpts[..., 2] == 2, 1)
-        out["keypoints"] = torch.cat([xy, vis.reshape(-1, num)], dim=1)
+        out["keypoints"] = kp.encode(kp.from_pixels(kpts[..., :2], width, height), vis)
     return out
 
 
@@ -266,11 +266,10 @@ def build_transforms(image_set: str, flip_permutation: Sequence[int], *,
 
 
 def build_transforms_from_args(image_set: str, args, flip_permutation: Sequence[int]) -> Compose:
-    """``build_transforms`` with the config keys ``data_aug_*``, ``flip_exact``, ``crop_marks_invisible``."""
-    optional = {
-        "scales": "data_aug_scales", "max_size": "data_aug_max_size", "scales2_resize": "data_aug_scales2_resize",
-        "scales2_crop": "data_aug_scales2_crop", "scale_overlap": "data_aug_scale_overlap",
-        "flip_exact": "flip_exact", "crop_marks_invisible": "crop_marks_invisible",
-    }
-    kwargs = {name: getattr(args, key) for name, key in optional.items() if hasattr(args, key)}
-    return build_transforms(image_set, flip_permutation, **kwargs)
+    """``build_transforms`` with the data section's augmentation (``args``: a ``util.settings.DataCfg`` or the flat
+    keys ``data_aug_*``, ``flip_exact``, ``crop_marks_invisible``)."""
+    a = as_data_settings(args).augment
+    return build_transforms(image_set, flip_permutation, scales=a.scales, max_size=a.max_size,
+                            scales2_resize=a.scales2_resize, scales2_crop=a.scales2_crop,
+                            scale_overlap=a.scale_overlap, flip_exact=a.flip_exact,
+                            crop_marks_invisible=a.crop_marks_invisible)

@@ -15,16 +15,17 @@ def build_model(args: Any, metadata: KeypointMetadata):
     values), converted once by ``util.settings.model_settings``, which also refuses the config keys this
     implementation does not support (``util.config_support``).
     """
+    from util.keypoint_metadata import check_keypoint_count
     from util.settings import model_settings
 
-    from .clickpose.build import build_clickpose, build_postprocessors, check_layout
+    from .clickpose.build import build_clickpose, build_postprocessors
     from .clickpose.criterion import build_criterion
     from .clickpose.matcher import build_matcher
 
     settings = model_settings(args)
     if settings.modelname != "clickpose":
         raise ValueError(f"unknown modelname {settings.modelname!r}; this project provides 'clickpose'")
-    check_layout(settings.num_keypoints, metadata)
+    check_keypoint_count(settings.num_keypoints, metadata)  # before the matcher reads the layout's sigmas
     matcher = build_matcher(settings.matcher, metadata.sigmas)
     model = build_clickpose(settings, metadata, matcher)
     criterion = build_criterion(settings.loss, matcher)

@@ -32,7 +32,7 @@ def param_groups(args: Namespace, model: nn.Module) -> list[dict[str, Any]]:
     groups); 'ddetr_in_mmdet': ``lr_backbone_names`` / ``lr_linear_proj_names`` matched in parameter names, as the
     original does for that recipe."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    kind = getattr(args, "param_dict_type", "default")
+    kind = args.param_dict_type
     if kind == "default":
         backbone = backbone_parameter_ids(model)
         return [{"params": [p for _, p in named if id(p) not in backbone]},
@@ -57,8 +57,8 @@ def _fused_supported(params: list[torch.Tensor]) -> bool:
 
 def build_optimizer(args: Namespace, model: nn.Module) -> torch.optim.Optimizer:
     """AdamW over :func:`param_groups`. The fused kernel where torch has one for the parameters' device: the same
-    update as the per-tensor loop (equal up to rounding), in one pass over the parameters; the demo's step spends
-    56 ms in AdamW with the default loop and 23 ms fused (docs/benchmarks.md)."""
+    update as the per-tensor loop (equal up to rounding), in one pass over the parameters (timings in
+    docs/benchmarks.md)."""
     groups = param_groups(args, model)
     fused = _fused_supported([p for group in groups for p in group["params"]])
     return torch.optim.AdamW(groups, lr=args.lr, weight_decay=args.weight_decay, fused=fused or None)

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from models.clickpose import keypoints as kp
+from util import keypoint_codec as kp
 from util.box_ops import box_cxcywh_to_xyxy
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
@@ -88,14 +88,14 @@ def keypoint_metadata(args: argparse.Namespace, checkpoint: Optional[Mapping[str
     keys, or the built-in layout with ``num_body_points`` keypoints)."""
     from datasets import get_metadata
     from util.keypoint_metadata import KeypointMetadata
+    from util.settings import data_settings
 
     recorded = checkpoint.get("keypoint_metadata") if checkpoint is not None else None
     if recorded:
         return KeypointMetadata.from_dict(recorded)
-    if getattr(args, "dataset_file", None) is None:
-        # a config names no dataset: its custom_* keys, else the built-in layout with num_body_points keypoints
-        args = argparse.Namespace(**{**vars(args), "dataset_file": "custom"})
-    return get_metadata(args)
+    keys = vars(args)
+    # a config names no dataset: its custom_* keys, else the built-in layout with num_body_points keypoints
+    return get_metadata(data_settings({**keys, "dataset_file": keys.get("dataset_file") or "custom"}))
 
 
 P = TypeVar("P", bound="People")

@@ -56,7 +56,7 @@ def _ours(spec: dict):
     import torch
     from PIL import Image
 
-    from models.clickpose import keypoints as kp
+    from util import keypoint_codec as kp
     from models.clickpose.feedback import select_top
     from models.predictor import Predictor
     from util.misc import nested_tensor_from_tensor_list

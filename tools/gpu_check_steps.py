@@ -205,8 +205,8 @@ def step_build(sizes: Sizes) -> Result:
 
 def step_cuda_tests(sizes: Sizes) -> Result:
     """The deformable-attention test suite, where every CUDA-parametrised test now runs (slow build test left out)."""
-    out = run_command([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/models/ops",
-                       "-m", "not slow"], timeout=3600)
+    out = run_command([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                       "tests/models/clickpose/ops", "-m", "not slow"], timeout=3600)
     lines = out.stdout.strip().splitlines()
     summary = next((line.strip("= ") for line in reversed(lines) if re.search(r"\d+ (passed|failed|errors?)\b", line)),
                    lines[-1] if lines else "no output")
@@ -214,10 +214,11 @@ def step_cuda_tests(sizes: Sizes) -> Result:
     cuda_skips = [line for line in lines if line.startswith("SKIPPED") and ("CUDA device" in line or "CUDA kernel"
                                                                             in line)]
     if out.returncode != 0:
-        raise RuntimeError(f"pytest tests/models/ops exited {out.returncode}: {summary}\n{_tail(out.stdout, 40)}")
+        raise RuntimeError(f"pytest tests/models/clickpose/ops exited {out.returncode}: {summary}\n"
+                           f"{_tail(out.stdout, 40)}")
     if cuda_skips:
         raise RuntimeError("CUDA tests were skipped on a CUDA machine:\n" + "\n".join(cuda_skips[:10]))
-    return {"summary": f"pytest tests/models/ops: {summary}", "pytest_summary": summary}
+    return {"summary": f"pytest tests/models/clickpose/ops: {summary}", "pytest_summary": summary}
 
 
 def _half_errors(backend: str, device: str, dtype_name: str, levels) -> Dict[str, float]:
@@ -395,9 +396,9 @@ def step_click(sizes: Sizes) -> Result:
     for label, amp in _precisions(sizes):
         with torch.no_grad(), _autocast(sizes, amp):
             outputs, state = model(images, return_state=True)
-            boxes, keypoints = _top_people(outputs, model.num_body_points, people)
+            boxes, keypoints = _top_people(outputs, model.num_keypoints, people)
             person = torch.arange(people, device=sizes.device)
-            joint = person % model.num_body_points
+            joint = person % model.num_keypoints
             target = (keypoints[0, person, joint] + 0.01).clamp(0, 1).float()
             clicks = [torch.cat((person[:, None].float(), joint[:, None].float(), target), 1)]
 

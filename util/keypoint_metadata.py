@@ -51,3 +51,17 @@ class KeypointMetadata:
             flip_pairs=tuple((int(a), int(b)) for a, b in data["flip_pairs"]),
             sigmas=tuple(float(s) for s in data["sigmas"]),
             skeleton=tuple((int(a), int(b)) for a, b in data.get("skeleton", ())))
+
+
+def check_keypoint_count(num_keypoints: int, metadata: KeypointMetadata, what: str = "the keypoint layout") -> None:
+    """The config's keypoint count (``num_body_points``, which sets the model's shapes) must be the layout's: the
+    one check of it, for the model, the datasets and the Predictor."""
+    from util.errors import ConfigError
+
+    if not isinstance(metadata, KeypointMetadata):
+        raise TypeError(f"metadata must be a KeypointMetadata (datasets.get_metadata(args)), got "
+                        f"{type(metadata).__name__}")
+    if int(num_keypoints) != metadata.num_keypoints:
+        raise ConfigError(f"{what} {metadata.name!r} has {metadata.num_keypoints} keypoints but "
+                          f"num_body_points={num_keypoints}; set num_body_points={metadata.num_keypoints} "
+                          f"(e.g. --options num_body_points={metadata.num_keypoints})")

@@ -272,3 +272,94 @@ def model_settings(args: Union[Mapping[str, Any], Any]) -> ModelSettings:
 def as_model_settings(settings_or_args: Any) -> ModelSettings:
     """``ModelSettings`` as given, or built from flat config keys."""
     return settings_or_args if isinstance(settings_or_args, ModelSettings) else model_settings(settings_or_args)
+
+
+# --- data ------------------------------------------------------------------------------------------------------
+# Command-line keys the dataset code reads (main.py's flags and resolve_environment; not config keys).
+DATA_RUNTIME_DEFAULTS: dict[str, Any] = {"dataset_file": "coco", "coco_path": None, "data_root": None,
+                                         "noc_filter": False, "trust_image_sizes": False}
+
+
+@dataclass(frozen=True)
+class AugmentCfg:
+    """The training and evaluation transforms (``datasets.transforms.build_transforms``)."""
+    scales: tuple[int, ...]
+    max_size: int
+    scales2_resize: tuple[int, ...]
+    scales2_crop: tuple[int, ...]
+    scale_overlap: Optional[float]
+    flip_exact: bool
+    crop_marks_invisible: bool
+
+
+@dataclass(frozen=True)
+class CustomDataCfg:
+    """``dataset_file='custom'``: the split files and the keypoint layout (``custom_*`` config keys)."""
+    train_ann: Optional[str] = None
+    train_img: Optional[str] = None
+    val_ann: Optional[str] = None
+    val_img: Optional[str] = None
+    evaluator: str = "coco"
+    keypoint_names: Optional[tuple] = None
+    flip_pairs: Optional[tuple] = None
+    sigmas: Optional[tuple] = None
+    skeleton: Optional[tuple] = None
+
+    def stray_keys(self) -> list[str]:
+        """The ``custom_*`` keys set to something else than their default (read only with dataset_file='custom')."""
+        default = CustomDataCfg()
+        return [f"custom_{name}" for name in self.__dataclass_fields__
+                if getattr(self, name) != getattr(default, name)]
+
+
+@dataclass(frozen=True)
+class DataCfg:
+    """Which dataset, where, and how it is read (``datasets.build_dataset``, ``datasets.get_metadata``)."""
+    dataset_file: str
+    root: Optional[str]  # --coco_path (alias --data_root): every dataset's root, not only COCO's
+    keypoint_field: str
+    num_keypoints: Optional[int]  # num_body_points as configured; checked against the dataset's layout
+    noc_filter: bool  # evaluate only images the training filter keeps (the reference's CLICKPOSE_NoC_Test=TRUE)
+    trust_image_sizes: bool
+    augment: AugmentCfg
+    custom: CustomDataCfg
+
+
+def _optional_tuple(value: Any) -> Optional[tuple]:
+    if value is None:
+        return None
+    return tuple(tuple(v) if isinstance(v, (list, tuple)) else v for v in value)
+
+
+def data_settings(args: Union[Mapping[str, Any], Any]) -> DataCfg:
+    """The data section from flat keys; missing ones take ``config/clickpose.cfg.py``'s values (and the command
+    line's defaults for ``dataset_file``, the root and the two switches)."""
+    v = _FlatKeys(args)
+
+    def get(key: str) -> Any:
+        return v.given_value(key) if v.given(key) else (DATA_RUNTIME_DEFAULTS[key] if key in DATA_RUNTIME_DEFAULTS
+                                                        else v[key])
+
+    augment = AugmentCfg(
+        scales=tuple(get("data_aug_scales")), max_size=int(get("data_aug_max_size")),
+        scales2_resize=tuple(get("data_aug_scales2_resize")), scales2_crop=tuple(get("data_aug_scales2_crop")),
+        scale_overlap=get("data_aug_scale_overlap"), flip_exact=bool(get("flip_exact")),
+        crop_marks_invisible=bool(get("crop_marks_invisible")))
+    custom = CustomDataCfg(
+        train_ann=get("custom_train_ann"), train_img=get("custom_train_img"), val_ann=get("custom_val_ann"),
+        val_img=get("custom_val_img"), evaluator=get("custom_evaluator") or "coco",
+        keypoint_names=_optional_tuple(get("custom_keypoint_names")),
+        flip_pairs=_optional_tuple(get("custom_flip_pairs")), sigmas=_optional_tuple(get("custom_sigmas")),
+        skeleton=_optional_tuple(get("custom_skeleton")))
+    # only a given count is checked (a mapping without it takes the dataset's layout)
+    configured = v.given_value("num_body_points") if v.given("num_body_points") else None
+    return DataCfg(dataset_file=get("dataset_file") or "coco", root=get("coco_path") or get("data_root"),
+                   keypoint_field=get("keypoint_field") or "keypoints",
+                   num_keypoints=None if configured is None else int(configured),
+                   noc_filter=bool(get("noc_filter")), trust_image_sizes=bool(get("trust_image_sizes")),
+                   augment=augment, custom=custom)
+
+
+def as_data_settings(settings_or_args: Any) -> DataCfg:
+    """``DataCfg`` as given, or built from flat config keys."""
+    return settings_or_args if isinstance(settings_or_args, DataCfg) else data_settings(settings_or_args)

@@ -7,7 +7,7 @@ from typing import Any, Optional, Sequence, Union
 from torch import nn
 
 from util.config import ConfigError
-from util.keypoint_metadata import KeypointMetadata
+from util.keypoint_metadata import KeypointMetadata, check_keypoint_count
 from util.settings import ModelSettings, as_model_settings
 
 from .backbone import build_backbone
@@ -15,17 +15,6 @@ from .clickpose import ClickPose
 from .feedback import build_click_simulator
 from .postprocess import PostProcess
 from .transformer import build_transformer
-
-
-def check_layout(num_keypoints: int, metadata: KeypointMetadata) -> None:
-    """The config's keypoint count (``num_body_points``) must be the layout's (the config sets the model's
-    shapes)."""
-    if not isinstance(metadata, KeypointMetadata):
-        raise TypeError(f"metadata must be a KeypointMetadata (datasets.get_metadata(args)), got "
-                        f"{type(metadata).__name__}")
-    if int(num_keypoints) != metadata.num_keypoints:
-        raise ConfigError(f"the keypoint layout {metadata.name!r} has {metadata.num_keypoints} keypoints but "
-                          f"num_body_points={num_keypoints}; set num_body_points={metadata.num_keypoints}")
 
 
 def check_feature_levels(num_feature_levels: int, backbone_channels: list[int], indices: Sequence[int]) -> None:
@@ -45,7 +34,7 @@ def build_clickpose(settings: Union[ModelSettings, Any], metadata: KeypointMetad
     ``matcher`` drives the training click loop and the simulated clicks (the criterion's matcher can be shared;
     built from the settings when None). The model keeps ``metadata`` as ``keypoint_metadata`` (saved with it)."""
     settings = as_model_settings(settings)
-    check_layout(settings.num_keypoints, metadata)
+    check_keypoint_count(settings.num_keypoints, metadata)
     if matcher is None:
         from .matcher import build_matcher
         matcher = build_matcher(settings.matcher, metadata.sigmas)
@@ -61,5 +50,5 @@ def build_postprocessors(settings: Union[ModelSettings, Any]) -> dict[str, PostP
     kept for compatibility. ``settings``: a ``ModelSettings`` or flat config keys."""
     cfg = as_model_settings(settings).postprocess
     pose = PostProcess(num_select=cfg.num_select, nms_iou_threshold=cfg.nms_iou_threshold,
-                       num_body_points=cfg.num_keypoints)
+                       num_keypoints=cfg.num_keypoints)
     return {"bbox": pose, "pose": pose}

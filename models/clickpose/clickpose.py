@@ -22,7 +22,7 @@ from util.settings import DenoisingCfg, FeedbackCfg
 from .backbone import Joiner
 from .encoder import EncoderState
 from .error_modeling import DenoisingQueries, build_denoising_queries, draw_clicked_counts
-from . import keypoints as kp
+from util import keypoint_codec as kp
 from .feedback import (ClickSimulator, Clicks, Refinement, apply_clicks, check_click_freeze, flatten_clicks,
                        pinned_keypoints, run_click_rounds)
 from .queries import box_stage_dn_mask, keypoint_stage_dn_mask
@@ -64,7 +64,7 @@ class ClickPose(nn.Module):
         # plain copies of the section values: read by the model, the predictor and tools
         self.num_classes = denoising.num_classes
         self.num_feature_levels = transformer.num_feature_levels
-        self.num_body_points = num_keypoints
+        self.num_keypoints = num_keypoints
         self.num_group, self.num_group_refine, self.nheads = num_group, feedback.num_group_refine, decoder.nheads
         self.dn_number, self.dn_labelbook_size = denoising.number, denoising.labelbook_size
         self.dn_box_noise_scale, self.dn_kpt_noise_scale = denoising.box_noise_scale, denoising.kpt_noise_scale
@@ -129,7 +129,7 @@ class ClickPose(nn.Module):
                 continue
             if layer_id < decoder.num_box_layers:
                 logits, boxes = decoder.predict_boxes(layer_id, layer_hs, layer_refs)
-                keypoints = kp.zeros(boxes.shape[:2], self.num_body_points, layer_hs)
+                keypoints = kp.zeros(boxes.shape[:2], self.num_keypoints, layer_hs)
             else:
                 logits, boxes, keypoints = decoder.predict_groups(layer_id, layer_hs, layer_refs)
             layers.append({"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints})
@@ -148,7 +148,7 @@ class ClickPose(nn.Module):
             refs_unsig = torch.cat((dn.boxes_unsigmoid, refs_unsig), 1)
             dn_groups = (dn.keypoint_xy, dn.keypoint_content)
             box_mask = box_stage_dn_mask(dn.num_gt, num_dn, self.transformer.num_queries, self.nheads)
-            keypoint_mask = keypoint_stage_dn_mask(dn.num_gt, num_dn, self.num_group, self.num_body_points + 1,
+            keypoint_mask = keypoint_stage_dn_mask(dn.num_gt, num_dn, self.num_group, self.num_keypoints + 1,
                                                    self.nheads)
         hs, refs = self.transformer.decoder(tgt, refs_unsig, state, num_dn, dn_groups, box_mask, keypoint_mask)
         # in eval only the last layer is returned, so only it is predicted
@@ -172,7 +172,7 @@ class ClickPose(nn.Module):
         out["aux_outputs"] = aux
         out["interm_outputs"] = {
             "pred_logits": self.transformer.enc_out_class_embed(interm_content), "pred_boxes": interm_boxes,
-            "pred_keypoints": kp.zeros(interm_boxes.shape[:2], self.num_body_points, interm_boxes)}
+            "pred_keypoints": kp.zeros(interm_boxes.shape[:2], self.num_keypoints, interm_boxes)}
         return out
 
     def _training_click_layers(self, state: EncoderState, out: dict, targets: Sequence[dict]) -> list[dict]:
@@ -184,7 +184,7 @@ class ClickPose(nn.Module):
 
     def draw_training_click_rounds(self) -> int:
         """Rounds of one training step's click loop: k in 1..K with P(k) proportional to 1/k^2."""
-        return int(draw_clicked_counts(1, 1, self.num_body_points, torch.device("cpu"))[0, 0])
+        return int(draw_clicked_counts(1, 1, self.num_keypoints, torch.device("cpu"))[0, 0])
 
     def forward(self, samples: NestedTensor | Sequence[Tensor] | Tensor, targets: Optional[Sequence[dict]] = None,
                 return_state: bool = False):
@@ -210,8 +210,8 @@ class ClickPose(nn.Module):
         """
         mode = check_click_freeze(self.click_freeze if click_freeze is None else click_freeze)
         batch, num_people, num_keypoints, _ = keypoints.shape
-        if num_keypoints != self.num_body_points:
-            raise ValueError(f"poses have {num_keypoints} keypoints, the model {self.num_body_points}")
+        if num_keypoints != self.num_keypoints:
+            raise ValueError(f"poses have {num_keypoints} keypoints, the model {self.num_keypoints}")
         boxes, keypoints, clicked = apply_clicks(boxes, keypoints, flatten_clicks(clicks, batch, keypoints.device))
         pin_mask = pinned_keypoints(clicked, mode, pinned)
         pin = (pin_mask, keypoints) if mode != "none" else None

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from util.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou_pairwise
 from util.settings import LossCfg
 
-from . import keypoints as kp
+from util import keypoint_codec as kp
 from .losses import GIOU_EPS, OKS_EPS, focal_loss_total, keypoint_oks, keypoint_sigmas, weighted_keypoint_l1
 from .matcher import HungarianMatcher, MatchIndices
 
@@ -73,10 +73,10 @@ class SetCriterion(nn.Module):
     """
 
     def __init__(self, num_classes: int, matcher: HungarianMatcher, weight_dict: dict[str, float], focal_alpha: float,
-                 losses: Sequence[str], num_box_decoder_layers: int = 2, num_body_points: Optional[int] = None,
+                 losses: Sequence[str], num_box_decoder_layers: int = 2, num_keypoints: Optional[int] = None,
                  sigmas: Optional[Sequence[float]] = None, cls_quality_target: Optional[str] = None):
         """``sigmas`` (OKS, one per keypoint) default to the matcher's, so matching and losses use one layout;
-        ``num_body_points`` defaults to their count. ``cls_quality_target``: None (the reference: matched queries
+        ``num_keypoints`` defaults to their count. ``cls_quality_target``: None (the reference: matched queries
         aim at score 1) or 'oks' (they aim at their prediction's OKS, or box IoU before the keypoint layers)."""
         super().__init__()
         if cls_quality_target not in (None, "oks"):
@@ -84,12 +84,12 @@ class SetCriterion(nn.Module):
         self.cls_quality_target = cls_quality_target
         if sigmas is None:
             sigmas = matcher.sigmas.tolist()
-        if num_body_points is None:
-            num_body_points = len(sigmas)
-        self.num_classes, self.num_body_points, self.num_box_decoder_layers = (num_classes, num_body_points,
+        if num_keypoints is None:
+            num_keypoints = len(sigmas)
+        self.num_classes, self.num_keypoints, self.num_box_decoder_layers = (num_classes, num_keypoints,
                                                                               num_box_decoder_layers)
         self.matcher, self.weight_dict, self.focal_alpha = matcher, weight_dict, focal_alpha
-        self.register_buffer("sigmas", keypoint_sigmas(num_body_points, sigmas), persistent=False)
+        self.register_buffer("sigmas", keypoint_sigmas(num_keypoints, sigmas), persistent=False)
         unknown = [name for name in losses if name not in self._loss_methods()]
         if unknown:
             raise ValueError(f"unknown loss names {unknown}; known: {sorted(self._loss_methods())}")
@@ -129,7 +129,7 @@ class SetCriterion(nn.Module):
         """(M,) how good each matched prediction is, in [0, 1]: OKS of its keypoints or IoU of its box."""
         matched = _matched_query_index(indices)
         if keypoint_layer and "pred_keypoints" in outputs:
-            k = self.num_body_points
+            k = self.num_keypoints
             pred_xy, _ = kp.split(outputs["pred_keypoints"][matched], k)
             gt_xy, gt_vis = kp.split(_matched_targets(targets, indices, "keypoints"), k)
             area = _matched_targets(targets, indices, "area")
@@ -164,7 +164,7 @@ class SetCriterion(nn.Module):
         if len(pred) == 0:  # keep the graph connected so every parameter still gets a (zero) gradient
             zero = pred.sum() * 0
             return {"loss_keypoints": zero, "loss_oks": zero.clone()}
-        k = self.num_body_points
+        k = self.num_keypoints
         pred_xy, _ = kp.split(pred, k)
         gt_xy, gt_vis = kp.split(_matched_targets(targets, indices, "keypoints"), k)
         area = _matched_targets(targets, indices, "area")
@@ -198,8 +198,8 @@ class SetCriterion(nn.Module):
         """Visibility-weighted keypoint L1 of the dn queries against their clean targets, / num_tgt."""
         if "num_tgt" not in outputs:
             return {"dn_loss_keypoints": self._zero(outputs)}
-        pred_xy, _ = kp.split(outputs["dn_pose_pred"], self.num_body_points)
-        gt_xy, gt_vis = kp.split(outputs["dn_pose_input"], self.num_body_points)
+        pred_xy, _ = kp.split(outputs["dn_pose_pred"], self.num_keypoints)
+        gt_xy, gt_vis = kp.split(outputs["dn_pose_input"], self.num_keypoints)
         return {"dn_loss_keypoints": weighted_keypoint_l1(pred_xy, gt_xy, gt_vis).sum() / outputs["num_tgt"]}
 
     # ---- helpers -------------------------------------------------------------------------------------------------
@@ -302,5 +302,5 @@ def build_criterion(cfg: LossCfg, matcher: HungarianMatcher) -> SetCriterion:
         losses += list(DN_LOSSES)
     losses.append("matching")
     return SetCriterion(cfg.num_classes, matcher, build_weight_dict(cfg), cfg.focal_alpha, losses,
-                        num_box_decoder_layers=cfg.num_box_decoder_layers, num_body_points=cfg.num_keypoints,
+                        num_box_decoder_layers=cfg.num_box_decoder_layers, num_keypoints=cfg.num_keypoints,
                         cls_quality_target=cfg.cls_quality_target)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from util.misc import inverse_sigmoid
 
-from . import keypoints as kp
+from util import keypoint_codec as kp
 from .encoder import EncoderState
 from .layers import MLP, activation_fn
 from .ops import MSDeformAttn

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from util.misc import inverse_sigmoid
 from util.settings import DenoisingCfg
 
-from . import keypoints as kp
+from util import keypoint_codec as kp
 
 ERROR_TYPES = ("jitter", "miss", "swap", "inversion")
 # keypoint-similarity bands of the error types (KS = exp(-d^2 / (2 area (2 sigma)^2)))
@@ -139,9 +139,9 @@ def build_denoising_queries(targets: Sequence[dict], cfg: DenoisingCfg, label_en
             clean = clicked_keypoint_mask(draw_clicked_counts(batch, num_dn, k, device, generator), k, generator)
         noised_xy = xy + noise * (~clean)[..., None]
         if error_types and error_prob > 0:
-            noised_xy = apply_error_types(noised_xy, noise, xy, kp.visibility(keypoints, k),
-                                          ~clean, pick, num_gt, boxes, error_types, error_prob, flip_pairs, sigmas,
-                                          generator)
+            errors = PoseErrors(error_types, error_prob, flip_pairs, sigmas)
+            noised_xy = apply_error_types(noised_xy, noise, xy, kp.visibility(keypoints, k), ~clean, pick, num_gt,
+                                          boxes, errors, generator)
         xy = noised_xy.clamp(0.0, 1.0)
 
     return DenoisingQueries(content=label_enc(noised_labels), boxes_unsigmoid=inverse_sigmoid(noised_boxes),
@@ -166,9 +166,17 @@ def clicked_keypoint_mask(counts: Tensor, num_keypoints: int, generator: Optiona
     return hits > 0
 
 
+@dataclass(frozen=True)
+class PoseErrors:
+    """Which of the paper's error types the pose error modeling draws, how often, and the layout they need."""
+    types: Sequence[str]  # subset of ERROR_TYPES (config pem_error_types)
+    prob: float  # per labelled, noised keypoint (config pem_error_prob)
+    flip_pairs: Sequence[tuple[int, int]]
+    sigmas: Optional[Sequence[float]]
+
+
 def apply_error_types(noised_xy: Tensor, noise: Tensor, gt_xy: Tensor, visible: Tensor, noisy: Tensor, pick: Tensor,
-                      num_gt: Tensor, gt_boxes: Tensor, error_types: Sequence[str], error_prob: float,
-                      flip_pairs: Sequence[tuple[int, int]], sigmas: Optional[Sequence[float]],
+                      num_gt: Tensor, gt_boxes: Tensor, errors: PoseErrors,
                       generator: Optional[torch.Generator] = None) -> Tensor:
     """Replace some noised keypoints by one of the paper's four error types (our addition; off by default).
 
@@ -182,6 +190,7 @@ def apply_error_types(noised_xy: Tensor, noise: Tensor, gt_xy: Tensor, visible: 
     Inversion/swap leave keypoints without a labelled partner (or a single-person image) unchanged.
     noised_xy, noise, gt_xy: (B, D, K, 2); visible, noisy: (B, D, K); pick: (B, D) GT index per instance.
     """
+    error_types, error_prob, flip_pairs, sigmas = errors.types, errors.prob, errors.flip_pairs, errors.sigmas
     unknown = set(error_types) - set(ERROR_TYPES)
     if unknown:
         raise ValueError(f"pem_error_types has unknown entries {sorted(unknown)}; choose from {ERROR_TYPES}")

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 from util.settings import FeedbackCfg
 
-from . import keypoints as kp
+from util import keypoint_codec as kp
 
 CLICK_FREEZE_MODES = ("none", "round", "all")
 Clicks = Union[Tensor, Sequence[Tensor]]

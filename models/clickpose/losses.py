@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import sigmoid_focal_loss
 
-from .keypoints import split as split_keypoints  # noqa: F401  (the matcher's import; the codec owns it)
+from util.keypoint_codec import split as split_keypoints  # noqa: F401  (the matcher's import; the codec owns it)
 
 OKS_EPS = 1e-6  # added to the visible count, and the floor of the OKS (reference values)
 GIOU_EPS = 1e-6  # added to the IoU and hull denominators (reference value)

@@ -37,23 +37,23 @@ class HungarianMatcher(nn.Module):
 
     def __init__(self, cost_class: float = 2.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  cost_keypoints: float = 10.0, cost_oks: float = 4.0, focal_alpha: float = 0.25,
-                 num_body_points: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
+                 num_keypoints: Optional[int] = None, sigmas: Optional[Sequence[float]] = None):
         """``sigmas``: the OKS sigmas of the keypoint layout (required); K = ``len(sigmas)``, which
-        ``num_body_points`` must equal when given."""
+        ``num_keypoints`` must equal when given."""
         super().__init__()
-        if num_body_points is None:
-            num_body_points = len(sigmas) if sigmas is not None else 0
+        if num_keypoints is None:
+            num_keypoints = len(sigmas) if sigmas is not None else 0
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("HungarianMatcher: set_cost_class, set_cost_bbox and set_cost_giou are all 0; "
                              "at least one of them must be non-zero")
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
         self.cost_keypoints, self.cost_oks = cost_keypoints, cost_oks
-        self.focal_alpha, self.num_body_points = focal_alpha, num_body_points
-        self.register_buffer("sigmas", keypoint_sigmas(num_body_points, sigmas), persistent=False)
+        self.focal_alpha, self.num_keypoints = focal_alpha, num_keypoints
+        self.register_buffer("sigmas", keypoint_sigmas(num_keypoints, sigmas), persistent=False)
 
     def _keypoint_costs(self, pred_kpts: Tensor, tgt_kpts: Tensor, tgt_area: Tensor) -> tuple[Tensor, Tensor]:
         """(Q, 3K) predictions x (T, 3K) targets -> (Q, T) weighted keypoint L1 and (Q, T) 1 - OKS."""
-        k = self.num_body_points
+        k = self.num_keypoints
         pred_xy, _ = split_keypoints(pred_kpts, k)
         tgt_xy, tgt_vis = split_keypoints(tgt_kpts, k)
         cost_l1 = weighted_keypoint_l1(pred_xy[:, None], tgt_xy[None], tgt_vis[None]).sum(-1)
@@ -87,7 +87,7 @@ class HungarianMatcher(nn.Module):
         tgt_kpts = torch.cat([t["keypoints"] for t in targets])
 
         cost_class = focal_class_cost(prob, tgt_labels, self.focal_alpha)
-        pred_xy, _ = split_keypoints(pred_kpts, self.num_body_points)
+        pred_xy, _ = split_keypoints(pred_kpts, self.num_keypoints)
         if pred_xy.sum() > 0:  # keypoint branch; box costs are zero there
             tgt_area = torch.cat([t["area"] for t in targets])
             cost_kpt, cost_oks = self._keypoint_costs(pred_kpts, tgt_kpts, tgt_area)
@@ -147,4 +147,4 @@ def build_matcher(cfg: MatcherCfg, sigmas: Sequence[float]) -> HungarianMatcher:
         raise ValueError(f"unknown matcher_type {cfg.matcher_type!r}; only 'HungarianMatcher' exists")
     return HungarianMatcher(cost_class=cfg.cost_class, cost_bbox=cfg.cost_bbox, cost_giou=cfg.cost_giou,
                             cost_keypoints=cfg.cost_keypoints, cost_oks=cfg.cost_oks, focal_alpha=cfg.focal_alpha,
-                            num_body_points=cfg.num_keypoints, sigmas=sigmas)
+                            num_keypoints=cfg.num_keypoints, sigmas=sigmas)

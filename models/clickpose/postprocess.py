@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from util.box_ops import box_cxcywh_to_xyxy
 
-from . import keypoints as kp
+from util import keypoint_codec as kp
 
 
 def nms_keep(boxes: Tensor, scores: Tensor, labels: Tensor, iou_threshold: float) -> Tensor:
@@ -27,9 +27,9 @@ class PostProcess(nn.Module):
     :meth:`select` gives the same choice as query indices (what the Predictor decodes its people with).
     """
 
-    def __init__(self, num_select: int = 100, nms_iou_threshold: float = -1, num_body_points: int = 17):
+    def __init__(self, num_select: int = 100, nms_iou_threshold: float = -1, num_keypoints: int = 17):
         super().__init__()
-        self.num_body_points = num_body_points
+        self.num_keypoints = num_keypoints
         self.num_select, self.nms_iou_threshold = num_select, nms_iou_threshold
 
     @torch.no_grad()
@@ -43,7 +43,8 @@ class PostProcess(nn.Module):
         batch, num_queries, num_classes = logits.shape
         if self.num_select > num_queries * num_classes:
             raise ValueError(f"num_select={self.num_select} exceeds the {num_queries * num_classes} (query, class) "
-                             "pairs of these outputs; lower num_select (e.g. 20 for the interactive modes)")
+                             "pairs of these outputs; lower num_select (the interactive evaluation caps it at "
+                             "num_group_refine * num_classes)")
         scores, flat_index = torch.topk(logits.sigmoid().view(batch, -1), self.num_select, dim=1)
         queries = torch.div(flat_index, num_classes, rounding_mode="floor")
         labels = flat_index % num_classes
@@ -61,7 +62,7 @@ class PostProcess(nn.Module):
     @torch.no_grad()
     def forward(self, outputs: dict[str, Tensor], target_sizes: Tensor) -> list[dict[str, Tensor]]:
         """target_sizes: (B, 2) (h, w) of the original images."""
-        k = self.num_body_points
+        k = self.num_keypoints
         keypoints = outputs["pred_keypoints"]
         results = []
         for i, image in enumerate(self.select(outputs, target_sizes)):

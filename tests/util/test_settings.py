@@ -95,3 +95,40 @@ def test_model_builders_read_no_flat_keys_with_defaults():
                     and node.args and isinstance(node.args[0], ast.Name) and node.args[0].id == "args":
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
     assert offenders == []
+
+
+# The config adapter: the only modules that read flat keys with a default.
+ADAPTER = {"util/settings.py", "util/config.py", "util/config_support.py"}
+
+
+def _project_files():
+    skip = {"tests", ".venv", "build", "demo_output", "data_synthetic"}
+    for path in sorted(REPO.rglob("*.py")):
+        rel = path.relative_to(REPO)
+        if not skip & set(rel.parts):
+            yield rel, ast.parse(path.read_text())
+
+
+def test_no_function_of_the_project_takes_more_than_ten_parameters():
+    too_many = []
+    for rel, tree in _project_files():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                count = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                count -= bool(a.args) and a.args[0].arg in ("self", "cls")
+                if count > 10:
+                    too_many.append(f"{rel}:{node.name} ({count})")
+    assert too_many == []
+
+
+def test_flat_keys_are_defaulted_only_in_the_config_adapter():
+    offenders = []
+    for rel, tree in _project_files():
+        if str(rel) in ADAPTER:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr" \
+                    and len(node.args) == 3 and isinstance(node.args[0], ast.Name) and node.args[0].id == "args":
+                offenders.append(f"{rel}:{node.lineno}")
+    assert offenders == [], "read these through a section of util.settings instead"

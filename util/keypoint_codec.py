@@ -2,8 +2,10 @@
 
 Model outputs, targets and denoising inputs store a person's keypoints flat, as the reference does:
 ``[x1, y1, x2, y2, ..., xK, yK, v1, ..., vK]`` (last dim 3K; x, y normalised to [0, 1] by the image size; v a
-visibility, or a score for predictions). Everything else (losses, matcher, post-processing, the decoder heads, the
-click loop, the Predictor) converts through the functions below instead of slicing ``[..., :2K]`` by hand.
+visibility, or a score for predictions). Encoding (the dataset's targets, ``datasets.transforms``), decoding (the
+post-processing and the Predictor, to pixels) and everything between (losses, matcher, decoder heads, the click
+loop) go through the functions below instead of slicing ``[..., :2K]`` by hand. It lives in ``util`` so that the
+datasets and the model share it.
 
 Shapes: ``flat`` (..., 3K); ``xy`` (..., K, 2); ``flat_xy`` (..., 2K) (the first 2K entries); ``visibility``
 (..., K). K is never assumed: it is passed, or read from a tensor whose last dim is 3K.
