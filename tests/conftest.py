@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import config_defaults
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CLICKPOSE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_REFERENCE = SHARED_DATA.parent / "reference"
@@ -43,13 +45,16 @@ SAMPLE_DATASETS = {"coco": ("coco", 17), "crowdpose": ("crowdpose", 14), "humana
                    "ochuman": ("ochuman", 17)}
 
 
+# the config keys the dataset code reads whose values come from config/clickpose.cfg.py
+DATASET_CONFIG_KEYS = ("data_aug_scales", "data_aug_max_size", "data_aug_scales2_resize", "data_aug_scales2_crop",
+                       "data_aug_scale_overlap", "flip_exact", "crop_marks_invisible")
+
+
 def dataset_args(dataset_file: str, root, **overrides) -> Namespace:
-    """The config keys the dataset code reads, with the reference defaults."""
+    """The config keys the dataset code reads, with the reference defaults (config/clickpose.cfg.py)."""
     num = SAMPLE_DATASETS.get(dataset_file, (None, 17))[1]
     values = dict(dataset_file=dataset_file, coco_path=str(root), num_body_points=num, noc_filter=False,
-                  data_aug_scales=[480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800], data_aug_max_size=1333,
-                  data_aug_scales2_resize=[400, 500, 600], data_aug_scales2_crop=[384, 600],
-                  data_aug_scale_overlap=None, flip_exact=False, crop_marks_invisible=False)
+                  **config_defaults(*DATASET_CONFIG_KEYS))
     values.update(overrides)
     return Namespace(**values)
 

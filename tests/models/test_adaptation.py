@@ -9,7 +9,7 @@ from datasets.metadata import (COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS, HUMANART21_K
 from models import build_model
 from models.adaptation import PER_KEYPOINT_TENSORS, adapt_state_dict, load_pretrained
 from util.checkpoint import read_checkpoint, save_checkpoint
-from tests.models.conftest import load_args
+from tests.helpers import load_args
 
 
 def _load(model, ckpt, target, **kwargs):

@@ -5,7 +5,7 @@ import torch
 
 from models import build_model
 
-from .conftest import layout, load_args, make_images, make_targets
+from tests.helpers import layout, load_args, make_images, make_targets
 
 
 def test_tiny_training_step_and_shared_matcher():

@@ -17,6 +17,8 @@ import pytest
 
 from tools import preannotate
 
+from tests.helpers import free_port
+
 from .conftest import ANNOTATE_CONFIG, ANNOTATE_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,14 +132,6 @@ def test_two_processes_write_the_file_of_one(setup, tmp_path):
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout
     assert read(sharded) == read(single)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreadable_images_are_reported_not_fatal(setup, tmp_path, capsys):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import pytest
 import torch
@@ -12,6 +11,8 @@ from util import distributed as udist
 from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, generalized_box_iou, generalized_box_iou_pairwise
 from util.metric_logger import MetricLogger, SmoothedValue
 from util.misc import collate_fn, inverse_sigmoid, nested_tensor_from_tensor_list
+
+from tests.helpers import free_port
 
 
 def test_nested_tensor_pads_bottom_right_and_masks_padding():
@@ -68,12 +69,6 @@ def test_smoothed_value_and_metric_logger(capsys):
     assert "Total time" in lines[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, world: int, port: int, results):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
@@ -91,7 +86,7 @@ def _worker(rank: int, world: int, port: int, results):
 def test_collectives_across_two_gloo_processes():
     manager = mp.Manager()
     results = manager.dict()
-    mp.spawn(_worker, args=(2, _free_port(), results), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), results), nprocs=2, join=True)
     for rank in range(2):
         a, b, gathered, count, total = results[rank]
         assert (a, b) == (1.5, 2.0)

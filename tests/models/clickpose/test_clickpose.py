@@ -9,7 +9,7 @@ import torch
 
 from models.clickpose.build import build_clickpose, build_postprocessors
 
-from .conftest import layout, load_args, make_images, make_targets
+from tests.helpers import layout, load_args, make_images, make_targets
 
 
 def _build(args):

@@ -12,7 +12,7 @@ from models.clickpose.error_modeling import (build_denoising_queries, clicked_co
                                              clicked_keypoint_mask, draw_clicked_counts, sample_instances)
 from util.settings import model_settings
 
-from .conftest import make_targets
+from tests.helpers import make_targets
 
 K = 17
 

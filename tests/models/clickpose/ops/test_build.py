@@ -6,11 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-OPS_DIR = Path(__file__).resolve().parents[3] / "models" / "clickpose" / "ops"
+from tests.helpers import REPO
+
+OPS_DIR = REPO / "models" / "clickpose" / "ops"
 NVCC = shutil.which("nvcc")
 requires_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH: the CUDA kernel cannot be compiled here")
 

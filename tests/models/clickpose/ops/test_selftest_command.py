@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-OPS = Path(__file__).resolve().parents[3] / "models" / "clickpose" / "ops"
+from tests.helpers import REPO
+
+OPS = REPO / "models" / "clickpose" / "ops"
 
 
 def test_python_test_py_in_the_ops_folder_reports_the_backends():

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,9 +15,7 @@ from models.clickpose.matcher import build_matcher
 from util.settings import model_settings
 from util.keypoint_metadata import KeypointMetadata
 
-from .conftest import load_args, make_images, make_targets
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import REPO, load_args, make_images, make_targets
 
 
 def _one_person(k: int):

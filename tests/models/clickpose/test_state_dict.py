@@ -8,7 +8,7 @@ import torch
 
 from models.clickpose.build import build_clickpose
 
-from .conftest import layout, load_args
+from tests.helpers import layout, load_args
 
 
 def _build(args):

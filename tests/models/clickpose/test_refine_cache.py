@@ -2,8 +2,6 @@
 outputs equal the uncached path in every click_freeze mode, in eval and in training (outputs and gradients)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from models.clickpose.build import build_clickpose
 from models.clickpose.encoder import EncoderState
 from models.clickpose.feedback import ClickSimulator
 
-from .conftest import encoded_session, layout, load_args, make_images, make_targets
+from tests.helpers import CONFIG_DIR, encoded_session, layout, load_args, make_images, make_targets
 
 K = 17
 
@@ -127,7 +125,7 @@ def test_the_predictor_gets_the_cache_without_code_changes():
 
     from models.predictor import Predictor
 
-    config = str(Path(__file__).resolve().parents[2] / "config" / "demo.cfg.py")
+    config = str(CONFIG_DIR / "demo.cfg.py")
     predictor = Predictor(config, None, options={"num_queries": 100, "num_group": 8, "num_group_refine": 4,
                                                  "dn_number": 4})
     image = np.random.default_rng(0).integers(0, 256, (224, 288, 3), dtype=np.uint8)

@@ -12,6 +12,8 @@ from models.clickpose.criterion import SetCriterion, build_criterion, build_weig
 from models.clickpose.matcher import HungarianMatcher, build_matcher
 from util.settings import ModelSettings, model_settings
 
+from tests.helpers import random_boxes, random_keypoints, random_targets
+
 DN = 50
 LOSSES = ["labels", "boxes", "keypoints", "dn_label", "dn_bbox", "dn_keypoints", "matching"]
 
@@ -40,30 +42,13 @@ def criterion_for(settings: ModelSettings):
     return build_criterion(settings.loss, build_matcher(settings.matcher, sigmas))
 
 
-def rand_boxes(*shape):
-    return torch.cat([torch.rand(*shape, 2) * 0.6 + 0.2, torch.rand(*shape, 2) * 0.3 + 0.05], -1)
-
-
-def rand_kpts(*shape, k=17):
-    return torch.cat([torch.rand(*shape, 2 * k), (torch.rand(*shape, k) > 0.3).float()], -1)
-
-
-def make_targets(counts, k=17):
-    out = []
-    for n in counts:
-        boxes = rand_boxes(n)
-        out.append({"labels": torch.ones(n, dtype=torch.int64), "boxes": boxes, "keypoints": rand_kpts(n, k=k),
-                    "area": boxes[:, 2] * boxes[:, 3]})
-    return out
-
-
 def head(batch, queries, k=17, box_only=False, dn=False):
-    out = {"pred_logits": torch.randn(batch, queries, 2), "pred_boxes": rand_boxes(batch, queries),
-           "pred_keypoints": torch.zeros(batch, queries, 3 * k) if box_only else rand_kpts(batch, queries, k=k)}
+    out = {"pred_logits": torch.randn(batch, queries, 2), "pred_boxes": random_boxes(batch, queries),
+           "pred_keypoints": torch.zeros(batch, queries, 3 * k) if box_only else random_keypoints(batch, queries, k=k)}
     if dn:
-        out.update(dn_class_pred=torch.randn(batch, DN, 2), dn_bbox_pred=rand_boxes(batch, DN),
-                   dn_pose_pred=rand_kpts(batch, DN, k=k), dn_class_input=torch.randint(1, 3, (batch, DN)),
-                   dn_bbox_input=rand_boxes(batch, DN), dn_pose_input=rand_kpts(batch, DN, k=k), num_tgt=DN)
+        out.update(dn_class_pred=torch.randn(batch, DN, 2), dn_bbox_pred=random_boxes(batch, DN),
+                   dn_pose_pred=random_keypoints(batch, DN, k=k), dn_class_input=torch.randint(1, 3, (batch, DN)),
+                   dn_bbox_input=random_boxes(batch, DN), dn_pose_input=random_keypoints(batch, DN, k=k), num_tgt=DN)
     return out
 
 
@@ -131,7 +116,7 @@ def test_single_pair_terms_by_hand():
 def test_num_boxes_normalisation_and_empty_batch():
     crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["labels", "boxes", "keypoints"])
     outputs = head(2, 6)
-    targets = make_targets([3, 1])
+    targets = random_targets([3, 1])
     base = crit(outputs, targets)
     # duplicating the batch doubles the sums and num_boxes: per-box losses unchanged
     doubled = {k: torch.cat([v, v]) for k, v in outputs.items()}
@@ -139,7 +124,7 @@ def test_num_boxes_normalisation_and_empty_batch():
     for key in ("loss_ce", "loss_bbox", "loss_giou", "loss_keypoints", "loss_oks"):
         assert twice[key].item() == pytest.approx(base[key].item(), rel=1e-5)
     # no people at all: num_boxes clamps to 1, box/keypoint terms are exactly 0, the focal loss is all-negative
-    empty = crit(outputs, make_targets([0, 0]))
+    empty = crit(outputs, random_targets([0, 0]))
     assert empty["loss_bbox"].item() == 0 and empty["loss_keypoints"].item() == 0 and empty["loss_oks"].item() == 0
     prob = outputs["pred_logits"].sigmoid()
     all_negative = (0.75 * prob ** 2 * -torch.log(1 - prob)).sum()
@@ -152,13 +137,13 @@ def test_class_error_zero_when_matched_queries_pick_the_person_class():
     outputs = head(1, 4)
     outputs["pred_logits"][..., 1] = 5.0
     outputs["pred_logits"][..., 0] = -5.0
-    assert crit(outputs, make_targets([2]))["class_error"].item() == 0.0
+    assert crit(outputs, random_targets([2]))["class_error"].item() == 0.0
 
 
 def test_dn_losses_by_hand_and_normalised_by_group_size():
     crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
     out = head(2, 5, dn=True)
-    losses = crit(out, make_targets([1, 0]))
+    losses = crit(out, random_targets([1, 0]))
     pred, gt = out["dn_bbox_pred"], out["dn_bbox_input"]
     assert losses["dn_loss_bbox"].item() == pytest.approx(((pred - gt).abs().sum() / DN).item(), rel=1e-5)
     kp, kg = out["dn_pose_pred"], out["dn_pose_input"]
@@ -176,7 +161,7 @@ def test_dn_losses_by_hand_and_normalised_by_group_size():
 
 def test_dn_losses_are_zero_without_num_tgt():
     crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["dn_label", "dn_bbox", "dn_keypoints"])
-    losses = crit(head(1, 5), make_targets([2]))
+    losses = crit(head(1, 5), random_targets([2]))
     assert set(losses) == {"dn_loss_ce", "dn_loss_bbox", "dn_loss_giou", "dn_loss_keypoints"}
     assert all(v.item() == 0 for v in losses.values())
 
@@ -184,7 +169,7 @@ def test_dn_losses_are_zero_without_num_tgt():
 @pytest.mark.parametrize("num_aux", [9, 5])
 def test_key_set_for_aux_counts(criterion, num_aux):
     queries = (60, 60, 12, 12, 12, 8, 8, 8, 8)
-    losses = criterion(training_outputs(2, num_aux=num_aux, queries=queries), make_targets([3, 1]))
+    losses = criterion(training_outputs(2, num_aux=num_aux, queries=queries), random_targets([3, 1]))
     assert set(losses) == expected_keys(num_aux)
     assert all(torch.isfinite(v).all() for v in losses.values())
     if num_aux == 9:  # refinement outputs carry no dn tensors: their dn keys exist and are 0
@@ -198,7 +183,7 @@ def test_every_weighted_key_produced_has_a_weight_and_gradients_flow(criterion):
     leaves = [outputs["pred_keypoints"], outputs["aux_outputs"][0]["pred_boxes"], outputs["dn_pose_pred"]]
     for t in leaves:
         t.requires_grad_(True)
-    losses = criterion(outputs, make_targets([3, 0, 25]))
+    losses = criterion(outputs, random_targets([3, 0, 25]))
     loss_keys = {k for k in losses if k.startswith(("loss_", "dn_loss_"))}
     assert loss_keys <= set(criterion.weight_dict)
     # weighted but never produced (the reference's own quirk): loss_oks on box layers and interm
@@ -245,7 +230,7 @@ def test_build_criterion_losses_list():
 def test_fourteen_keypoints():
     crit = criterion_for(make_args(num_body_points=14))
     queries = (40, 40, 10, 10, 10, 6, 6, 6, 6)
-    losses = crit(training_outputs(2, k=14, queries=queries), make_targets([2, 3], k=14))
+    losses = crit(training_outputs(2, k=14, queries=queries), random_targets([2, 3], k=14))
     assert set(losses) == expected_keys(9)
     assert all(torch.isfinite(v).all() for v in losses.values())
 
@@ -262,7 +247,7 @@ def test_num_boxes_is_averaged_over_processes(monkeypatch):
     monkeypatch.setattr(dist, "all_reduce", all_reduce_with_peer)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
     crit = SetCriterion(2, _coco_matcher(), {}, 0.25, ["boxes"])
-    outputs, targets = head(1, 6, box_only=True), make_targets([3])
+    outputs, targets = head(1, 6, box_only=True), random_targets([3])
     loss = crit(outputs, targets)["loss_bbox"]
     (rows, cols), = crit.matcher(outputs, targets)[0]
     l1_sum = (outputs["pred_boxes"][0, rows] - targets[0]["boxes"][cols]).abs().sum()
@@ -288,7 +273,7 @@ def test_quality_focal_loss_is_the_focal_loss_for_hard_targets_and_is_minimal_at
 def _one_person_scene(pred_shift: float):
     """One query against one person; the prediction's keypoints are shifted by ``pred_shift`` (0: exact)."""
     torch.manual_seed(0)
-    targets = make_targets([1])
+    targets = random_targets([1])
     gt = targets[0]
     pred_kpts = gt["keypoints"][0].clone()
     pred_kpts[:34] += pred_shift

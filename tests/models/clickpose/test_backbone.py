@@ -145,7 +145,7 @@ def test_backbone_weights_that_hold_no_tensors_are_config_errors(tmp_path):
 def test_build_backbone_reads_every_backbone_key():
     from util.settings import model_settings
 
-    from .conftest import load_args
+    from tests.helpers import load_args
 
     args = load_args(batch_norm_type="BatchNorm2d", backbone_trainable_stages="all",
                      backbone_freeze_keywords=["layer1.0"], return_interm_indices=[0, 1, 2, 3])

@@ -11,7 +11,7 @@ from models.clickpose.backbones.swin import (SWIN_CONFIGS, SwinBackbone, SwinCon
 from models.clickpose.build import build_clickpose
 from util.misc import nested_tensor_from_tensor_list
 
-from ..conftest import layout, load_args
+from tests.helpers import layout, load_args
 
 KEYS_FILE = Path(__file__).resolve().parents[1] / "data" / "original_swin_state_dict_keys.txt"
 SMALL = SwinConfig(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)

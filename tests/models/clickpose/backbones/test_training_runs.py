@@ -9,7 +9,7 @@ import torch
 import engine
 from util.config import Config, apply_config_to_args, parse_options
 
-from ..conftest import CONFIG_DIR
+from tests.helpers import CONFIG_DIR
 
 SMALL = ["num_queries=100", "dn_number=4", "num_group=8", "num_group_refine=4", "num_select=8", "max_clicks=2",
          "batch_size=2", "human_feedback=TRUE", "lr_backbone=0.001", "data_aug_scales=[224,256]",
@@ -42,10 +42,11 @@ def _train_two_iterations_and_evaluate(root, tmp_path, options):
     val = build_dataset("val", args)
     val_loader = torch.utils.data.DataLoader(val, batch_size=2, collate_fn=collate_fn)
     evaluator = build_evaluator(val, args)
-    stats = engine.evaluate_interactive(model, postprocessors["pose"], val_loader, evaluator.per_image_ap(),
-                                        torch.device("cpu"), max_clicks=args.max_clicks,
-                                        thresholds=args.noc_thresholds, report_evaluator=evaluator, max_iters=1,
-                                        log_fn=lambda _: None).log_stats()
+    options = engine.EvalOptions(interactive=True, max_clicks=args.max_clicks, thresholds=tuple(args.noc_thresholds),
+                                 max_iters=1)
+    stats = engine.evaluate_interactive(model, postprocessors["pose"], val_loader, torch.device("cpu"), options,
+                                        round_evaluator=engine.click_round_evaluator(evaluator.per_image_ap()),
+                                        report_evaluator=evaluator, log_fn=lambda _: None).log_stats()
     assert {"NoC@85", "NoC@90", "NoC@95", "AP@0", "AP@1", "AP@2"} <= set(stats)
     assert all(0 <= stats[f"NoC@{t}"] <= 2 for t in (85, 90, 95))
     assert all(0.0 <= stats[f"AP@{k}"] <= 1.0 or stats[f"AP@{k}"] == -1 for k in range(3))

@@ -8,10 +8,10 @@ import torch
 from models.clickpose.build import build_clickpose
 from util.settings import model_settings
 from models.clickpose.feedback import CLICK_POLICIES, ClickSimulator, apply_clicks, build_click_simulator, flatten_clicks
-from models.clickpose.keypoints import coordinates
+from util.keypoint_codec import coordinates
 from util.box_ops import box_cxcywh_to_xyxy
 
-from .conftest import encoded_session, layout, load_args
+from tests.helpers import encoded_session, layout, load_args
 
 
 def _build(args):

@@ -12,6 +12,8 @@ from datasets.metadata import COCO_KEYPOINTS, CROWDPOSE_KEYPOINTS
 from models.clickpose.matcher import HungarianMatcher, build_matcher, focal_class_cost
 from util.settings import model_settings
 
+from tests.helpers import random_boxes, random_targets
+
 
 def _target(boxes, keypoints, area, k=17):
     boxes = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
@@ -20,18 +22,9 @@ def _target(boxes, keypoints, area, k=17):
             "area": torch.as_tensor(area, dtype=torch.float32).reshape(-1)}
 
 
-def _random_targets(counts, k=17):
-    out = []
-    for n in counts:
-        boxes = torch.cat([torch.rand(n, 2) * 0.6 + 0.2, torch.rand(n, 2) * 0.3 + 0.05], -1)
-        kpts = torch.cat([torch.rand(n, 2 * k), (torch.rand(n, k) > 0.3).float()], -1)
-        out.append(_target(boxes, kpts, boxes[:, 2] * boxes[:, 3], k))
-    return out
-
-
 def _random_outputs(batch, queries, k=17, box_only=False):
     kpts = torch.zeros(batch, queries, 3 * k) if box_only else torch.rand(batch, queries, 3 * k)
-    boxes = torch.cat([torch.rand(batch, queries, 2) * 0.6 + 0.2, torch.rand(batch, queries, 2) * 0.3 + 0.05], -1)
+    boxes = random_boxes(batch, queries)
     return {"pred_logits": torch.randn(batch, queries, 2), "pred_boxes": boxes, "pred_keypoints": kpts}
 
 
@@ -126,7 +119,7 @@ def test_full_matcher_is_optimal_on_small_batches():
     """Re-derive the keypoint-branch cost matrix with the written-out formula and brute-force the best matching."""
     torch.manual_seed(5)
     outputs = _random_outputs(2, 4)
-    targets = _random_targets([3, 2])
+    targets = random_targets([3, 2])
     indices, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, targets)
     sig = torch.tensor(COCO_KEYPOINTS.sigmas)
     for image, (rows, cols) in enumerate(indices):
@@ -152,40 +145,40 @@ def test_full_matcher_is_optimal_on_small_batches():
 
 def test_images_without_people():
     matcher = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
-    indices, means = matcher(_random_outputs(3, 6), _random_targets([2, 0, 3]))
+    indices, means = matcher(_random_outputs(3, 6), random_targets([2, 0, 3]))
     assert [len(r) for r, _ in indices] == [2, 0, 3]
     assert all(r.dtype == torch.int64 and c.dtype == torch.int64 for r, c in indices)
     assert indices[1][0].numel() == 0
-    indices, means = matcher(_random_outputs(2, 6), _random_targets([0, 0]))  # nothing in the whole batch
+    indices, means = matcher(_random_outputs(2, 6), random_targets([0, 0]))  # nothing in the whole batch
     assert [len(r) for r, _ in indices] == [0, 0]
     assert set(means) == {"class", "bbox", "giou", "keypoints"} and all(v.item() == 0 for v in means.values())
 
 
 def test_more_people_than_queries():
-    indices, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(_random_outputs(1, 20), _random_targets([25]))
+    indices, _ = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(_random_outputs(1, 20), random_targets([25]))
     rows, cols = indices[0]
     assert len(rows) == 20 and len(set(cols.tolist())) == 20 and cols.max() < 25
 
 
 def test_fourteen_keypoints_use_crowdpose_sigmas():
     matcher = HungarianMatcher(sigmas=CROWDPOSE_KEYPOINTS.sigmas)
-    assert matcher.num_body_points == 14
+    assert matcher.num_keypoints == 14
     assert torch.allclose(matcher.sigmas, torch.tensor(CROWDPOSE_KEYPOINTS.sigmas))
-    indices, _ = matcher(_random_outputs(2, 5, k=14), _random_targets([2, 1], k=14))
+    indices, _ = matcher(_random_outputs(2, 5, k=14), random_targets([2, 1], k=14))
     assert [len(r) for r, _ in indices] == [2, 1]
 
 
 def test_clear_errors():
     with pytest.raises(ValueError, match="last dim 51"):
-        HungarianMatcher(sigmas=CROWDPOSE_KEYPOINTS.sigmas)(_random_outputs(1, 5, k=17), _random_targets([1], k=17))
-    with pytest.raises(ValueError, match="num_body_points"):
-        HungarianMatcher(num_body_points=5, sigmas=[0.1] * 4)
+        HungarianMatcher(sigmas=CROWDPOSE_KEYPOINTS.sigmas)(_random_outputs(1, 5, k=17), random_targets([1], k=17))
+    with pytest.raises(ValueError, match="num_body_points|num_keypoints"):
+        HungarianMatcher(num_keypoints=5, sigmas=[0.1] * 4)
     with pytest.raises(ValueError, match="no OKS sigmas given"):
-        HungarianMatcher(num_body_points=5)
+        HungarianMatcher(num_keypoints=5)
     outputs = _random_outputs(1, 5)
     outputs["pred_logits"][0, 0, 1] = float("nan")
     with pytest.raises(ValueError, match="not finite"):
-        HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, _random_targets([1]))
+        HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)(outputs, random_targets([1]))
 
 
 def test_build_matcher_reads_config():
@@ -201,7 +194,7 @@ def test_build_matcher_reads_config():
 def test_match_many_equals_separate_calls():
     torch.manual_seed(7)
     matcher = HungarianMatcher(sigmas=COCO_KEYPOINTS.sigmas)
-    targets = _random_targets([2, 0, 4])
+    targets = random_targets([2, 0, 4])
     outs = [_random_outputs(3, 30, box_only=True), _random_outputs(3, 8), _random_outputs(3, 5)]
     together = matcher.match_many(outs, targets)
     for out, (indices, means) in zip(outs, together):
