@@ -78,7 +78,7 @@ num_body_points = 17  # coco, humanart, ochuman; crowdpose has 14
 num_box_decoder_layers = 2
 num_group = 50
 num_group_refine = 20
-num_humanfeedback_layers = 4
+num_humanfeedback_layers = None  # derived: dec_layers - num_box_decoder_layers (a number given must equal it)
 only_correction = False
 
 # ---- post-processing and evaluation ------------------------------------------------------------
@@ -161,7 +161,7 @@ custom_train_ann = None  # e.g. 'annotations/train.json'
 custom_train_img = None  # e.g. 'images/train'
 custom_val_ann = None
 custom_val_img = None
-# Keypoint layout (datasets/metadata.py) and keypoint adaptation (util/adaptation.py).
+# Keypoint layout (datasets/metadata.py) and keypoint adaptation (models/adaptation.py).
 keypoint_field = 'keypoints'  # annotation field of the keypoints; 'keypoints_21' = Human-Art's 21-keypoint layout
 adapt_keypoint_init = None  # --pretrain_model_path with another layout: new keypoints start from the mean of the
 # source's keypoints (None) or from a chosen source keypoint: {'left_finger': 'left_wrist', ...}

@@ -1,5 +1,6 @@
-# The CPU demo (`make demo`, tools/demo.py): a small Click-Pose trained from scratch in about 12 CPU minutes on the
-# synthetic people of datasets.synthetic.DEMO_SCENE. Each change from the tiny model was measured: docs/demo.md.
+# The CPU demo (`make demo`, python -m tools.demo): a small Click-Pose trained from scratch in minutes on the CPU, on
+# the synthetic people of datasets.synthetic.DEMO_SCENE. Why each setting: docs/demo.md; the measurements behind
+# them: docs/benchmarks.md ("Demo configuration choices").
 _base_ = ['tiny.cfg.py']
 
 # A backbone that starts from random weights needs its batch statistics and all of its stages trained (the frozen
@@ -8,9 +9,9 @@ batch_norm_type = 'BatchNorm2d'
 backbone_trainable_stages = 'all'
 lr = 0.001
 lr_backbone = 0.001
-lr_drop = 7  # tools/demo.py trains 10 epochs: the last three at lr / 10
+lr_drop = 7  # tools.demo trains 10 epochs: the last three at lr / 10
 
-# About 160-pixel images: a training step of 4 images in about 0.6 s on 2 cores.
+# About 160-pixel images, so that a training step of 4 images takes well under a second on 2 cores.
 data_aug_scales = [128, 144, 160]
 data_aug_max_size = 240
 data_aug_scales2_resize = [128, 144, 160]
@@ -18,18 +19,14 @@ data_aug_scales2_crop = [112, 160]
 batch_size = 4
 
 # Features from layer1 on (strides 4, 8, 16, 32): on a 160-pixel image the stride-8 map is 20x20, coarser than the
-# 2-6 pixels within which a keypoint scores OKS 0.75; the stride-4 map lifted AP from 0.267 to 0.365 on 124 val
-# images at equal epochs, for about 6% more time per step (docs/demo.md).
+# few pixels within which a face keypoint or a wrist scores well in OKS; the stride-4 map costs little more time.
 return_interm_indices = [0, 1, 2, 3]
 
-# Four keypoint decoder layers: with one, the keypoints stayed at the box's mean pose; each further layer refines them
-# (docs/demo.md).
+# Four keypoint decoder layers: with one, the keypoints stay at the box's mean pose; each further layer refines them.
 dec_layers = 6
-num_humanfeedback_layers = 4  # = dec_layers - num_box_decoder_layers
-# 50 two-stage proposals: AP 0.267 against 0.250 with 100 and 0.215 with 300 (measured with strides 8-64, whose
-# ~530 encoder tokens 300 proposals nearly exhausted; docs/demo.md)
+# 50 two-stage proposals: better than 100 or 300, which take most of a small image's encoder tokens.
 num_queries = 50
-# At most 3 people per image: 10 groups (5 train 12% faster but find fewer of the people: AP 0.22 vs 0.25).
+# At most 3 people per image: 10 groups (5 train faster but find fewer of the people).
 num_group = 10
 num_group_refine = 10
 num_select = 10

@@ -8,7 +8,6 @@ nheads = 4
 dim_feedforward = 128
 enc_layers = 1
 dec_layers = 3
-num_humanfeedback_layers = 1  # = dec_layers - num_box_decoder_layers
 num_queries = 300
 num_group = 20
 num_group_refine = 10

@@ -209,7 +209,8 @@ def model_settings(args: Union[Mapping[str, Any], Any]) -> ModelSettings:
 
     refine_layers = v["dec_layers"] - v["num_box_decoder_layers"]
     # the old explicit key is accepted when it agrees (checkpoints and configs carry it); the value is derived
-    if v.given("num_humanfeedback_layers") and v["num_humanfeedback_layers"] != refine_layers:
+    if v.given("num_humanfeedback_layers") and v["num_humanfeedback_layers"] is not None \
+            and v["num_humanfeedback_layers"] != refine_layers:
         raise ConfigError(f"num_humanfeedback_layers ({v['num_humanfeedback_layers']}) must equal dec_layers - "
                           f"num_box_decoder_layers ({refine_layers}): the refinement runs those layers; set "
                           f"num_humanfeedback_layers={refine_layers} or remove it (it is derived)")

@@ -148,11 +148,14 @@ def test_reference_config_has_reference_defaults():
                     hidden_dim=256, nheads=8, num_queries=900, enc_layers=6, dec_layers=6, dim_feedforward=2048,
                     num_feature_levels=4, two_stage_type="standard", num_select=50, use_dn=True, dn_number=50,
                     dn_labelbook_size=100, num_group=50, num_group_refine=20, num_body_points=17,
-                    num_box_decoder_layers=2, num_humanfeedback_layers=4, human_feedback=False, ema_decay=0.9997,
+                    num_box_decoder_layers=2, human_feedback=False, ema_decay=0.9997,
                     set_cost_oks=4.0, oks_loss_coef=4.0, focal_alpha=0.25, pe_temperatureH=20,
                     return_interm_indices=[1, 2, 3], data_aug_max_size=1333)
     for key, value in expected.items():
         assert cfg[key] == value, key
+    from util.settings import model_settings
+
+    assert model_settings(cfg.to_dict()).feedback.num_refine_layers == 4  # the reference's 4, derived
 
 
 def test_config_keys_become_args_and_collisions_fail():

@@ -60,6 +60,16 @@ def test_disagreeing_num_humanfeedback_layers_is_an_error():
         model_settings({"dec_layers": 6, "num_box_decoder_layers": 2, "num_humanfeedback_layers": 2})
     # agreeing, or absent (derived): fine
     assert model_settings({"dec_layers": 4, "num_humanfeedback_layers": 2}).feedback.num_refine_layers == 2
+
+
+def test_refinement_layers_follow_the_decoder_without_being_set():
+    from util.config import Config
+
+    cfg = Config.fromfile(REPO / "config" / "clickpose.cfg.py")
+    cfg.merge_from_dict({"dec_layers": 4})  # the config file derives num_humanfeedback_layers: nothing else to set
+    assert model_settings(cfg.to_dict()).feedback.num_refine_layers == 2
+    cfg.merge_from_dict({"num_humanfeedback_layers": 2})  # the original's key, accepted when it agrees
+    assert model_settings(cfg.to_dict()).feedback.num_refine_layers == 2
     assert model_settings({"dec_layers": 4}).feedback.num_refine_layers == 2
 
 
