@@ -47,8 +47,8 @@ demo: $(STAMP)
 	$(MAKE) --no-print-directory ops || echo "[msda] kernel build failed: the demo continues on the pure-PyTorch path"
 	$(PY) -m tools.demo --out demo_output --data data_synthetic $(DEMO_ARGS)
 
-# The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first). The
-# minutes-trained model scores its people about 0.2-0.4, so the initial score threshold is 0.2 (a slider in the page).
+# The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first). A model
+# trained for minutes scores its people low, so the initial score threshold is 0.2 (a slider in the page).
 ANNOTATE_PORT ?= 8765
 annotate: $(STAMP)
 	@test -f demo_output/train/checkpoint.pth && test -d data_synthetic/images/val2017 || \

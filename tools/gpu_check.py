@@ -46,7 +46,7 @@ class Step:
 PLAN: List[Step] = [
     Step("environment", "Environment", 60, 60),
     Step("build", "Kernel build (FORCE_CUDA=1)", 300, 0, gpu_only=True),
-    Step("cuda_tests", "CUDA tests (tests/models/ops)", 180, 0, gpu_only=True),
+    Step("cuda_tests", "CUDA tests (tests/models/clickpose/ops)", 180, 0, gpu_only=True),
     Step("kernel_accuracy", "Kernel vs pure PyTorch", 90, 60),
     Step("msda_benchmark", "Deformable attention: time and memory", 120, 60),
     Step("inference", "Model inference latency", 120, 60),
