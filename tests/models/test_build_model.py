@@ -22,5 +22,5 @@ def test_tiny_training_step_and_shared_matcher():
     total.backward()
     model.eval()
     with torch.no_grad():
-        results = postprocessors["bbox"](model(images), torch.tensor([[256, 320], [224, 288]]))
+        results = postprocessors["pose"](model(images), torch.tensor([[256, 320], [224, 288]]))
     assert results[0]["keypoints"].shape == (args.num_select, 3 * 17)

@@ -14,7 +14,8 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.evaluation.dataset_ap import DatasetKeypointAP
 from datasets.evaluation.oks_ap import PerImageKeypointAP
-from tests.datasets.evaluation.test_oks_ap import _as_arrays, _coco, _random_dets, _random_gt
+from tests.datasets.evaluation.test_oks_ap import _as_arrays, _coco, _random_dets
+from tests.helpers.ground_truth import random_gt
 
 
 def _pycocotools_stats(gt: dict, dets: list[dict], image_ids, sigmas=None) -> np.ndarray:
@@ -43,7 +44,7 @@ def _ours(gt, dets_per_image: dict, batches: list[list], k: int = 17) -> tuple[n
 @pytest.mark.parametrize("seed, cats", [(0, (1,)), (1, (1,)), (2, (1, 2))])
 def test_random_data_equals_pycocotools(seed, cats):
     rng = np.random.default_rng(seed)
-    gt = _random_gt(rng, 60, cats)
+    gt = random_gt(rng, 60, cats)
     ids = [img["id"] for img in gt["images"]]
     dets = {i: _random_dets(rng, gt, i, labels=(0,) + tuple(cats)) for i in ids}
     order = list(rng.permutation(ids))  # batches in any order, one image repeated (a padded sampler)
@@ -93,7 +94,7 @@ def _as_results(dets: list[dict], k: int = 17) -> dict:
 def test_the_evaluator_protocol_gives_the_same_stats_and_each_images_ap():
     """reset / process(image_ids, results) / evaluate: the pycocotools stats, and the per-image AP of each image."""
     rng = np.random.default_rng(4)
-    gt = _random_gt(rng, 30)
+    gt = random_gt(rng, 30)
     ids = [img["id"] for img in gt["images"]]
     dets = {i: _random_dets(rng, gt, i, labels=(0, 1)) for i in ids}
     matcher = PerImageKeypointAP(gt)
@@ -117,7 +118,7 @@ def test_two_ranks_are_gathered_first_occurrence_winning(monkeypatch):
     import util.distributed as distributed
 
     rng = np.random.default_rng(5)
-    gt = _random_gt(rng, 12)
+    gt = random_gt(rng, 12)
     ids = [img["id"] for img in gt["images"]]
     dets = {i: _random_dets(rng, gt, i, labels=(1,)) for i in ids}
     matcher = PerImageKeypointAP(gt)

@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 
 from datasets.evaluation.oks_ap import PerImageKeypointAP
 from datasets.metadata import CROWDPOSE_KEYPOINTS
+from tests.helpers.ground_truth import random_gt
 
 
 # ------------------------------------------------------------------------------------------------ reference side
@@ -54,29 +55,6 @@ def _as_arrays(dets: list[dict], k: int):
 
 
 # ------------------------------------------------------------------------------------------------ random data
-def _random_gt(rng: np.random.Generator, num_images: int, cats=(1,), k: int = 17, first_id: int = 1) -> dict:
-    """Images with 0..6 people: partly labelled, unlabelled, crowd, num_keypoints=0, out-of-range area."""
-    images, anns, ann_id = [], [], first_id
-    for i in range(num_images):
-        img_id = 7 * i + 3
-        images.append({"id": img_id, "width": 640, "height": 480})
-        for _ in range(int(rng.integers(0, 7))):
-            x, y, w, h = rng.uniform(0, 590), rng.uniform(0, 430), rng.uniform(5, 200), rng.uniform(5, 300)
-            vis = rng.choice([0, 1, 2], size=k, p=[0.3, 0.2, 0.5])
-            if rng.random() < 0.15:
-                vis[:] = 0
-            xs, ys = x + rng.uniform(0, w, k), y + rng.uniform(0, h, k)
-            kp = np.stack([np.where(vis > 0, xs, 0), np.where(vis > 0, ys, 0), vis], axis=1)
-            num_kp = 0 if rng.random() < 0.05 else int((vis > 0).sum())
-            area = 2e10 if rng.random() < 0.03 else w * h * rng.uniform(0.3, 0.9)
-            anns.append({"id": ann_id, "image_id": img_id, "category_id": int(rng.choice(cats)),
-                         "keypoints": [float(v) if j % 3 < 2 else int(v) for j, v in enumerate(kp.reshape(-1))],
-                         "num_keypoints": num_kp, "area": float(area), "bbox": [x, y, w, h],
-                         "iscrowd": int(rng.random() < 0.1)})
-            ann_id += 1
-    return {"images": images, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in cats]}
-
-
 def _random_dets(rng: np.random.Generator, gt: dict, image_id, labels, k: int = 17) -> list[dict]:
     """0, a few, or more than 20 detections: near a GT at several error scales, or anywhere; tied scores, copies."""
     anns = [a for a in gt["annotations"] if a["image_id"] == image_id]
@@ -103,7 +81,7 @@ def _random_dets(rng: np.random.Generator, gt: dict, image_id, labels, k: int = 
 
 def _check_random(seed: int, cats, num_images: int, k: int = 17, sigmas=None, first_id: int = 1) -> int:
     rng = np.random.default_rng(seed)
-    gt = _random_gt(rng, num_images, cats, k, first_id)
+    gt = random_gt(rng, num_images, cats, k, first_id)
     coco, ours = _coco(gt), PerImageKeypointAP(gt, sigmas=sigmas)
     ids = [img["id"] for img in gt["images"]]
     dets = [_random_dets(rng, gt, i, labels=(0,) + tuple(cats), k=k) for i in ids]
@@ -135,7 +113,7 @@ def test_other_layout_with_given_sigmas_equals_pycocotools():
 
 def test_oks_matrix_is_bit_equal_to_pycocotools():
     rng = np.random.default_rng(3)
-    gt = _random_gt(rng, 25)
+    gt = random_gt(rng, 25)
     coco, ours = _coco(gt), PerImageKeypointAP(gt)
     compared = 0
     for img in gt["images"]:
@@ -245,7 +223,7 @@ def test_score_ties_keep_input_order():
 
 def test_input_forms_agree():
     rng = np.random.default_rng(2)
-    gt = _random_gt(rng, 12)
+    gt = random_gt(rng, 12)
     ours = PerImageKeypointAP(gt)
     ids = [img["id"] for img in gt["images"]]
     kps = rng.uniform(0, 500, (len(ids), 20, 17, 3))

@@ -157,11 +157,11 @@ def test_postprocess_nms_drops_overlapping_boxes_of_the_same_class():
     keypoints = torch.arange(3 * 3 * k, dtype=torch.float32).reshape(1, 3, 3 * k) / (9 * k)
     outputs = {"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": keypoints}
     sizes = torch.tensor([[100, 200]])
-    full = build_postprocessors(load_args(num_select=3))["bbox"](outputs, sizes)[0]
-    kept = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.5))["bbox"](outputs, sizes)[0]
+    full = build_postprocessors(load_args(num_select=3))["pose"](outputs, sizes)[0]
+    kept = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.5))["pose"](outputs, sizes)[0]
     assert full["scores"].shape == (3,)
     torch.testing.assert_close(kept["scores"], full["scores"][[0, 2]])
     torch.testing.assert_close(kept["keypoints"], full["keypoints"][[0, 2]])
     torch.testing.assert_close(kept["boxes"], full["boxes"][[0, 2]])
-    loose = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.99))["bbox"](outputs, sizes)[0]
+    loose = build_postprocessors(load_args(num_select=3, nms_iou_threshold=0.99))["pose"](outputs, sizes)[0]
     assert loose["scores"].shape == (3,)

@@ -74,7 +74,7 @@ def test_any_keypoint_count_trains_a_step(k, gen):
     losses = criterion(outputs, make_targets([2], k, gen))
     assert all(torch.isfinite(v).all() for v in losses.values())
     sum(losses[n] * w for n, w in criterion.weight_dict.items() if n in losses).backward()
-    results = post["bbox"](outputs, torch.tensor([[256, 320]]))
+    results = post["pose"](outputs, torch.tensor([[256, 320]]))
     assert results[0]["keypoints"].shape[-1] == 3 * k
 
 
