@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from datasets.metadata import default_metadata_for_num_keypoints
+from datasets.metadata import COCO_KEYPOINTS
 
 # pycocotools' keypoint parameters (built the same way, so the float values are identical).
 OKS_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
@@ -136,9 +136,11 @@ class _GroundTruthTable:
             raise ValueError(f"ground-truth keypoint lists have lengths {sorted(lengths)}; all must be 3*K "
                              "(x, y, v triplets) for one K")
         self.num_keypoints = lengths.pop() // 3 if lengths else (len(sigmas) if sigmas is not None else 0)
-        if sigmas is None:
-            sigmas = (np.asarray(default_metadata_for_num_keypoints(self.num_keypoints).sigmas, dtype=np.float64)
-                      if self.num_keypoints else np.zeros(0))
+        if sigmas is None:  # pycocotools' own default: COCO's 17 sigmas; any other layout passes its own
+            if self.num_keypoints not in (0, COCO_KEYPOINTS.num_keypoints):
+                raise ValueError(f"the ground truth has {self.num_keypoints} keypoints: pass that layout's OKS "
+                                 "sigmas (KeypointMetadata.sigmas); only COCO's 17 are a default")
+            sigmas = np.asarray(COCO_KEYPOINTS.sigmas if self.num_keypoints else (), dtype=np.float64)
         sigmas = np.asarray(sigmas, dtype=np.float64)
         if anns and sigmas.shape != (self.num_keypoints,):
             raise ValueError(f"got {sigmas.shape[0]} OKS sigmas for {self.num_keypoints} keypoints; pass one sigma "

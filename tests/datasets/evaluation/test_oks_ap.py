@@ -291,3 +291,10 @@ def test_match_to_gt_with_id_zero_counts_as_a_miss():
     dets = _dets([base], [0.9])
     got = PerImageKeypointAP(gt).image_ap(1, *_as_arrays(dets, 17)[:2])
     assert got == _reference_ap(_coco(gt), 1, dets) == 0.0
+
+
+def test_sigmas_default_only_for_cocos_layout():
+    gt14 = random_gt(np.random.default_rng(3), 2, k=14)
+    with pytest.raises(ValueError, match="14 keypoints: pass that layout's OKS sigmas"):
+        PerImageKeypointAP(gt14)
+    assert PerImageKeypointAP(gt14, sigmas=CROWDPOSE_KEYPOINTS.sigmas).num_keypoints == 14
