@@ -1,4 +1,5 @@
-"""Shared fixtures. Real sample data lives in ``../shared/data`` beside the checkout (never copied in)."""
+"""Shared fixtures. Real sample data lives in ``../shared/data`` beside the checkout (never copied in); tiny made-up
+samples in the same layouts live in ``tests/data`` (``sample_data``)."""
 from __future__ import annotations
 
 import os
@@ -13,6 +14,8 @@ from tests.helpers import config_defaults
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CLICKPOSE_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 SHARED_REFERENCE = SHARED_DATA.parent / "reference"
+# tiny made-up samples in the checkout, one root per dataset laid out as DATASET_SPECS expects (make_samples.py)
+SAMPLE_DATA = REPO_ROOT / "tests" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +24,13 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "coco").is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA} (set CLICKPOSE_SHARED_DATA to the shared/data folder)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_data() -> Path:
+    """Root of the tiny hand-made samples in the checkout (coco/, crowdpose/, humanart/, ochuman/; 2 images a
+    split, rebuilt by tests/data/make_samples.py); always present, so tests on formats and layouts never skip."""
+    return SAMPLE_DATA
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The dataset on every real sample: target layout, keypoint counts, filters and data quirks."""
+"""The dataset on every sample format (the made-up ones in tests/data): target layout, keypoint counts, filters and
+data quirks."""
 from __future__ import annotations
 
 import json
@@ -9,13 +10,14 @@ import torch
 from datasets import build_dataset, get_metadata
 from datasets.coco import annotations_to_target
 
-SAMPLES = [("coco", "train", 4), ("coco", "val", 4), ("crowdpose", "train", 2), ("crowdpose", "val", 2),
-           ("humanart", "train", 3), ("humanart", "val", 3), ("ochuman", "train", 3), ("ochuman", "val", 3)]
+# crowdpose trains on crowdpose_trainval.json, the join of its 2-image train and val splits
+SAMPLES = [("coco", "train", 2), ("coco", "val", 2), ("crowdpose", "train", 4), ("crowdpose", "val", 2),
+           ("humanart", "train", 2), ("humanart", "val", 2), ("ochuman", "train", 2), ("ochuman", "val", 2)]
 
 
 @pytest.mark.parametrize("name,split,num_images", SAMPLES)
-def test_sample_loads_in_model_layout(name, split, num_images, sample_root, make_args):
-    args = make_args(name, sample_root(name))
+def test_sample_loads_in_model_layout(name, split, num_images, sample_data, make_args):
+    args = make_args(name, sample_data / name)
     dataset = build_dataset(split, args)
     num_kpts = get_metadata(args).num_keypoints
     assert num_kpts == args.num_body_points
@@ -38,39 +40,40 @@ def test_sample_loads_in_model_layout(name, split, num_images, sample_root, make
         assert min(h, w) == 800 or max(h, w) == 1333
 
 
-def test_humanart_ids_exceed_int32(sample_root, make_args):
-    dataset = build_dataset("val", make_args("humanart", sample_root("humanart")))
+def test_humanart_ids_exceed_int32(sample_data, make_args):
+    dataset = build_dataset("val", make_args("humanart", sample_data / "humanart"))
     assert max(dataset.ids) > 2 ** 31
     _, target = dataset[dataset.ids.index(max(dataset.ids))]
     assert target["image_id"].item() == max(dataset.ids)
 
 
-def test_coco_train_drops_crowd_and_zero_keypoint_people(sample_root, make_args):
-    dataset = build_dataset("train", make_args("coco", sample_root("coco")))
+def test_coco_train_drops_crowd_and_zero_keypoint_people(sample_data, make_args):
+    dataset = build_dataset("train", make_args("coco", sample_data / "coco"))
     anns = json.loads(dataset.ann_file.read_text())["annotations"]
     expected = sum(1 for a in anns if not a["iscrowd"] and a["num_keypoints"] > 0)
     got = sum(dataset.load_raw(i)[1]["boxes"].shape[0] for i in range(len(dataset)))
     assert 0 < expected < len(anns) and got == expected
 
 
-def test_crowdpose_area_from_box_and_num_keypoints_filter(sample_root, make_args):
-    dataset = build_dataset("val", make_args("crowdpose", sample_root("crowdpose")), transforms=None)
-    image, target = dataset.load_raw(dataset.ids.index(106848))
+def test_crowdpose_area_from_box_and_num_keypoints_filter(sample_data, make_args):
+    dataset = build_dataset("val", make_args("crowdpose", sample_data / "crowdpose"), transforms=None)
+    image, target = dataset.load_raw(dataset.ids.index(200005))
     boxes = target["boxes"]
     assert torch.allclose(target["area"], (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
-    # image 106848: ann 131039 has num_keypoints 0 and is dropped; 123803 (num_keypoints 5, 7 labelled) is kept
-    anns = dataset.coco.imgToAnns[106848]
+    # image 200005: ann 230003 has num_keypoints 0 and is dropped; 230001 (14 labelled) and 230002 (8) are kept
+    anns = dataset.coco.imgToAnns[200005]
+    assert [a["num_keypoints"] for a in anns] == [14, 8, 0] and all("area" not in a for a in anns)
     assert len(anns) == 3 and target["keypoints"].shape == (2, 14, 3)
 
 
-def test_noc_filter_drops_images_without_keypoints(tmp_path, sample_root, make_args):
-    src = json.loads((sample_root("coco") / "annotations" / "person_keypoints_val2017.json").read_text())
+def test_noc_filter_drops_images_without_keypoints(tmp_path, sample_data, make_args):
+    src = json.loads((sample_data / "coco" / "annotations" / "person_keypoints_val2017.json").read_text())
     empty_id = 999999
     src["images"].append(dict(src["images"][0], id=empty_id))
     root = tmp_path / "coco"
     (root / "annotations").mkdir(parents=True)
     (root / "annotations" / "person_keypoints_val2017.json").write_text(json.dumps(src))
-    (root / "val2017").symlink_to(sample_root("coco") / "images" / "val2017")  # the reference's layout
+    (root / "val2017").symlink_to(sample_data / "coco" / "images" / "val2017")  # the reference's layout
     assert empty_id in build_dataset("val", make_args("coco", root)).ids
     assert empty_id not in build_dataset("val", make_args("coco", root, noc_filter=True)).ids
 

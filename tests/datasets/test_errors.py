@@ -57,18 +57,18 @@ def test_missing_field_names_file_and_field(tmp_path, synthetic_root, make_args)
         build_dataset("val", make_args("coco", root))
 
 
-def test_wrong_keypoint_count_is_explained(sample_root, make_args):
+def test_wrong_keypoint_count_is_explained(sample_data, make_args):
     # CrowdPose files read as a 17-keypoint custom dataset
-    args = make_args("custom", sample_root("crowdpose"), num_body_points=17,
+    args = make_args("custom", sample_data / "crowdpose", num_body_points=17,
                      custom_train_ann="json/crowdpose_train.json", custom_train_img="images",
                      custom_val_ann="json/crowdpose_test.json", custom_val_img="images")
     with pytest.raises(AnnotationFormatError, match="has 42 values, expected 51"):
         build_dataset("val", args)
 
 
-def test_num_body_points_mismatch(sample_root, make_args):
+def test_num_body_points_mismatch(sample_data, make_args):
     with pytest.raises(ValueError, match="num_body_points=14"):
-        build_dataset("val", make_args("crowdpose", sample_root("crowdpose"), num_body_points=17))
+        build_dataset("val", make_args("crowdpose", sample_data / "crowdpose", num_body_points=17))
 
 
 def test_unknown_dataset_and_missing_custom_keys(tmp_path, make_args):
@@ -78,8 +78,8 @@ def test_unknown_dataset_and_missing_custom_keys(tmp_path, make_args):
         build_dataset("val", make_args("custom", tmp_path, custom_train_ann="a", custom_train_img="b"))
 
 
-def test_custom_dataset_with_own_layout(sample_root, make_args):
-    args = make_args("custom", sample_root("crowdpose"), num_body_points=14,
+def test_custom_dataset_with_own_layout(sample_data, make_args):
+    args = make_args("custom", sample_data / "crowdpose", num_body_points=14,
                      custom_train_ann="json/crowdpose_train.json", custom_train_img="images",
                      custom_val_ann="json/crowdpose_test.json", custom_val_img="images",
                      custom_keypoint_names=[f"k{i}" for i in range(14)], custom_flip_pairs=[[0, 1]],

@@ -19,8 +19,8 @@ def _args(**kw) -> argparse.Namespace:
     return argparse.Namespace(**values)
 
 
-def test_humanart_keypoints_21_field(shared_data):
-    args = _args(dataset_file="humanart", coco_path=str(shared_data / "humanart"), keypoint_field="keypoints_21",
+def test_humanart_keypoints_21_field(sample_data):
+    args = _args(dataset_file="humanart", coco_path=str(sample_data / "humanart"), keypoint_field="keypoints_21",
                  num_body_points=21)
     assert get_metadata(args) is HUMANART21_KEYPOINTS
     dataset = build_dataset("val", args, transforms=None)
@@ -28,15 +28,16 @@ def test_humanart_keypoints_21_field(shared_data):
     assert target["keypoints"].shape[1:] == (21, 3)
     raw = json.loads(dataset.ann_file.read_text())
     ann = next(a for a in raw["annotations"] if a["image_id"] == dataset.ids[0])
+    assert ann["num_keypoints_21"] != ann["num_keypoints"]  # the sample labels fingers or toes
     assert dataset.coco.imgToAnns[dataset.ids[0]][0]["keypoints"] == ann["keypoints_21"]
     assert dataset.coco.imgToAnns[dataset.ids[0]][0]["num_keypoints"] == ann["num_keypoints_21"]
     build_evaluator(dataset, args)  # the COCO evaluator scores the 21-keypoint ground truth
 
 
-def test_unknown_field_layout_and_missing_field_are_errors(shared_data, tmp_path):
+def test_unknown_field_layout_and_missing_field_are_errors(sample_data):
     with pytest.raises(ValueError, match="no keypoint layout for keypoint_field='keypoints_21'"):
         get_metadata(_args(keypoint_field="keypoints_21", num_body_points=21))
-    args = _args(dataset_file="custom", coco_path=str(shared_data / "coco"), keypoint_field="keypoints_21",
+    args = _args(dataset_file="custom", coco_path=str(sample_data / "coco"), keypoint_field="keypoints_21",
                  num_body_points=21, custom_train_ann="annotations/person_keypoints_val2017.json",
                  custom_train_img="images/val2017", custom_val_ann="annotations/person_keypoints_val2017.json",
                  custom_val_img="images/val2017")
@@ -45,9 +46,9 @@ def test_unknown_field_layout_and_missing_field_are_errors(shared_data, tmp_path
         build_dataset("val", args, transforms=None)
 
 
-def _five_keypoint_file(shared_data, tmp_path):
+def _five_keypoint_file(sample_data, tmp_path):
     """The Human-Art sample cut to 5 of its keypoints_21 keypoints (a custom K=5 dataset)."""
-    src = shared_data / "humanart" / "HumanArt" / "annotations" / "validation_humanart.json"
+    src = sample_data / "humanart" / "HumanArt" / "annotations" / "validation_humanart.json"
     data = json.loads(src.read_text())
     for ann in data["annotations"]:
         ann["keypoints"] = ann["keypoints_21"][:3 * 5]
@@ -57,10 +58,10 @@ def _five_keypoint_file(shared_data, tmp_path):
     return path
 
 
-def test_custom_five_keypoints(shared_data, tmp_path):
-    ann = _five_keypoint_file(shared_data, tmp_path)
+def test_custom_five_keypoints(sample_data, tmp_path):
+    ann = _five_keypoint_file(sample_data, tmp_path)
     names = ["nose", "left_eye", "right_eye", "left_ear", "right_ear"]
-    args = _args(dataset_file="custom", coco_path=str(shared_data / "humanart"), num_body_points=5,
+    args = _args(dataset_file="custom", coco_path=str(sample_data / "humanart"), num_body_points=5,
                  custom_keypoint_names=names, custom_flip_pairs=[[1, 2], [3, 4]], custom_sigmas=[0.05] * 5,
                  custom_train_ann=str(ann), custom_train_img=".", custom_val_ann=str(ann), custom_val_img=".")
     meta = get_metadata(args)

@@ -33,28 +33,26 @@ def test_joins_train_then_val(tmp_path):
     assert not list((tmp_path / "json").glob("*.partial"))
 
 
-def test_real_sample_split_in_two_and_joined_is_the_training_split(tmp_path, sample_root, make_args):
+def test_sample_train_and_val_join_into_the_training_split(tmp_path, sample_data, make_args):
     from datasets import build_dataset
 
-    sample = json.loads((sample_root("crowdpose") / "json" / "crowdpose_train.json").read_text())
-    first, second = sample["images"][:1], sample["images"][1:]
-    halves = [{**sample, "images": images,
-               "annotations": [a for a in sample["annotations"] if a["image_id"] in {i["id"] for i in images}]}
-              for images in (first, second)]
-    _write_root(tmp_path, *halves)
-    (tmp_path / "images").symlink_to(sample_root("crowdpose") / "images")
+    sample_root = sample_data / "crowdpose"
+    train, val = (json.loads((sample_root / "json" / f"crowdpose_{s}.json").read_text()) for s in ("train", "val"))
+    _write_root(tmp_path, train, val)
+    (tmp_path / "images").symlink_to(sample_root / "images")
     assert main([str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "json" / "crowdpose_trainval.json").read_text())
+    assert written == json.loads((sample_root / "json" / "crowdpose_trainval.json").read_text())
     joined = build_dataset("train", make_args("crowdpose", tmp_path))
-    original = build_dataset("train", make_args("crowdpose", sample_root("crowdpose")))
-    assert sorted(joined.ids) == sorted(original.ids) and len(joined) == 2
-    assert len(joined.coco.getAnnIds()) == len(sample["annotations"])
+    original = build_dataset("train", make_args("crowdpose", sample_root))
+    assert sorted(joined.ids) == sorted(original.ids) and len(joined) == 4
+    assert len(joined.coco.getAnnIds()) == len(train["annotations"]) + len(val["annotations"])
 
 
-def test_the_shared_samples_identical_copies_are_refused(tmp_path, sample_root):
-    # the sample's train and val files are the same file: every id collides
-    json_dir = sample_root("crowdpose") / "json"
-    assert main(["--train", str(json_dir / "crowdpose_train.json"), "--val", str(json_dir / "crowdpose_val.json"),
-                 "--out", str(tmp_path / "out.json")]) == 2
+def test_identical_copies_are_refused(tmp_path, sample_data):
+    # the same file given as train and val: every id collides
+    train = sample_data / "crowdpose" / "json" / "crowdpose_train.json"
+    assert main(["--train", str(train), "--val", str(train), "--out", str(tmp_path / "out.json")]) == 2
     assert not (tmp_path / "out.json").exists()
 
 
