@@ -206,10 +206,6 @@ class KeypointEvaluator:
         return self.summarize()
 
     # ------------------------------------------------------------------------------------- the steps of evaluate
-    def update(self, predictions: Mapping[int, Mapping[str, Any]]) -> None:
-        """``process`` with {image_id: prediction}."""
-        self.process(list(predictions), list(predictions.values()))
-
     def _gather(self) -> None:
         """Every rank's predictions, first occurrence of an image winning (a no-op without distributed)."""
         if not self._gathered:

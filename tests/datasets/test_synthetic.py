@@ -116,9 +116,8 @@ def test_tool_writes_a_dataset_that_loads_and_scores_ap_one(tmp_path, make_args)
         n = target["boxes"].shape[0]
         kpts = target["keypoints"].clone()
         kpts[..., 2] = 1.0
-        evaluator.update({dataset.ids[index]: {"scores": [1.0] * n, "labels": [1] * n, "boxes": target["boxes"],
-                                               "keypoints": kpts}})
-    evaluator.accumulate()
-    stats = evaluator.summarize()
+        evaluator.process([dataset.ids[index]], [{"scores": [1.0] * n, "labels": [1] * n, "boxes": target["boxes"],
+                                                  "keypoints": kpts}])
+    stats = evaluator.evaluate()
     assert round(stats["coco_eval_keypoints_detr"][0], 4) == 1.0
     assert round(stats["coco_eval_bbox"][0], 4) == 1.0
