@@ -7,15 +7,21 @@ Serves the page on 127.0.0.1 only and prints its URL. Every change is saved at o
 (default: IMAGES_keypoints.json beside the folder); starting again on the same file resumes where you were, and
 an existing COCO keypoints file (from any tool) opens for review. While the tool runs it holds a lock on the file
 (``.FILE.json.lock`` beside it): a second tool started on the same file refuses, naming the first one's PID and port.
+
+``--watch CKPT`` switches to CKPT's model whenever the file changes (e.g. a fine-tuning run that writes it), as
+``POST /api/model`` does; see :class:`CheckpointWatcher`.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import sys
+import threading
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -34,6 +40,11 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                         help="the annotation file was written for these images in another folder: use it anyway")
     parser.add_argument("--max-pixels", type=int, default=None,
                         help="images with more pixels are skipped as unreadable (default: PIL's limit)")
+    parser.add_argument("--watch", metavar="CKPT",
+                        help="switch to this checkpoint's model whenever the file changes (checked every "
+                             "--watch-interval seconds; used once its size is the same at two checks)")
+    parser.add_argument("--watch-interval", type=float, default=2.0, metavar="SECONDS",
+                        help="how often --watch looks at the file (default: 2)")
     parser.add_argument("--summary", metavar="FILE.json", help="print the effort log of an annotation file and exit")
     args = parser.parse_args(argv)
     if args.summary is None:
@@ -41,7 +52,85 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                                              ("--checkpoint", args.checkpoint)) if not value]
         if missing:
             parser.error(f"missing {', '.join(missing)} (or use --summary FILE.json)")
+    if not args.watch_interval > 0:
+        parser.error(f"--watch-interval must be more than 0 seconds, got {args.watch_interval}")
     return args
+
+
+def log_line(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+class CheckpointWatcher:
+    """Switch the model when a checkpoint file changes: :meth:`poll` looks at the file once (the background thread
+    of :meth:`start` calls it every ``interval`` seconds).
+
+    A change is a new (mtime, size, inode) against the file as it was at the start or at the last attempt. It is
+    used only once the file looks the same at two polls in a row (a file still being written changes between
+    them); a file written too slowly for that fails to load, is logged as refused, and is tried again at its next
+    change. Every attempt is logged; nothing it meets (a file removed, damaged, another layout) stops the server.
+    """
+
+    def __init__(self, path: str | Path, switch: Callable[[str], dict[str, Any]], interval: float = 2.0,
+                 log: Callable[[str], None] = log_line):
+        self.path = Path(path).expanduser().resolve()
+        self.switch = switch  # e.g. Workspace.switch_model; a ValueError is a refusal
+        self.interval = interval
+        self.log = log
+        self._tried = self._seen = self._signature()  # the file at the start is the model in use (or not a change)
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _signature(self) -> Optional[tuple[int, int, int]]:
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return None
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino
+
+    def poll(self) -> str:
+        """Look once: 'missing', 'unchanged', 'changing' (changed since the last poll: wait for it to settle),
+        'switched', 'refused' (the model in use stays) or 'failed' (an unexpected error, logged)."""
+        signature = self._signature()
+        previous, self._seen = self._seen, signature
+        if signature is None:
+            return "missing"
+        if signature == self._tried:
+            return "unchanged"
+        if signature != previous:
+            return "changing"
+        self._tried = signature  # tried once per version of the file, whatever the outcome
+        try:
+            info = self.switch(str(self.path))
+        except ValueError as exc:
+            self.log(f"--watch: not switching to {self.path}: {exc}")
+            return "refused"
+        except Exception as exc:  # never let the watcher (or the server) die of it
+            self.log(f"--watch: switching to {self.path} failed ({type(exc).__name__}: {exc}); the model in use stays")
+            return "failed"
+        self.log(f"--watch: switched to {info.get('checkpoint')} ({info.get('num_keypoints')} keypoints); images "
+                 "opened from now on are predicted by it")
+        return "switched"
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.poll()
+            except Exception as exc:  # e.g. the log's stream closed
+                try:
+                    self.log(f"--watch: {type(exc).__name__}: {exc}")
+                except Exception:
+                    pass
+
+    def start(self) -> "CheckpointWatcher":
+        self._thread = threading.Thread(target=self._run, name="clickpose-watch", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval + 60)
 
 
 def print_summary(path: Path) -> int:
@@ -92,7 +181,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     from models.predictor import Predictor
     from tools.annotate.server import create_app
     from tools.annotate.store import AnnotationFileError
-    from tools.annotate.workspace import Workspace
+    from tools.annotate.workspace import ModelSource, Workspace
     from util.files import FileLockedError
 
     images = Path(args.images)
@@ -113,11 +202,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     from util.allocator import keep_freed_memory
 
     keep_freed_memory()  # each image's prediction reuses the large CPU buffers of the last one
-    predictor = Predictor(args.config, args.checkpoint, device=args.device)
+    def load_predictor(config: str, checkpoint: str) -> Predictor:  # the first model's and every switch's
+        return Predictor(config, checkpoint, device=args.device)
+
+    predictor = load_predictor(args.config, args.checkpoint)
     try:
         workspace = Workspace(images, annotations, predictor, threshold=args.threshold,
                               pin_existing=not args.no_pin_existing, max_pixels=args.max_pixels,
-                              folder_moved=args.folder_moved)
+                              folder_moved=args.folder_moved,
+                              source=ModelSource(args.config, args.checkpoint, load_predictor))
     except (AnnotationFileError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -126,10 +219,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     lock.update(port=sock.getsockname()[1], url=url)
     print(f"{len(workspace.names)} images, annotations saved to {workspace.path}\nopen {url}  (Ctrl+C to stop)",
           flush=True)
+    watcher = None
+    if args.watch:
+        watcher = CheckpointWatcher(args.watch, workspace.switch_model, args.watch_interval).start()
+        print(f"watching {watcher.path} for a new model (every {args.watch_interval:g} s)", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(workspace), log_level="warning"))
     try:
         server.run(sockets=[sock])
     finally:
-        predictor.close()
+        if watcher is not None:
+            watcher.stop()
+        workspace.close()
         lock.release()
     return 0

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Literal
+from typing import Annotated, Any, Iterable, Literal, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -66,6 +66,12 @@ class AcceptBody(ImageBody):
     done: bool = True
 
 
+class ModelBody(_Body):
+    checkpoint: str = Field(min_length=1, description="the new model's weights (.pth), a path on the server")
+    config: Optional[str] = Field(default=None, min_length=1,
+                                  description="its config (default: the config the tool was started with)")
+
+
 def create_app(workspace: Workspace, allowed_hosts: Iterable[str] = LOCAL_HOSTS,
                max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
     """The page and its API; ``allowed_hosts``: the host names the server answers to (see ``guard``)."""
@@ -114,7 +120,12 @@ def _reading_routes(app: FastAPI, workspace: Workspace) -> None:
         md = workspace.metadata
         return {"keypoint_names": list(md.keypoint_names), "skeleton": [list(p) for p in md.skeleton],
                 "flip_pairs": [list(p) for p in md.flip_pairs], "annotations": str(workspace.path),
-                "threshold": workspace.threshold}
+                "threshold": workspace.threshold, "checkpoint": workspace.checkpoint, "config": workspace.config}
+
+    @app.get("/api/model")
+    def model() -> dict[str, Any]:
+        """The model in use: checkpoint, config, keypoint count and names."""
+        return workspace.model_info()
 
     @app.get("/api/images")
     def images() -> dict[str, Any]:
@@ -179,6 +190,13 @@ def _editing_routes(app: FastAPI, workspace: Workspace) -> None:
     def accept(body: AcceptBody) -> dict[str, Any]:
         """Mark the image done (``done: false`` reopens it)."""
         return workspace.accept(body.image, body.done)
+
+    @app.post("/api/model")
+    def switch_model(body: ModelBody) -> dict[str, Any]:
+        """Load another checkpoint and use it for every image opened from now on (annotations, clicks and effort
+        logs stay; the open image keeps the previous model until the next open). 400, and the model in use stays,
+        for a file that cannot be loaded or a model of another keypoint layout."""
+        return workspace.switch_model(body.checkpoint, body.config)
 
     @app.post("/api/save")
     def save() -> dict[str, Any]:

@@ -8,6 +8,11 @@ the page shows is always what the file holds.
 An image that cannot be used (not decodable, over ``max_pixels``, or changed since the annotation file was written)
 is listed with its problem and refused when opened; the other images work as before, and what the file held for
 it is written back unchanged. So are the records of images that are missing from the folder for a while.
+
+The model can be replaced while the tool runs (:meth:`Workspace.switch_model`, e.g. by one fine-tuned on the
+corrections made so far): people already predicted, clicks and effort logs stay as they are; images opened from then
+on are predicted by the new model. The image open at the switch keeps the previous model for its refinements until
+the next ``open`` (of any image, itself included); every other image's session refines with the new one.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import copy
 import json
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -37,7 +43,28 @@ class UnusableImageError(ValueError):
     """An image of the folder that cannot be annotated: unreadable, too large, or not the image the file describes."""
 
 
+class ModelSwitchError(ValueError):
+    """A checkpoint that cannot replace the model: unreadable, not fitting the config, or another keypoint layout.
+    The model in use stays."""
+
+
+def describe_layout(metadata: Any) -> str:
+    """'coco (17 keypoints: nose, left_eye, ...)': how an error names a keypoint layout."""
+    names = list(metadata.keypoint_names)
+    return f"{getattr(metadata, 'name', '?')!s} ({len(names)} keypoints: {', '.join(names)})"
+
+
 UNUSABLE = "unreadable"  # the status /api/images lists for such an image
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where the workspace's model comes from: ``config`` / ``checkpoint`` (shown by /api/meta; ``config`` is the
+    default of :meth:`Workspace.switch_model`) and ``load(config, checkpoint)``, how a new model is built (the
+    command line's device; None: a ``Predictor`` on the current one's device)."""
+    config: Optional[str | Path] = None
+    checkpoint: Optional[str | Path] = None
+    load: Optional[Callable[[str, str], Predictor]] = None
 
 
 class Workspace:
@@ -45,7 +72,9 @@ class Workspace:
 
     def __init__(self, images_dir: str | Path, annotations: str | Path, predictor: Predictor,
                  threshold: float = 0.3, pin_existing: bool = True, clock: Callable[[], float] = time.monotonic,
-                 max_pixels: Optional[int] = None, folder_moved: bool = False):
+                 max_pixels: Optional[int] = None, folder_moved: bool = False,
+                 source: Optional[ModelSource] = None):
+        """``source``: what ``predictor`` was built from and how :meth:`switch_model` builds a new one."""
         self.root = Path(images_dir).resolve()
         self.paths = {p.relative_to(self.root).as_posix(): p for p in list_images(self.root)}
         if not self.paths:
@@ -54,6 +83,12 @@ class Workspace:
         self.path = Path(annotations).resolve()
         self.predictor = predictor
         self.metadata = predictor.metadata
+        source = source or ModelSource()
+        self.config = str(Path(source.config).resolve()) if source.config is not None else None
+        self.checkpoint = str(Path(source.checkpoint).resolve()) if source.checkpoint is not None else None
+        self.load_predictor = source.load or (
+            lambda cfg, ckpt: Predictor(cfg, ckpt, device=str(getattr(predictor, "device", "cpu"))))
+        self._switching = threading.Lock()  # one model load at a time (outside ``lock``: edits go on meanwhile)
         self.lock = threading.RLock()
         self.clock = clock
         self.sessions: dict[str, PoseSession] = {}
@@ -270,6 +305,7 @@ class Workspace:
     def open(self, name: str) -> dict[str, Any]:
         """Show an image: predicted (or taken from the prefetch) on first use; the next image is prefetched."""
         with self.lock, self._all_or_nothing(self.check_name(name)):
+            self._adopt_model()  # the image open at a model switch leaves the previous model now
             self.current = name
             self._last_action = (name, self.clock())
             state = self.state(name)  # opens and saves
@@ -320,6 +356,76 @@ class Workspace:
         def mark(_: PoseSession) -> None:
             self.records[name]["status"] = "done" if done else "in_progress"
         return self._act(name, mark, "accept")  # which opens the image first, all or nothing
+
+    # ---- the model ---------------------------------------------------------------------------------------------
+    def model_info(self) -> dict[str, Any]:
+        """The model in use: its checkpoint and config (None when not known) and its keypoint layout."""
+        with self.lock:
+            md = self.predictor.metadata
+            current = self.sessions.get(self.current)
+            return {"checkpoint": self.checkpoint, "config": self.config, "num_keypoints": len(md.keypoint_names),
+                    "keypoint_names": list(md.keypoint_names), "layout": getattr(md, "name", None),
+                    "device": str(getattr(self.predictor, "device", "cpu")),
+                    # the image open at the switch refines with the previous model until the next open
+                    "previous_model_until_next_open": (self.current if current is not None
+                                                       and current.predictor is not self.predictor else None)}
+
+    def switch_model(self, checkpoint: str | Path, config: Optional[str | Path] = None) -> dict[str, Any]:
+        """Load ``checkpoint`` (with ``config``, default: the one the tool started with) and make it the model of
+        every image opened from now on. Annotations, clicks and effort logs are untouched; the open image keeps
+        the previous model until the next ``open``, every other opened image refines with the new one (its
+        encoder state is computed again when next needed). ``ModelSwitchError`` (the model in use stays) for a
+        file that cannot be loaded or a model of another keypoint layout. Returns :meth:`model_info`."""
+        with self._switching:
+            keep = f"the model in use stays (loaded from {self.checkpoint or 'a checkpoint not named'})"
+            config = config if config is not None else self.config
+            if config is None:
+                raise ModelSwitchError(f"no config to load {checkpoint} with (the tool was started without one); "
+                                       f"give 'config'; {keep}")
+            ckpt_path, cfg_path = Path(checkpoint).expanduser().resolve(), Path(config).expanduser().resolve()
+            if not cfg_path.is_file():
+                raise ModelSwitchError(f"config not found: {cfg_path}; {keep}")
+            try:
+                new = self.load_predictor(str(cfg_path), str(ckpt_path))
+            except Exception as exc:  # anything a load can raise: not found, damaged, another architecture, ...
+                raise ModelSwitchError(f"cannot load checkpoint {ckpt_path} with config {cfg_path}: {exc}; "
+                                       f"{keep}") from exc
+            if tuple(new.metadata.keypoint_names) != tuple(self.metadata.keypoint_names):
+                new.close()
+                raise ModelSwitchError(
+                    f"checkpoint {ckpt_path} has another keypoint layout than this annotation file: the checkpoint "
+                    f"has {describe_layout(new.metadata)}, the annotations have {describe_layout(self.metadata)}; "
+                    f"{keep}")
+            with self.lock:
+                old, self.predictor = self.predictor, new
+                self.checkpoint, self.config = str(ckpt_path), str(cfg_path)
+                old.close()  # its prefetches were of the previous model: dropped
+                still_open = self.sessions.get(self.current)
+                for session in self.sessions.values():
+                    if session is not still_open:
+                        self._rebind(session)
+                following = self.names.index(self.current) + 1
+                if (still_open is not None and following < len(self.names)
+                        and self.names[following] not in self.sessions and self.usable(self.names[following])):
+                    new.prefetch(self.paths[self.names[following]])
+                return self.model_info()
+
+    def _rebind(self, session: PoseSession) -> None:
+        """Let ``session`` refine with the model in use; its encoder state (of the previous model) is dropped."""
+        if session.predictor is not self.predictor:
+            session.predictor = self.predictor
+            session.state = None
+
+    def _adopt_model(self) -> None:
+        for session in self.sessions.values():
+            self._rebind(session)
+
+    def close(self) -> None:
+        """Stop the background work of the model in use and of any previous one still held by a session."""
+        with self.lock:
+            for predictor in {id(p): p for p in [self.predictor, *(s.predictor for s in self.sessions.values())]
+                              }.values():
+                predictor.close()
 
     def effort_summary(self) -> dict[str, Any]:
         with self.lock:
