@@ -53,10 +53,11 @@ def test_listing_open_and_image_bytes(tool):
     assert np.asarray(person["keypoints"]).shape == (17, 3) and len(person["box"]) == 4
     assert all(0.0 <= c <= 1.0 for c in person["confidence"]) and person["visibility"] == [2] * 17
     assert client.get("/api/file/sub/c.jpg").content[:2] == b"\xff\xd8"  # the JPEG itself
-    # opening saved at once: a valid COCO file with the image and its people
+    # opening saved at once: a valid COCO file with the images; the predicted people (not reviewed: the image is
+    # not done) are in the tool's section only, not in the COCO annotations
     data = saved(workspace)
     assert {img["file_name"] for img in data["images"]} == {"a.jpg", "b.jpg", "sub/c.jpg"}
-    assert len(data["annotations"]) == 4
+    assert data["annotations"] == [] and len(data["clickpose_annotate"]["images"]["sub/c.jpg"]["people"]) == 4
 
 
 def test_refine_moves_the_clicked_keypoint_exactly_and_the_rest_follows(tool):
@@ -78,6 +79,7 @@ def test_refine_moves_the_clicked_keypoint_exactly_and_the_rest_follows(tool):
         {"person": target["index"], "keypoint": 0, "x": x + 5, "y": y - 5}]}))
     np.testing.assert_allclose(np.asarray(by_index(after2, target["index"])["keypoints"])[[9, 0], :2],
                                [[x, y], [x + 5, y - 5]], atol=1e-3)
+    ok(client.post("/api/accept", json={"image": "a.jpg"}))  # done: its people are now COCO annotations
     ann = next(a for a in saved(workspace)["annotations"] if a["id"] == moved_id(workspace, "a.jpg", target["index"]))
     np.testing.assert_allclose(ann["keypoints"][27:29], [x, y], atol=0.01)
 
@@ -89,6 +91,7 @@ def moved_id(workspace, image, index):
 def test_visibility_delete_add_swap_and_undo_redo(tool):
     workspace, client = tool
     state = ok(client.post("/api/open", json={"image": "b.jpg"}))
+    ok(client.post("/api/accept", json={"image": "b.jpg"}))  # done first: every edit below reaches the annotations
     first, second = state["people"][0]["index"], state["people"][1]["index"]
     ok(client.post("/api/visibility", json={"image": "b.jpg", "person": first, "keypoint": 3, "visibility": 1}))
     state = ok(client.post("/api/visibility", json={"image": "b.jpg", "person": first, "keypoint": 4, "visibility": 0}))
@@ -170,6 +173,7 @@ def test_threshold_decides_who_is_written_except_edited_people(tool):
     low = min(state["people"], key=lambda p: p["score"])
     ok(client.post("/api/visibility", json={"image": "a.jpg", "person": low["index"], "keypoint": 0, "visibility": 1}))
     ok(client.post("/api/threshold", json={"image": "a.jpg", "threshold": scores[-1] + 1e-6 if scores[-1] < 1 else 1.0}))
+    ok(client.post("/api/accept", json={"image": "a.jpg"}))
     anns = saved(workspace)["annotations"]
     assert [a["id"] for a in anns] == [moved_id(workspace, "a.jpg", low["index"])]  # only the edited person
 
@@ -311,3 +315,108 @@ def test_any_keypoint_layout_crowdpose_14(annotate_assets, tmp_path):
     assert category["skeleton"] == [[a + 1, b + 1] for a, b in CROWDPOSE_KEYPOINTS.skeleton]
     assert all(len(a["keypoints"]) == 42 for a in coco.dataset["annotations"])
     predictor.close()
+
+
+# ---- the COCO annotations hold what was reviewed ------------------------------------------------------------------
+def test_browsed_images_export_nothing_until_done_and_resume_exactly(tool, annotate_predictor):
+    """Opening images (→, or the next one after Enter) saves their predicted people in the tool's section only:
+    the COCO annotations hold the people of images marked done, and a restart shows exactly what was shown."""
+    from pycocotools.coco import COCO
+
+    workspace, client = tool
+    shown = {name: ok(client.post("/api/open", json={"image": name}))["people"]
+             for name in ("a.jpg", "b.jpg", "sub/c.jpg")}
+    assert all(shown.values())  # the model found people on every image
+    data = saved(workspace)
+    assert data["annotations"] == []
+    assert all(len(data["clickpose_annotate"]["images"][name]["people"]) == len(people)
+               for name, people in shown.items())
+    assert COCO(str(workspace.path)).getAnnIds() == []  # pycocotools loads it, with nothing annotated
+
+    # marking one image done (Enter) puts exactly its people into the annotations
+    ok(client.post("/api/accept", json={"image": "b.jpg"}))
+    data = saved(workspace)
+    b_id = next(i["id"] for i in data["images"] if i["file_name"] == "b.jpg")
+    assert {a["image_id"] for a in data["annotations"]} == {b_id}
+    assert sorted(a["id"] for a in data["annotations"]) == sorted(
+        p["ann_id"] for p in workspace.records["b.jpg"]["people"])
+    assert sorted(a["score"] for a in data["annotations"]) == sorted(round(p["score"], 4) for p in shown["b.jpg"])
+    coco = COCO(str(workspace.path))
+    assert len(coco.getAnnIds(imgIds=b_id)) == len(shown["b.jpg"]) == len(coco.getAnnIds())
+    # back in progress: out of the annotations again
+    ok(client.post("/api/accept", json={"image": "b.jpg", "done": False}))
+    assert saved(workspace)["annotations"] == []
+    ok(client.post("/api/accept", json={"image": "b.jpg"}))
+
+    # a restart resumes every browsed image with exactly the people it showed (nothing predicted again)
+    again = Workspace(workspace.root, workspace.path, annotate_predictor, threshold=0.0)
+    assert again.current == "sub/c.jpg"  # the last image opened
+    for name, people in shown.items():
+        assert again.records[name]["status"] == ("done" if name == "b.jpg" else "in_progress")
+        resumed = again.state(name)["people"]
+        assert [p["index"] for p in resumed] == [p["index"] for p in people]
+        for old, new in zip(people, resumed):
+            np.testing.assert_allclose(new["keypoints"], old["keypoints"], atol=1e-4)
+            np.testing.assert_allclose(new["box"], old["box"], atol=1e-4)
+            assert new["score"] == pytest.approx(old["score"], abs=1e-6)
+            assert (new["visibility"], new["pinned"], new["touched"], new["source"]) == (
+                old["visibility"], old["pinned"], old["touched"], old["source"])
+    assert {a["image_id"] for a in saved(again)["annotations"]} == {b_id}
+
+
+def test_summary_counts_done_images_only(annotate_assets, annotate_predictor, tmp_path):
+    """A scripted session: clicks and people of done images make the totals; a browsed image and an image that was
+    edited but not marked done are listed but not counted."""
+    workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", annotate_predictor, threshold=0.0)
+    people = workspace.open("a.jpg")["people"]
+    p, q, gone = (person["index"] for person in people[:3])
+    workspace.refine("a.jpg", [(p, 1, 20.0, 20.0), (p, 2, 30.0, 20.0)])  # 2 clicks
+    workspace.refine("a.jpg", [(p, 3, 25.0, 25.0), (q, 3, 60.0, 60.0)])  # 2 clicks
+    workspace.refine("a.jpg", [(q, 5, 40.0, 50.0)])  # 1 click
+    workspace.delete_person("a.jpg", gone)
+    workspace.accept("a.jpg")
+    b_people = workspace.open("b.jpg")["people"]
+    workspace.refine("b.jpg", [(b_people[0]["index"], 0, 10.0, 10.0), (b_people[1]["index"], 0, 30.0, 30.0)])
+    workspace.open("sub/c.jpg")  # browsed only
+    done_people = len(people) - 1  # threshold 0: everyone but the deleted person is annotated
+    assert len(saved(workspace)["annotations"]) == done_people
+
+    summary = workspace.effort_summary()
+    assert summary["images_done"] == 1 and summary["images_total"] == 3
+    assert summary["clicks"] == 5 and summary["rounds"] == 4 and summary["people"] == done_people
+    assert summary["clicks_per_person"] == pytest.approx(round(5 / done_people, 2))
+    assert summary["not_done"]["images"] == 2 and summary["not_done"]["clicks"] == 2
+    assert [row["image"] for row in summary["per_image"]] == ["a.jpg", "b.jpg", "sub/c.jpg"]
+
+    result = subprocess.run([sys.executable, "-m", "tools.annotate", "--summary", str(workspace.path)],
+                            capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "images done: 1 / 3" in result.stdout
+    assert f"people kept: {done_people}   clicks: 5   rounds: 4" in result.stdout
+    assert f"clicks per kept person (compare with NoC): {round(5 / done_people, 2)}" in result.stdout
+    assert "not counted (opened, not done): 2 images, 2 clicks" in result.stdout
+
+
+def test_summary_into_a_closed_pipe_exits_cleanly(tmp_path):
+    """`python -m tools.annotate --summary F | head -1`: the reader stops early; no BrokenPipeError traceback."""
+    from tools.annotate import effort, store
+
+    log = {"seconds": 2.0, "edits": {}, "people": {"0": {"clicks": 3, "rounds": 1, "seconds": 2.0}}}
+    person = {"score": 0.9, "touched": True, "deleted": False, "source": "model"}
+    records = {f"img{i:05d}.jpg": {"status": "done", "threshold": 0.3, "effort": log, "people": [person]}
+               for i in range(4000)}  # far more output than a pipe buffer holds
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps({"images": [], "annotations": [], store.TOOL_KEY: {"images": records}}))
+    assert len(effort.format_summary(effort.summarize(records))) > 200_000
+    shell = subprocess.run(f"'{sys.executable}' -m tools.annotate --summary '{path}' | head -1; "
+                           "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True,
+                           text=True, cwd=REPO_ROOT)
+    assert shell.returncode == 0 and shell.stdout == "images done: 4000 / 4000\n", shell
+    assert "Traceback" not in shell.stderr and "BrokenPipe" not in shell.stderr, shell.stderr
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.annotate", "--summary", str(path)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline() == b"images done: 4000 / 4000\n"
+    proc.stdout.close()  # the reader goes away with most of the output unread
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0 and "Traceback" not in err, err

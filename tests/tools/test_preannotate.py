@@ -91,6 +91,16 @@ def test_file_loads_in_pycocotools_and_opens_in_the_annotation_tool(setup, refer
     np.testing.assert_allclose(np.asarray(person["keypoints"])[:, :2], direct[0]["keypoints"], atol=0.01)
     # the run's report survives the tool's saves
     assert read(review)[preannotate.REPORT_KEY]["images"] == 10
+    # pre-annotations are model guesses: once the tool saves, the COCO annotations hold only reviewed images (none
+    # yet); the guesses stay in the tool's section, and an image marked done brings exactly its people back
+    reviewed = read(review)
+    assert reviewed["annotations"] == []
+    assert len(reviewed["clickpose_annotate"]["images"]["img03.jpg"]["people"]) == len(written)
+    client.post("/api/accept", json={"image": "img03.jpg"})
+    reviewed = read(review)
+    assert [a["id"] for a in reviewed["annotations"]] == [a["id"] for a in written]
+    np.testing.assert_allclose([a["keypoints"] for a in reviewed["annotations"]],  # via float32 pixels->[0, 1]
+                               [a["keypoints"] for a in written], atol=0.011)
 
 
 def test_killed_run_resumes_and_writes_every_image_once(setup, reference, tmp_path):

@@ -145,7 +145,12 @@ def print_summary(path: Path) -> int:
     if not tool:
         print(f"error: {path} has no effort log (it was not written by the annotation tool)", file=sys.stderr)
         return 2
-    print(effort.format_summary(effort.summarize(tool.get("images", {}), len(data.get("images", [])) or None)))
+    text = effort.format_summary(effort.summarize(tool.get("images", {}), len(data.get("images", [])) or None))
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # e.g. `--summary FILE | head -1` closed the pipe: what was read is all that was wanted
+        # Python flushes stdout again at exit; point it at devnull so that flush does not fail a second time
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

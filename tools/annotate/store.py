@@ -1,11 +1,12 @@
 """The annotation file: a COCO keypoints JSON (valid for pycocotools) that also carries the tool's own state.
 
-Layout written by :func:`coco_document`: ``images`` (every image of the folder), ``annotations`` (the people of
-each opened image that are kept: not deleted, and scored above the image's threshold or edited by the user),
-``categories`` (one 'person' category with the model's keypoint names and 1-based skeleton), and ``clickpose_annotate``
-(per image: status, threshold, every person with pinned clicks and flags, annotation ids, effort log; the current
-image). pycocotools ignores the extra key; the tool resumes from it. Annotations of images that are not in the
-folder are kept as they were.
+Layout written by ``Workspace.document``: ``images`` (every image of the folder), ``annotations`` (what was
+reviewed: the kept people -- see :func:`kept` -- of each image marked done, and of each image that came in with
+annotations from an existing COCO file, see :func:`exported`), ``categories`` (one 'person' category with the model's
+keypoint names and 1-based skeleton), and ``clickpose_annotate`` (per image: status, threshold, every person with
+pinned clicks and flags, annotation ids, effort log; the current image). The model's guesses on images opened but
+not done are only in ``clickpose_annotate``, so pycocotools never reads them as annotations; the tool resumes from
+that section. Annotations of images that are not in the folder are kept as they were.
 """
 from __future__ import annotations
 
@@ -48,6 +49,17 @@ def read_document(path: Path, keypoint_names: Sequence[str]) -> dict[str, Any]:
             raise AnnotationFileError(f"{path}: annotation {ann.get('id')} needs {3 * num} finite keypoint values "
                                       "[x1, y1, v1, ...]; fix the file")
     return data
+
+
+def kept(person: dict[str, Any], threshold: float) -> bool:
+    """A person that counts: not deleted, and edited by the user or scored at or above the image's threshold."""
+    return not person.get("deleted") and bool(person.get("touched") or person.get("score", 1.0) >= threshold)
+
+
+def exported(record: dict[str, Any]) -> bool:
+    """Whether an image's kept people belong in the COCO ``annotations``: the user marked it done, or its people
+    came from an existing COCO file opened for review (someone's labels: never dropped for not being done)."""
+    return record.get("status") == "done" or any(p.get("source") == "file" for p in record.get("people", []))
 
 
 def people_from_annotations(annotations: Sequence[dict[str, Any]], pin_labelled: bool) -> list[dict[str, Any]]:

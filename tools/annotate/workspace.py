@@ -192,8 +192,10 @@ class Workspace:
             else:
                 continue
             record = self.records.get(name)
-            for person in (record or {}).get("people", []):
-                if not person["deleted"] and (person["touched"] or person["score"] >= record["threshold"]):
+            if record is None or not store.exported(record):  # unreviewed guesses stay in the tool's section only
+                continue
+            for person in record.get("people", []):
+                if store.kept(person, record["threshold"]):
                     if not person.get("ann_id"):
                         person["ann_id"], self._next_ann_id = self._next_ann_id, self._next_ann_id + 1
                     annotations.append(store.annotation(person, person["ann_id"], self.image_ids[name],
