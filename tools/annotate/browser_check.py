@@ -4,7 +4,8 @@
 
 Opens the page, waits for the skeletons, drags a keypoint and waits for the refined poses to be drawn (latency:
 mouse release -> poses redrawn, taken by the page itself), more drags for a median, sets the dragged keypoint's
-visibility with a key, takes a screenshot, goes to the next image, and checks the change in the saved file.
+visibility with a key, takes a screenshot, accepts the image (Enter: marked done, the next image opens), and
+checks the change in the saved file (the COCO ``annotations`` hold the images marked done).
 The browser test (tests/tools/test_annotate_browser.py) runs the same scenario on a tiny model; uses Debian's
 ``chromium`` and ``chromium-driver`` packages (``make browser`` installs them).
 """
@@ -80,17 +81,42 @@ def wait_for(driver, script: str, timeout: float = 60.0, what: str = "") -> Any:
     raise TimeoutError(f"waited {timeout:.0f} s for {what or script}; page status: {status!r}")
 
 
-def drag(driver, start: tuple[float, float], end: tuple[float, float]) -> None:
-    """Press at ``start``, move in two steps, release at ``end`` (viewport pixels)."""
+def drag(driver, start: tuple[float, float], end: tuple[float, float], button: int = 0, hold: Optional[str] = None
+         ) -> None:
+    """Press at ``start``, move in two steps, release at ``end`` (viewport pixels, rounded to whole pixels as real
+    pointer events are). ``button``: 0 left, 1 middle; ``hold``: a key held down meanwhile (e.g. ``Keys.SHIFT``)."""
     from selenium.webdriver.common.action_chains import ActionChains
 
     actions = ActionChains(driver, duration=50)
+    if hold is not None:
+        actions.key_down(hold)
     middle = ((start[0] + end[0]) / 2, (start[1] + end[1]) / 2)
     pointer = actions.w3c_actions.pointer_action
-    pointer.move_to_location(round(start[0]), round(start[1])).pointer_down()
+    pointer.move_to_location(round(start[0]), round(start[1])).pointer_down(button=button)
     pointer.move_to_location(round(middle[0]), round(middle[1])).move_to_location(round(end[0]), round(end[1]))
-    pointer.pointer_up()
+    pointer.pointer_up(button=button)
+    if hold is not None:
+        actions.key_up(hold)
     actions.perform()
+
+
+def click(driver, at: tuple[float, float]) -> None:
+    """A left click at ``at`` (viewport pixels, rounded)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    actions = ActionChains(driver, duration=50)
+    actions.w3c_actions.pointer_action.move_to_location(round(at[0]), round(at[1])).pointer_down().pointer_up()
+    actions.perform()
+
+
+def wheel(driver, at: tuple[float, float], delta_y: int) -> None:
+    """Turn the mouse wheel with the pointer at ``at`` (viewport pixels, rounded); negative ``delta_y`` is away
+    from the user (the page zooms in)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
+    ActionChains(driver).scroll_from_origin(ScrollOrigin.from_viewport(round(at[0]), round(at[1])), 0,
+                                            delta_y).perform()
 
 
 def drag_keypoint(driver, person: int, keypoint: int, dx: float, dy: float) -> dict[str, Any]:
@@ -153,7 +179,7 @@ def run_scenario(url: str, annotations: Path, browser: str, driver_path: str, sc
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             driver.save_screenshot(str(screenshot))
-        body.send_keys(Keys.ARROW_RIGHT)
+        body.send_keys(Keys.ENTER)  # done: its people go to the COCO annotations; the next image opens
         second = wait_for(driver, f"annotator.ready && annotator.state.image !== {json.dumps(first)} && "
                                   "annotator.state.image", what="the next image")
         saved = json.loads(annotations.read_text())

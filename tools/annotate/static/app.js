@@ -7,7 +7,16 @@
 const SIDE_COLOURS = { left: "#60a5fa", right: "#fb923c", centre: "#4ade80" };
 const PERSON_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#46f0f0", "#f032e6",
   "#bcf60c", "#fabebe", "#008080", "#e6beff"];
+const FADED = 0.45;  // opacity of the people not selected
+const personColour = (index) => PERSON_COLOURS[index % PERSON_COLOURS.length];  // a person's identity colour
+function textColour(hex) {  // black on light colours, white on dark ones (relative luminance)
+  const [r, g, b] = [1, 3, 5].map((i) => parseInt(hex.slice(i, i + 2), 16) / 255)
+    .map((c) => (c <= 0.03928 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4));
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.18 ? "#000000" : "#ffffff";
+}
 const HIT_RADIUS = 10;  // screen pixels
+const ZOOM_STEP = 1.25;  // one + / - key press
+const ZOOM_LIMITS = [0.5, 40];  // relative to the fitted view
 
 const $ = (id) => document.getElementById(id);
 const canvas = $("canvas");
@@ -16,7 +25,8 @@ const image = new Image();
 
 const app = {
   meta: null, images: [], name: null, view: null, threshold: 0.3,
-  selected: { person: null, keypoint: 0 }, armed: false, mode: "idle", drag: null, box: null,
+  selected: { person: null, keypoint: 0 }, armed: false, mode: "idle", drag: null, box: null, pan: null,
+  fit: null, zoomed: false, spaceDown: false,
   busy: false, lastLatencyMs: null, latencies: [], lastModelMs: null, ready: false, redraws: 0,
 };
 window.annotator = app;  // for the browser test and for debugging
@@ -51,6 +61,21 @@ function report(text, error = false) {
   $("status").className = error ? "error" : "";
 }
 
+// what the next click on the image will do (shown after every message but errors)
+function nextClick() {
+  if (app.mode === "box") return "drag a box around the missed person (Esc cancels)";
+  if (app.armed && app.selected.person !== null) {
+    return `next click places ${app.meta.keypoint_names[app.selected.keypoint]} of #${app.selected.person} (Esc cancels)`;
+  }
+  return "next click selects a person (in its box); drag a keypoint to move it, or click it or ] / [ to arm it";
+}
+function hint(text = null) {
+  const zoom = zoomLevel();
+  const parts = [text, nextClick(), Math.abs(zoom - 1) > 1e-6 ? `zoom ${Math.round(zoom * 100)}% (f: fit)` : null];
+  report(parts.filter(Boolean).join(" · "));
+}
+function disarm() { app.armed = false; }
+
 async function act(path, extra = {}, started = null) {
   try {
     const state = await call(path, { image: app.name, ...extra });
@@ -60,15 +85,31 @@ async function act(path, extra = {}, started = null) {
 }
 
 // ---- geometry ------------------------------------------------------------------------------------------------
+// app.view is the one transform between image pixels and canvas pixels: drawing, hit-testing and the coordinates
+// sent to the server all go through toScreen / toImage. app.fit is the whole image fitted in the canvas; zoom and
+// pan change app.view only (app.zoomed: keep it across redraws; a new image starts fitted).
 function layout() {
   const rect = canvas.getBoundingClientRect();
   canvas.width = rect.width; canvas.height = rect.height;
   if (!app.state) return;
   const scale = Math.min(rect.width / app.state.width, rect.height / app.state.height);
-  app.view = { scale, x: (rect.width - app.state.width * scale) / 2, y: (rect.height - app.state.height * scale) / 2 };
+  app.fit = { scale, x: (rect.width - app.state.width * scale) / 2, y: (rect.height - app.state.height * scale) / 2 };
+  if (!app.zoomed || !app.view) app.view = { ...app.fit };
 }
 const toScreen = (x, y) => [app.view.x + x * app.view.scale, app.view.y + y * app.view.scale];
 const toImage = (sx, sy) => [(sx - app.view.x) / app.view.scale, (sy - app.view.y) / app.view.scale];
+
+function zoomAt(sx, sy, factor) {  // the image point under (sx, sy) stays there
+  if (!app.view || !app.fit) return;
+  const [ix, iy] = toImage(sx, sy);
+  const scale = Math.min(Math.max(app.view.scale * factor, app.fit.scale * ZOOM_LIMITS[0]), app.fit.scale * ZOOM_LIMITS[1]);
+  app.view = { scale, x: sx - ix * scale, y: sy - iy * scale };
+  app.zoomed = true;
+  draw(); hint();
+}
+function zoomCentre(factor) { zoomAt(canvas.width / 2, canvas.height / 2, factor); }
+function resetZoom() { app.zoomed = false; if (app.fit) app.view = { ...app.fit }; draw(); hint(); }
+const zoomLevel = () => (app.view && app.fit ? app.view.scale / app.fit.scale : 1);
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -93,6 +134,15 @@ function keypointScreen(index, k) {  // used by the browser test
   return { x, y, left: rect.left + x, top: rect.top + y };
 }
 app.keypointScreen = keypointScreen;
+app.screenPoint = (x, y) => {  // image pixels -> canvas and viewport pixels (for the browser test)
+  const rect = canvas.getBoundingClientRect();
+  const [sx, sy] = toScreen(x, y);
+  return { x: sx, y: sy, left: rect.left + sx, top: rect.top + sy };
+};
+app.imagePoint = (left, top) => {  // viewport pixels -> image pixels
+  const rect = canvas.getBoundingClientRect();
+  return toImage(left - rect.left, top - rect.top);
+};
 
 function hitKeypoint(sx, sy) {
   let best = null;
@@ -118,8 +168,10 @@ function draw() {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   if (!app.state || !app.view) return;
   ctx.drawImage(image, app.view.x, app.view.y, app.state.width * app.view.scale, app.state.height * app.view.scale);
+  // the others faded first, the selected person last, on top
   const people = shownPeople();
-  people.forEach((p) => drawPerson(p));
+  people.filter((p) => p.index !== app.selected.person).forEach((p) => drawPerson(p));
+  people.filter((p) => p.index === app.selected.person).forEach((p) => drawPerson(p));
   if (app.box) {
     ctx.strokeStyle = "#ffffff"; ctx.setLineDash([6, 4]); ctx.lineWidth = 1.5;
     ctx.strokeRect(app.box.x0, app.box.y0, app.box.x1 - app.box.x0, app.box.y1 - app.box.y0);
@@ -134,14 +186,16 @@ function drawPerson(p) {
     if (app.drag && app.drag.person === p.index && app.drag.keypoint === k) return [app.drag.sx, app.drag.sy];
     return toScreen(kp[0], kp[1]);
   });
-  const colour = PERSON_COLOURS[p.index % PERSON_COLOURS.length];
+  const colour = personColour(p.index);
   const [bx0, by0] = toScreen(p.box[0], p.box[1]);
   const [bx1, by1] = toScreen(p.box[2], p.box[3]);
-  ctx.strokeStyle = colour; ctx.lineWidth = selectedPerson ? 2.5 : 1; ctx.globalAlpha = selectedPerson ? 1 : 0.7;
+  ctx.globalAlpha = selectedPerson ? 1 : FADED;
+  if (selectedPerson) {  // a dark halo under the box, so its colour reads on any image
+    ctx.strokeStyle = "#000000"; ctx.lineWidth = 5; ctx.strokeRect(bx0, by0, bx1 - bx0, by1 - by0);
+  } else { ctx.setLineDash([6, 4]); }
+  ctx.strokeStyle = colour; ctx.lineWidth = selectedPerson ? 3 : 1.5;
   ctx.strokeRect(bx0, by0, bx1 - bx0, by1 - by0);
-  ctx.fillStyle = colour; ctx.font = "12px system-ui";
-  ctx.fillText(`#${p.index} ${p.score.toFixed(2)}${p.source === "model" ? "" : " " + p.source}`, bx0 + 2, by0 - 3);
-  ctx.globalAlpha = 1;
+  ctx.setLineDash([]);
   ctx.lineWidth = selectedPerson ? 3 : 2;
   for (const [a, b] of app.meta.skeleton) {
     if (p.visibility[a] === 0 || p.visibility[b] === 0) continue;
@@ -150,6 +204,27 @@ function drawPerson(p) {
     ctx.beginPath(); ctx.moveTo(...points[a]); ctx.lineTo(...points[b]); ctx.stroke();
   }
   points.forEach(([x, y], k) => drawKeypoint(p, k, x, y, selectedPerson));
+  ctx.globalAlpha = selectedPerson ? 1 : 0.85;
+  drawLabel(`#${p.index} ${p.score.toFixed(2)}${p.source === "model" ? "" : " " + p.source}`, colour,
+    bx0, by0, bx1, by1, selectedPerson);
+  ctx.globalAlpha = 1;
+}
+
+// the person's label: in its identity colour, text black or white (whichever contrasts), above the box's top-left
+// corner, or just inside the box where that would leave the canvas; always kept inside the canvas
+function drawLabel(text, colour, bx0, by0, bx1, by1, selectedPerson) {
+  if (bx1 < 0 || by1 < 0 || bx0 > canvas.width || by0 > canvas.height) return;  // the box is out of view
+  ctx.font = `${selectedPerson ? "bold " : ""}12px system-ui, sans-serif`;
+  const w = Math.ceil(ctx.measureText(text).width) + 8, h = 16;
+  let x = bx0, y = by0 - h;
+  if (y < 0) y = by0;
+  x = Math.min(Math.max(x, 0), Math.max(canvas.width - w, 0));
+  y = Math.min(Math.max(y, 0), Math.max(canvas.height - h, 0));
+  ctx.fillStyle = colour; ctx.fillRect(x, y, w, h);
+  if (selectedPerson) { ctx.strokeStyle = "#000000"; ctx.lineWidth = 1; ctx.strokeRect(x + 0.5, y + 0.5, w - 1, h - 1); }
+  ctx.fillStyle = textColour(colour); ctx.textBaseline = "middle";
+  ctx.fillText(text, x + 4, y + h / 2 + 0.5);
+  ctx.textBaseline = "alphabetic";
 }
 
 function drawKeypoint(p, k, x, y, selectedPerson) {
@@ -192,7 +267,9 @@ function panel() {
   for (const p of s.people) {
     const li = document.createElement("li");
     const hidden = !(p.touched || p.score >= app.threshold);
-    li.textContent = `#${p.index}  score ${p.score.toFixed(2)}  ${p.source}${p.touched ? " ✎" : ""}${hidden ? " (below threshold)" : ""}`;
+    const swatch = element("span", "swatch", "■");
+    swatch.style.color = personColour(p.index);  // CSSOM, which the policy allows
+    li.append(swatch, ` #${p.index}  score ${p.score.toFixed(2)}  ${p.source}${p.touched ? " ✎" : ""}${hidden ? " (below threshold)" : ""}`);
     li.className = (p.index === app.selected.person ? "selected " : "") + (hidden ? "dim" : "");
     li.onclick = () => select(p.index, app.selected.keypoint);
     list.appendChild(li);
@@ -213,7 +290,7 @@ function panel() {
     const menu = document.createElement("select");
     [["2", "visible"], ["1", "occluded"], ["0", "not labelled"]].forEach(([v, label]) => menu.add(new Option(label, v)));
     menu.value = String(p.visibility[k]);
-    menu.onchange = () => act("/api/visibility", { person: p.index, keypoint: k, visibility: Number(menu.value) });
+    menu.onchange = () => setVisibility(p.index, k, Number(menu.value));
     row.insertCell().appendChild(menu);
     row.onclick = (e) => { if (e.target.tagName !== "SELECT") select(p.index, k, true); };
   });
@@ -222,7 +299,7 @@ function panel() {
 function show(state, started = null) {
   const sameImage = app.state && app.state.image === state.image;
   app.state = state;
-  if (!sameImage) app.threshold = state.threshold;
+  if (!sameImage) { app.threshold = state.threshold; app.zoomed = false; disarm(); }
   if (app.selected.person !== null && !state.people.some((p) => p.index === app.selected.person && !p.deleted)) {
     app.selected.person = null;
   }
@@ -236,10 +313,10 @@ function show(state, started = null) {
     requestAnimationFrame(() => setTimeout(() => {
       app.lastLatencyMs = performance.now() - started; app.latencies.push(app.lastLatencyMs);
       app.lastModelMs = state.model_ms;
-      report(`refined in ${app.lastLatencyMs.toFixed(0)} ms (model ${state.model_ms.toFixed(0)} ms) · saved`);
+      hint(`refined in ${app.lastLatencyMs.toFixed(0)} ms (model ${state.model_ms.toFixed(0)} ms) · saved`);
     }, 0));
   } else {
-    report(`${state.image}: ${shownPeople().length} people shown · saved to ${app.meta.annotations}`);
+    hint(`${state.image}: ${shownPeople().length} people shown · saved to ${app.meta.annotations}`);
   }
 }
 
@@ -274,12 +351,13 @@ function reportUnreadable() {
   if (bad.length) report(`${bad.length} image(s) skipped: ${bad.map((row) => row.problem).join(" · ")}`, true);
 }
 
-// armed: the selected keypoint was chosen on purpose (clicked, keys, list); the next click on the image places it
+// armed: the selected keypoint was chosen on purpose (clicked, ] / [, the list); the next click on the image places
+// it, wherever it is (also inside another person's box). A visibility key, Escape, any other edit or a selection
+// without arming disarms it.
 function select(index, keypoint, armed = false) {
   app.selected = { person: index, keypoint: keypoint ?? 0 };
   app.armed = armed && index !== null;
-  draw(); panel();
-  if (app.armed) report(`click where ${app.meta.keypoint_names[app.selected.keypoint]} of #${index} belongs (Esc cancels)`);
+  draw(); panel(); hint();
 }
 
 function cyclePerson(delta) {
@@ -307,6 +385,13 @@ function withPerson(fn) {
   fn(app.selected.person);
 }
 
+function setVisibility(index, keypoint, visibility) {
+  disarm(); draw();
+  return act("/api/visibility", { person: index, keypoint, visibility });
+}
+
+function boxMode(text) { disarm(); app.mode = "box"; canvas.style.cursor = "cell"; draw(); hint(text); }
+
 async function accept() {
   await act("/api/accept", { done: true });
   const images = await call("/api/images");
@@ -317,29 +402,46 @@ async function accept() {
 // ---- mouse ---------------------------------------------------------------------------------------------------
 function mousePos(e) { const rect = canvas.getBoundingClientRect(); return [e.clientX - rect.left, e.clientY - rect.top]; }
 
+// panning: the middle button, or the left one with Space or Shift held
+const pans = (e) => e.button === 1 || (e.button === 0 && (app.spaceDown || e.shiftKey));
+
 canvas.addEventListener("mousedown", (e) => {
-  if (!app.state || e.button !== 0) return;
+  if (!app.state || !app.view) return;
   const [sx, sy] = mousePos(e);
+  if (pans(e)) {
+    e.preventDefault();  // no middle-button autoscroll or paste
+    app.pan = { sx, sy, x: app.view.x, y: app.view.y };
+    canvas.style.cursor = "grabbing";
+    return;
+  }
+  if (e.button !== 0) return;
   if (app.mode === "box") { app.box = { x0: sx, y0: sy, x1: sx, y1: sy }; return; }
   const hit = hitKeypoint(sx, sy);
-  if (hit) {
-    app.selected = { person: hit.person, keypoint: hit.keypoint };
+  if (hit) {  // a drag moves this keypoint; a click on it arms it (or, when armed, may place the armed one: mouseup)
     app.drag = { person: hit.person, keypoint: hit.keypoint, sx, sy, startX: sx, startY: sy };
+    if (!app.armed) app.selected = { person: hit.person, keypoint: hit.keypoint };
     draw(); panel();
   } else {
     app.pressed = { sx, sy };
   }
 });
+canvas.addEventListener("auxclick", (e) => { if (e.button === 1) e.preventDefault(); });
 
-canvas.addEventListener("mousemove", (e) => {
+window.addEventListener("mousemove", (e) => {
+  if (!app.state) return;
   const [sx, sy] = mousePos(e);
-  if (app.box) { app.box.x1 = sx; app.box.y1 = sy; draw(); }
+  if (app.pan) {
+    app.view = { ...app.view, x: app.pan.x + sx - app.pan.sx, y: app.pan.y + sy - app.pan.sy };
+    app.zoomed = true; draw();
+  } else if (app.box) { app.box.x1 = sx; app.box.y1 = sy; draw(); }
   else if (app.drag) { app.drag.sx = sx; app.drag.sy = sy; draw(); }
 });
 
 window.addEventListener("mouseup", (e) => {
   const started = performance.now();
   const [sx, sy] = mousePos(e);
+  if (app.pan) { app.pan = null; canvas.style.cursor = app.mode === "box" ? "cell" : "crosshair"; hint(); return; }
+  if (e.button !== 0) return;
   if (app.box) {
     const { x0, y0, x1, y1 } = app.box;
     app.box = null; app.mode = "idle"; canvas.style.cursor = "crosshair";
@@ -355,27 +457,47 @@ window.addEventListener("mouseup", (e) => {
     if (Math.hypot(sx - drag.startX, sy - drag.startY) > 2) {
       const [x, y] = toImage(sx, sy);
       place(drag.person, drag.keypoint, x, y, started);
+    } else if (app.armed && drag.person !== app.selected.person) {
+      // armed, and the click fell on another person's keypoint: the armed keypoint goes here all the same
+      app.drag = null;
+      const [x, y] = toImage(sx, sy);
+      place(app.selected.person, app.selected.keypoint, x, y, started);
     } else { app.drag = null; select(drag.person, drag.keypoint, true); }  // a click on a keypoint arms it
     return;
   }
   if (app.pressed) {  // a click on the image, not on a keypoint
     app.pressed = null;
     if (e.target !== canvas) return;
-    const boxHit = hitBox(sx, sy);
-    if (app.armed && (boxHit === null || boxHit === app.selected.person)) {
-      const [x, y] = toImage(sx, sy);  // select-and-click: the selected keypoint goes here
+    if (app.armed && app.selected.person !== null) {
+      // select-and-click: the armed keypoint goes here, inside any person's box or none
+      const [x, y] = toImage(sx, sy);
       place(app.selected.person, app.selected.keypoint, x, y, started);
-    } else if (boxHit !== null) { select(boxHit, 0); }
+      return;
+    }
+    const boxHit = hitBox(sx, sy);
+    if (boxHit !== null && boxHit !== app.selected.person) select(boxHit, app.selected.keypoint);
+    else hint();
   }
 });
 
+// the wheel zooms around the pointer
+canvas.addEventListener("wheel", (e) => {
+  if (!app.state || !app.view) return;
+  e.preventDefault();
+  const lines = e.deltaMode === 1 ? 33 : e.deltaMode === 2 ? canvas.height : 1;
+  const [sx, sy] = mousePos(e);
+  zoomAt(sx, sy, Math.exp(-e.deltaY * lines / 500));
+}, { passive: false });
+
 // ---- keys ----------------------------------------------------------------------------------------------------
+window.addEventListener("keyup", (e) => { if (e.key === " ") app.spaceDown = false; });
+window.addEventListener("blur", () => { app.spaceDown = false; });
 window.addEventListener("keydown", (e) => {
   if (!app.state || e.target.tagName === "INPUT" || e.target.tagName === "SELECT") return;
   const key = e.key, ctrl = e.ctrlKey || e.metaKey;
   const handled = () => e.preventDefault();
-  if (ctrl && (key === "z" || key === "Z")) { handled(); act(e.shiftKey ? "/api/redo" : "/api/undo"); return; }
-  if (ctrl && key === "y") { handled(); act("/api/redo"); return; }
+  if (ctrl && (key === "z" || key === "Z")) { handled(); disarm(); act(e.shiftKey ? "/api/redo" : "/api/undo"); return; }
+  if (ctrl && key === "y") { handled(); disarm(); act("/api/redo"); return; }
   if (ctrl) return;
   switch (key) {
     case "ArrowRight": case "n": handled(); step(1); break;
@@ -383,17 +505,24 @@ window.addEventListener("keydown", (e) => {
     case "Tab": handled(); cyclePerson(e.shiftKey ? -1 : 1); break;
     case "]": case "ArrowDown": handled(); cycleKeypoint(1); break;
     case "[": case "ArrowUp": handled(); cycleKeypoint(-1); break;
-    case "0": case "1": case "2":
+    case "0": case "1": case "2":  // the selected keypoint's visibility; disarms it
       handled();
-      withPerson((index) => act("/api/visibility", { person: index, keypoint: app.selected.keypoint, visibility: Number(key) }));
+      withPerson((index) => setVisibility(index, app.selected.keypoint, Number(key)));
       break;
-    case "Enter": case "a": handled(); accept(); break;
-    case "b": handled(); app.mode = "box"; canvas.style.cursor = "cell"; report("drag a box around the missed person (Esc cancels)"); break;
-    case "Delete": case "Backspace": case "x": handled(); withPerson((index) => act("/api/delete_person", { person: index })); break;
-    case "s": handled(); withPerson((index) => act("/api/swap", { person: index })); break;
-    case "z": handled(); act("/api/undo"); break;
-    case "y": handled(); act("/api/redo"); break;
-    case "Escape": app.mode = "idle"; app.armed = false; app.box = null; app.drag = null; canvas.style.cursor = "crosshair"; draw(); break;
+    case "+": case "=": handled(); zoomCentre(ZOOM_STEP); break;
+    case "-": case "_": handled(); zoomCentre(1 / ZOOM_STEP); break;
+    case "f": handled(); resetZoom(); break;
+    case " ": handled(); app.spaceDown = true; break;
+    case "Enter": case "a": handled(); disarm(); accept(); break;
+    case "b": handled(); boxMode(); break;
+    case "Delete": case "Backspace": case "x": handled(); disarm(); withPerson((index) => act("/api/delete_person", { person: index })); break;
+    case "s": handled(); disarm(); withPerson((index) => act("/api/swap", { person: index })); break;
+    case "z": handled(); disarm(); act("/api/undo"); break;
+    case "y": handled(); disarm(); act("/api/redo"); break;
+    case "Escape":
+      app.mode = "idle"; disarm(); app.box = null; app.drag = null; app.pan = null; canvas.style.cursor = "crosshair";
+      draw(); hint();
+      break;
     default: break;
   }
 });
@@ -402,11 +531,11 @@ window.addEventListener("keydown", (e) => {
 $("prev").onclick = () => step(-1);
 $("next").onclick = () => step(1);
 $("accept").onclick = accept;
-$("add").onclick = () => { app.mode = "box"; canvas.style.cursor = "cell"; report("drag a box around the missed person"); };
-$("delete").onclick = () => withPerson((index) => act("/api/delete_person", { person: index }));
-$("swap").onclick = () => withPerson((index) => act("/api/swap", { person: index }));
-$("undo").onclick = () => act("/api/undo");
-$("redo").onclick = () => act("/api/redo");
+$("add").onclick = () => boxMode();
+$("delete").onclick = () => { disarm(); withPerson((index) => act("/api/delete_person", { person: index })); };
+$("swap").onclick = () => { disarm(); withPerson((index) => act("/api/swap", { person: index })); };
+$("undo").onclick = () => { disarm(); act("/api/undo"); };
+$("redo").onclick = () => { disarm(); act("/api/redo"); };
 $("threshold").addEventListener("input", (e) => { app.threshold = Number(e.target.value); draw(); panel(); });
 $("threshold").addEventListener("change", (e) => {
   e.target.blur();  // keys go back to the canvas shortcuts
@@ -414,7 +543,8 @@ $("threshold").addEventListener("change", (e) => {
 });
 // a clicked button gives the focus back, so Enter/Space do not press it again
 document.querySelectorAll("button").forEach((b) => b.addEventListener("click", () => b.blur()));
-window.addEventListener("resize", () => { layout(); draw(); });
+// the canvas follows its stage's size (the window's, and the side panel's and status bar's)
+new ResizeObserver(() => { layout(); draw(); }).observe($("stage"));
 
 (async function start() {
   try {
