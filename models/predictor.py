@@ -35,10 +35,12 @@ from torch import Tensor
 
 from util import keypoint_codec as kp
 from util.box_ops import box_cxcywh_to_xyxy
+from models.keypoint_quality import CHECKPOINT_KEY as QUALITY_KEY, KeypointQualityHead, quality_from_checkpoint
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
+CROP_MARGIN = 0.15  # a box-added person: the crop around the user's box, as a fraction of its longer side
 PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
 
@@ -109,8 +111,9 @@ class People:
     boxes: Tensor  # (R, 4) cx, cy, w, h
     keypoints: Tensor  # (R, K, 2) x, y
     scores: Tensor  # (R,) person score (the postprocessor's, or 1 for people loaded from a file)
-    confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (see keypoint_confidence)
+    confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (the quality head's, else keypoint_confidence)
     pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
+    predicted_visibility: Optional[Tensor] = None  # (R, K) long COCO flags from the quality head (None: no head)
 
     @property
     def num_people(self) -> int:
@@ -237,9 +240,14 @@ class Predictor:
         args.num_body_points = self.metadata.num_keypoints  # a recorded layout sets the model's keypoint count
         self.model, _, postprocessors = build_model(args, self.metadata)
         self.postprocess = postprocessors["pose"]  # the decoding that AP is measured on
+        self.quality: Optional[KeypointQualityHead] = None  # the optional keypoint-quality head
         if ckpt is not None:
             weights = ckpt["ema_model"] if use_ema and "ema_model" in ckpt else ckpt["model"]
             load_model_weights(self.model, weights, strict=True, source=str(checkpoint))
+            if ckpt.get(QUALITY_KEY) is not None:
+                self.quality = quality_from_checkpoint(ckpt[QUALITY_KEY], args.hidden_dim,
+                                                       self.metadata.num_keypoints, str(checkpoint))
+                self.quality.to(self.device)
         self.model.to(self.device).eval()
         self.transform = build_transforms_from_args("val", args, self.metadata.flip_permutation())
         self.num_keypoints = args.num_body_points
@@ -304,21 +312,39 @@ class Predictor:
             # a refinement without clicks gives the second estimate that confidence compares against
             check = self.model.refine(state, boxes, keypoints, torch.zeros(0, 5, device=self.device),
                                       click_freeze="all")
-            confidence = self._confidence(check, keypoints, sizes)
+            confidence, visibility = self._assess(check, keypoints, sizes)
         else:
             confidence = torch.zeros(len(pils), 0, self.num_keypoints)
+            visibility = torch.zeros(len(pils), 0, self.num_keypoints, dtype=torch.long)
         predictions = []
         for i, size in enumerate(sizes):
             n = len(chosen[i])
             people = People(boxes=boxes[i, :n].cpu(), keypoints=keypoints[i, :n].cpu(),
                             scores=person_scores[i, :n].cpu(), confidence=confidence[i, :n],
-                            pinned=torch.zeros(n, self.num_keypoints, dtype=torch.bool))
+                            pinned=torch.zeros(n, self.num_keypoints, dtype=torch.bool),
+                            predicted_visibility=None if visibility is None else visibility[i, :n])
             predictions.append(Prediction(people, state if len(pils) == 1 else None, size))
         return predictions
 
-    def _confidence(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
-        """(B, R, K) keypoint confidence of a refinement: its last layer against the layer before (or against its
-        input when it has one layer); see :func:`keypoint_confidence`."""
+    @property
+    def has_quality(self) -> bool:
+        """Whether the checkpoint has a keypoint-quality head (a confidence that ranks wrong keypoints, and
+        predicted visibility); without one, 'confidence' is only the layers' agreement."""
+        return self.quality is not None
+
+    def _assess(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]
+                ) -> tuple[Tensor, Optional[Tensor]]:
+        """(B, R, K) confidence and predicted visibility (None without a quality head) of a refinement's output."""
+        agreement = self.agreement(result, keypoints_in, sizes)
+        if self.quality is None or result.keypoint_hidden is None:
+            return agreement, None
+        confidence, visibility = self.quality.confidence_and_visibility(result.keypoint_hidden,
+                                                                        agreement.to(self.device))
+        return confidence.cpu(), visibility.cpu()
+
+    def agreement(self, result, keypoints_in: Tensor, sizes: Sequence[tuple[int, int]]) -> Tensor:
+        """(B, R, K) the layers' agreement about each keypoint of a refinement: its last layer against the layer
+        before (or against its input when it has one layer); see :func:`keypoint_confidence`."""
         layers = result.layers
         after = kp.coordinates(layers[-1]["pred_keypoints"], self.num_keypoints).cpu()
         before = kp.coordinates(layers[-2]["pred_keypoints"], self.num_keypoints) if len(layers) > 1 else keypoints_in
@@ -379,7 +405,7 @@ class Predictor:
         last = result.layers[-1]
         pinned = result.pinned[0].cpu()
         corrected = kp.coordinates(result.corrected["pred_keypoints"], self.num_keypoints)
-        confidence = self._confidence(result, corrected, [size])[0]
+        confidence = self._assess(result, corrected, [size])[0][0]
         return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": kp.coordinates(last["pred_keypoints"],
                                                                                self.num_keypoints)[0].cpu(),
                 "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
@@ -399,20 +425,70 @@ class Predictor:
                            confidence=result["confidence"], pinned=result["pinned"])
 
     @torch.no_grad()
-    def propose_person(self, holder: HoldsState, box: Tensor, size: tuple[int, int]) -> People:
-        """A person from a user's box (1, 4) cxcywh in [0, 1]: the keypoints start where the decoder starts the
-        learned keypoint queries of slot 0 in a box (:meth:`Decoder.initial_keypoints`), then one refinement."""
+    def propose_person(self, holder: HoldsState, box: Tensor, size: tuple[int, int],
+                       method: str = "crop") -> People:
+        """A person from a user's box (1, 4) cxcywh in [0, 1].
+
+        ``method`` 'crop' (default): the model predicts the box's region (the box grown by ``CROP_MARGIN`` of its
+        longer side, resized as any input), and the person whose box best overlaps the user's is mapped back, so
+        the proposal cannot drift to a neighbour outside the box; with nobody found there it falls back to
+        'queries': the keypoints start where the decoder starts the learned keypoint queries of slot 0 in a box
+        (:meth:`Decoder.initial_keypoints`), then one refinement over the whole image."""
+        if method not in ("crop", "queries"):
+            raise ValueError(f"propose_person method must be 'crop' or 'queries', got {method!r}")
+        if method == "crop" and holder.image is not None:
+            person = self._propose_from_crop(holder.image, box.cpu(), size)
+            if person is not None:
+                return person
         decoder = self.model.transformer.decoder
         box = box.to(self.device)
         start = decoder.initial_keypoints(box[None], torch.zeros(1, dtype=torch.long, device=self.device))
         no_clicks = torch.zeros(0, 5, device=self.device)
         result = self.model.refine(self.state_of(holder), box[None], start, no_clicks, click_freeze="all")
         last = result.layers[-1]
-        confidence = self._confidence(result, start, [size])[0]
+        confidence, visibility = self._assess(result, start, [size])
         return People(boxes=last["pred_boxes"][0].cpu(),
                       keypoints=kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
-                      scores=last["pred_logits"][0][..., PERSON_LABEL].sigmoid().cpu(), confidence=confidence,
-                      pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool))
+                      scores=last["pred_logits"][0][..., PERSON_LABEL].sigmoid().cpu(), confidence=confidence[0],
+                      pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
+                      predicted_visibility=None if visibility is None else visibility[0])
+
+    def _propose_from_crop(self, image: ImageLike, box: Tensor, size: tuple[int, int]) -> Optional[People]:
+        """The crop method of :meth:`propose_person`; None when the model finds nobody in the crop."""
+        from util.box_ops import box_iou, box_xyxy_to_cxcywh
+
+        width, height = size
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        user = box_cxcywh_to_xyxy(box.float()) * scale  # (1, 4) pixels
+        x0, y0, x1, y1 = user[0].tolist()
+        margin = CROP_MARGIN * max(x1 - x0, y1 - y0)
+        left, top = max(0, math.floor(x0 - margin)), max(0, math.floor(y0 - margin))
+        right, bottom = min(width, math.ceil(x1 + margin)), min(height, math.ceil(y1 + margin))
+        if right - left < 2 or bottom - top < 2:
+            return None
+        pil = self._load(image)
+        if pil.size != (width, height):
+            return None
+        found = self.predict_images([pil.crop((left, top, right, bottom))])[0].people
+        if found.num_people == 0:
+            return None
+        crop_w, crop_h = right - left, bottom - top
+        # crop-normalised -> image pixels -> image-normalised
+        offset, crop_scale = torch.tensor([left, top]), torch.tensor([crop_w, crop_h])
+
+        def to_image(xy: Tensor) -> Tensor:
+            return (xy * crop_scale + offset) / torch.tensor([width, height], dtype=torch.float32)
+
+        boxes_xyxy = box_cxcywh_to_xyxy(found.boxes)
+        boxes_xyxy = torch.cat((to_image(boxes_xyxy[:, :2]), to_image(boxes_xyxy[:, 2:])), 1)
+        overlap = box_iou(boxes_xyxy * scale, user)[0][:, 0]
+        best = int(torch.argmax(overlap + 1e-3 * found.scores))  # the best overlap; the score breaks ties
+        pick = [best]
+        return People(boxes=box_xyxy_to_cxcywh(boxes_xyxy[pick]), keypoints=to_image(found.keypoints[pick]),
+                      scores=found.scores[pick], confidence=found.confidence[pick],
+                      pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
+                      predicted_visibility=None if found.predicted_visibility is None
+                      else found.predicted_visibility[pick])
 
     # ---- one image at a time (the original API) ----------------------------------------------------------------
     @property
@@ -423,7 +499,8 @@ class Predictor:
     def _people(self, current: PredictedImage) -> list[dict[str, Any]]:
         count = current.people.num_people
         touched = current.touched.tolist()
-        fields = {"visibility": [[2] * self.num_keypoints] * count, "source": ["model"] * count,
+        predicted = current.people.predicted_visibility
+        fields = {"visibility": predicted.tolist() if predicted is not None else [[2] * self.num_keypoints] * count, "source": ["model"] * count,
                   "touched": touched, "deleted": [False] * count}
         return people_dicts(current.people, current.size, self.score_threshold, fields, kept=touched)
 

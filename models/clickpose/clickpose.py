@@ -218,12 +218,12 @@ class ClickPose(nn.Module):
         device = keypoints.device
         box_content = self.label_enc(torch.ones(batch, num_people, dtype=torch.long, device=device))
         kpt_types = torch.arange(1, num_keypoints + 1, device=device).expand(batch, num_people, -1)
-        layers = self.transformer.decoder.refine_people(box_content, self.label_enc_pose(kpt_types), boxes,
+        layers, hidden = self.transformer.decoder.refine_people(box_content, self.label_enc_pose(kpt_types), boxes,
                                                         keypoints, state, pin)
         if logits is None:
             logits = layers[-1]["pred_logits"].new_zeros(layers[-1]["pred_logits"].shape)
         corrected = {"pred_logits": logits, "pred_boxes": boxes, "pred_keypoints": kp.encode(keypoints)}
-        return Refinement(layers, corrected, clicked, pin_mask)
+        return Refinement(layers, corrected, clicked, pin_mask, hidden)
 
     def click_rounds(self, state: EncoderState, outputs: dict[str, Tensor], targets: Sequence[dict],
                      num_rounds: int, simulator: Optional[ClickSimulator] = None, click_freeze: Optional[str] = None,

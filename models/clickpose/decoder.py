@@ -223,12 +223,14 @@ class Decoder(nn.Module):
         return torch.cat((dn_out, match_out), 1), torch.cat((dn_refs, match_refs), 1)
 
     def refine_people(self, box_content: Tensor, keypoint_content: Tensor, boxes: Tensor, keypoints: Tensor,
-                      state: EncoderState, pin: Optional[tuple[Tensor, Tensor]] = None) -> list[dict[str, Tensor]]:
+                      state: EncoderState, pin: Optional[tuple[Tensor, Tensor]] = None
+                      ) -> tuple[list[dict[str, Tensor]], Tensor]:
         """The refinement pass: R people as groups of [box, K keypoints] queries through the keypoint layers.
 
         box_content (B, R, C), keypoint_content (B, R, K, C): the query contents; boxes (B, R, 4) cxcywh and
         keypoints (B, R, K, 2) in [0, 1]: the references; pin: see :meth:`group_update`.
-        Returns per keypoint layer {'pred_logits', 'pred_boxes', 'pred_keypoints'} of the R people.
+        Returns per keypoint layer {'pred_logits', 'pred_boxes', 'pred_keypoints'} of the R people, and the last
+        layer's normed keypoint-query outputs (B, R, K, C).
         """
         box_refs = inverse_sigmoid(boxes).sigmoid()  # the reference passes boxes through logit space first
         refs = interleave_groups(box_refs, self.keypoint_references(box_refs, keypoints))
@@ -239,7 +241,7 @@ class Decoder(nn.Module):
             logits, layer_boxes, layer_kpts = self.predict_groups(self.num_box_layers + offset, layer_hs,
                                                                   layer_refs, pin)
             layers.append({"pred_logits": logits, "pred_boxes": layer_boxes, "pred_keypoints": layer_kpts})
-        return layers
+        return layers, split_groups(hs[-1], self.num_keypoints)[1]
 
     # ---- predictions (normed outputs) ----------------------------------------------------------------
     def predict_boxes(self, layer_id: int, hs: Tensor, refs: Tensor) -> tuple[Tensor, Tensor]:

@@ -89,13 +89,15 @@ class Refinement:
 
     layers: per refinement layer, {'pred_logits' (B,R,C), 'pred_boxes' (B,R,4), 'pred_keypoints' (B,R,3K)};
     corrected: the decoder's inputs after the clicks, in the same layout (visibility 1.0, logits as given);
-    clicked: (B, R, K) this call's clicks; pinned: (B, R, K) keypoints held fixed in the layers.
+    clicked: (B, R, K) this call's clicks; pinned: (B, R, K) keypoints held fixed in the layers;
+    keypoint_hidden: (B, R, K, C) the last layer's normed keypoint-query outputs (what a keypoint-quality head reads).
     """
 
     layers: list[dict[str, Tensor]]
     corrected: dict[str, Tensor]
     clicked: Tensor
     pinned: Tensor
+    keypoint_hidden: Optional[Tensor] = None
 
 
 class RefineFn(Protocol):

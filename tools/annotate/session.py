@@ -56,14 +56,23 @@ class Poses(People):
 TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched")
 
 
+def _initial_visibility(people: People, visibility: Optional[Tensor]) -> Tensor:
+    """The given flags, else the quality head's prediction, else every keypoint visible (2)."""
+    if visibility is not None:
+        return visibility
+    if people.predicted_visibility is not None:
+        return people.predicted_visibility.to(torch.long)
+    return torch.full(people.keypoints.shape[:2], 2, dtype=torch.long, device=people.boxes.device)
+
+
 def new_poses(people: People, source: str, visibility: Optional[Tensor] = None) -> Poses:
-    """Poses of the model's R new people: every keypoint visible (2) unless given; touched unless the model's."""
-    rows, num_keypoints = people.keypoints.shape[:2]
+    """Poses of the model's R new people: their visibility as given, or as predicted (the quality head), or all
+    visible (2); touched unless the model's."""
+    rows = people.keypoints.shape[0]
     flags = torch.zeros(rows, dtype=torch.bool, device=people.boxes.device)
     return Poses(boxes=people.boxes, keypoints=people.keypoints, scores=people.scores, confidence=people.confidence,
                  pinned=people.pinned,
-                 visibility=visibility if visibility is not None else torch.full(
-                     (rows, num_keypoints), 2, dtype=torch.long, device=people.boxes.device),
+                 visibility=_initial_visibility(people, visibility),
                  deleted=flags, touched=flags if source == "model" else ~flags, sources=(source,) * rows)
 
 
