@@ -244,12 +244,16 @@ class Workspace:
         self.save()
 
     def state(self, name: str) -> dict[str, Any]:
-        """What the page draws: the image's people (all scores; the page applies the threshold) and status."""
+        """What the page draws: the image's people (all scores; the page applies the threshold), status, and
+        whether their keypoint confidence means anything ('confidence_shown')."""
         session, record = self.session(name), self.records[name]
         width, height = session.size
         return {"image": name, "position": self.names.index(name), "width": width, "height": height,
                 "status": record["status"], "threshold": record["threshold"], "people": session.people(),
-                "can_undo": session.can_undo, "can_redo": session.can_redo, "progress": self.progress()}
+                "can_undo": session.can_undo, "can_redo": session.can_redo, "progress": self.progress(),
+                # a confidence that ranks wrong keypoints exists only with the model's quality head; without one
+                # the page shows none (the layers' agreement is not an error signal)
+                "confidence_shown": bool(getattr(session.predictor, "has_quality", False))}
 
     def listing(self) -> list[dict[str, Any]]:
         """Every image in order with its status ('unreadable' with the ``problem`` for an unusable image)."""

@@ -15,6 +15,7 @@ function textColour(hex) {  // black on light colours, white on dark ones (relat
   return 0.2126 * r + 0.7152 * g + 0.0722 * b > 0.18 ? "#000000" : "#ffffff";
 }
 const HIT_RADIUS = 10;  // screen pixels
+const DOUBT = 0.5;  // a keypoint whose confidence is below this is drawn as doubtful
 const ZOOM_STEP = 1.25;  // one + / - key press
 const ZOOM_LIMITS = [0.5, 40];  // relative to the fitted view
 
@@ -244,9 +245,12 @@ function drawKeypoint(p, k, x, y, selectedPerson) {
     if (visibility === 1) { ctx.strokeStyle = colour; ctx.setLineDash([2, 2]); ctx.stroke(); ctx.setLineDash([]); }
     else { ctx.fillStyle = colour; ctx.fill(); ctx.strokeStyle = "#000000"; ctx.lineWidth = 0.8; ctx.stroke(); }
   }
-  // confidence: an arc around the keypoint, full circle = 1
-  ctx.strokeStyle = "#ffffff"; ctx.lineWidth = 1.5;
-  ctx.beginPath(); ctx.arc(x, y, r + 3, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * p.confidence[k]); ctx.stroke();
+  // confidence (only from a model with a quality head): an arc, full circle = 1; doubtful keypoints get a red ring
+  if (app.state.confidence_shown && !p.pinned[k] && visibility !== 0) {
+    const c = p.confidence[k];
+    ctx.strokeStyle = c < DOUBT ? "#ff3b3b" : "#ffffff"; ctx.lineWidth = c < DOUBT ? 2.5 : 1.5;
+    ctx.beginPath(); ctx.arc(x, y, r + 3, -Math.PI / 2, -Math.PI / 2 + 2 * Math.PI * Math.max(c, 0.08)); ctx.stroke();
+  }
   if (selectedPerson && k === app.selected.keypoint) {
     ctx.strokeStyle = "#ffff00"; ctx.lineWidth = app.armed ? 3 : 1.5;
     ctx.beginPath(); ctx.arc(x, y, r + 7, 0, 2 * Math.PI); ctx.stroke();
@@ -282,11 +286,15 @@ function panel() {
     row.className = k === app.selected.keypoint ? "selected" : "";
     const label = row.insertCell();
     label.append(element("span", sideOf(k), "●"), ` ${name}${p.pinned[k] ? " ■" : ""}`);
-    const bar = element("div", "bar"), fill = element("div");
-    bar.title = `confidence ${p.confidence[k].toFixed(2)}`;
-    fill.style.width = `${Math.round(100 * p.confidence[k])}%`;  // CSSOM, which the policy allows
-    bar.appendChild(fill);
-    row.insertCell().appendChild(bar);
+    const cell = row.insertCell();
+    if (app.state.confidence_shown) {
+      const bar = element("div", "bar"), fill = element("div");
+      bar.title = `confidence ${p.confidence[k].toFixed(2)}`;
+      fill.style.width = `${Math.round(100 * p.confidence[k])}%`;  // CSSOM, which the policy allows
+      if (p.confidence[k] < DOUBT && !p.pinned[k]) fill.style.background = "#ff3b3b";
+      bar.appendChild(fill);
+      cell.appendChild(bar);
+    }
     const menu = document.createElement("select");
     [["2", "visible"], ["1", "occluded"], ["0", "not labelled"]].forEach(([v, label]) => menu.add(new Option(label, v)));
     menu.value = String(p.visibility[k]);
@@ -367,10 +375,23 @@ function cyclePerson(delta) {
   select(people[(at + delta + people.length) % people.length], app.selected.keypoint);
 }
 
+// ] / [: the next / previous keypoint; with a quality head in the order of doubt (least confident first, the
+// keypoints placed by the user last), so ] from the first goes through the worst ones
+function keypointOrder(p) {
+  const order = app.meta.keypoint_names.map((_, k) => k);
+  if (!app.state.confidence_shown) return order;
+  const key = (k) => (p.pinned[k] ? 2 : 0) + p.confidence[k];
+  return order.sort((a, b) => key(a) - key(b) || a - b);
+}
 function cycleKeypoint(delta) {
   if (app.selected.person === null) return;
-  const count = app.meta.keypoint_names.length;
-  select(app.selected.person, (app.selected.keypoint + delta + count) % count, true);
+  const p = person(app.selected.person);
+  if (!p) return;
+  const order = keypointOrder(p);
+  // with a quality head an unarmed ] starts at the most doubtful keypoint; otherwise it steps from the selected one
+  const fresh = app.state.confidence_shown && !app.armed;
+  const here = fresh ? (delta > 0 ? -1 : 0) : order.indexOf(app.selected.keypoint);
+  select(app.selected.person, order[(here + delta + order.length) % order.length], true);
 }
 
 function place(index, keypoint, x, y, started) {
