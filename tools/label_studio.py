@@ -4,10 +4,12 @@ A person is one ``rectanglelabels`` region (its box) and one ``keypointlabels`` 
 ``parentID`` is the box's id; coordinates are percent of the image (``x = 100 * x_px / width``; a rectangle's x/y
 is its top-left corner) with ``original_width`` / ``original_height`` set, as Label Studio stores them. Keypoints
 with visibility 0 (not labelled) are left out. The names of the regions' controls (``from_name``) and of the image
-(``to_name``) must match the project's labelling config; :func:`label_config` writes one that does.
+(``to_name``) must match the project's labelling config; :func:`label_config` writes one that does, and
+:class:`Controls` names those of another project's config (the ML backend, ``tools/serve``, reads them from it).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 from xml.sax.saxutils import quoteattr
 
@@ -15,28 +17,44 @@ BOX_CONTROL, KEYPOINT_CONTROL, IMAGE_OBJECT = "box", "kp", "image"
 KEYPOINT_WIDTH = 0.4  # the drawn keypoint's radius, percent of the image width (Label Studio's 'width')
 
 
-def person_regions(person: dict[str, Any], index: int, size: tuple[int, int], keypoint_names: Sequence[str],
-                   visibility: Optional[Sequence[int]] = None, box_label: str = "person") -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class Controls:
+    """The labelling config's names that regions refer to: the rectangle control (``box``; None: the config has
+    none, so keypoints are written without a parent box), the keypoint control and the image object."""
+
+    box: Optional[str] = BOX_CONTROL
+    keypoint: str = KEYPOINT_CONTROL
+    image: str = IMAGE_OBJECT
+
+
+def person_regions(person: dict[str, Any], index: int, size: tuple[int, int],
+                   keypoint_names: Sequence[Optional[str]], visibility: Optional[Sequence[int]] = None,
+                   box_label: str = "person", controls: Controls = Controls()) -> list[dict[str, Any]]:
     """Regions of one person: ``person`` has 'box' (x0, y0, x1, y1) and 'keypoints' (K, >=2) in pixels and
-    optionally 'score'; ``visibility`` (COCO 0/1/2, default all 2) decides which keypoints are written."""
+    optionally 'score'; ``visibility`` (COCO 0/1/2, default all 2) decides which keypoints are written, and so does
+    ``keypoint_names``: a keypoint whose name is None (one the project's config has no label for) is left out."""
     width, height = size
     x0, y0, x1, y1 = (float(v) for v in person["box"])
     x0, y0 = min(max(x0, 0.0), width), min(max(y0, 0.0), height)
     x1, y1 = min(max(x1, x0), width), min(max(y1, y0), height)
     box_id = f"person{index}"
-    common = {"to_name": IMAGE_OBJECT, "original_width": int(width), "original_height": int(height),
+    common = {"to_name": controls.image, "original_width": int(width), "original_height": int(height),
               "image_rotation": 0}
     score = person.get("score")
-    regions = [{"id": box_id, "from_name": BOX_CONTROL, "type": "rectanglelabels", **common,
-                "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
-                          "height": 100 * (y1 - y0) / height, "rotation": 0, "rectanglelabels": [box_label]}}]
+    regions = []
+    if controls.box is not None:
+        regions.append({"id": box_id, "from_name": controls.box, "type": "rectanglelabels", **common,
+                        "value": {"x": 100 * x0 / width, "y": 100 * y0 / height, "width": 100 * (x1 - x0) / width,
+                                  "height": 100 * (y1 - y0) / height, "rotation": 0,
+                                  "rectanglelabels": [box_label]}})
+    parent = {"parentID": box_id} if controls.box is not None else {}
     flags = list(visibility) if visibility is not None else [2] * len(keypoint_names)
     for k, (name, point, flag) in enumerate(zip(keypoint_names, person["keypoints"], flags)):
-        if flag == 0:
+        if flag == 0 or name is None:
             continue
         x, y = min(max(float(point[0]), 0.0), width), min(max(float(point[1]), 0.0), height)
-        regions.append({"id": f"{box_id}_kp{k}", "from_name": KEYPOINT_CONTROL, "type": "keypointlabels",
-                        "parentID": box_id, **common,
+        regions.append({"id": f"{box_id}_kp{k}", "from_name": controls.keypoint, "type": "keypointlabels",
+                        **parent, **common,
                         "value": {"x": 100 * x / width, "y": 100 * y / height, "width": KEYPOINT_WIDTH,
                                   "keypointlabels": [name]}})
     if score is not None:
