@@ -40,7 +40,8 @@ from models.keypoint_quality import CHECKPOINT_KEY as QUALITY_KEY, KeypointQuali
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
-CROP_MARGIN = 0.15  # a box-added person: the crop around the user's box, as a fraction of its longer side
+CROP_MASK = True  # a box-added person: the margin around the user's box is painted in the crop's mean colour
+CROP_MARGIN = 0.3  # a box-added person: the crop around the user's box, as a fraction of its longer side
 PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
 
@@ -430,7 +431,7 @@ class Predictor:
         """A person from a user's box (1, 4) cxcywh in [0, 1].
 
         ``method`` 'crop' (default): the model predicts the box's region (the box grown by ``CROP_MARGIN`` of its
-        longer side, resized as any input), and the person whose box best overlaps the user's is mapped back, so
+        longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and the person whose box best overlaps the user's is mapped back, so
         the proposal cannot drift to a neighbour outside the box; with nobody found there it falls back to
         'queries': the keypoints start where the decoder starts the learned keypoint queries of slot 0 in a box
         (:meth:`Decoder.initial_keypoints`), then one refinement over the whole image."""
@@ -469,7 +470,13 @@ class Predictor:
         pil = self._load(image)
         if pil.size != (width, height):
             return None
-        found = self.predict_images([pil.crop((left, top, right, bottom))])[0].people
+        crop = pil.crop((left, top, right, bottom))
+        if CROP_MASK:  # a neighbour's parts outside the box are hidden, so the queries cannot lock onto it
+            inside = crop.crop((round(x0) - left, round(y0) - top, round(x1) - left, round(y1) - top))
+            mean = tuple(int(v) for v in np.asarray(crop).reshape(-1, 3).mean(0))
+            crop = Image.new("RGB", crop.size, mean)
+            crop.paste(inside, (round(x0) - left, round(y0) - top))
+        found = self.predict_images([crop])[0].people
         if found.num_people == 0:
             return None
         crop_w, crop_h = right - left, bottom - top

@@ -11,6 +11,7 @@ import torch
 
 from models.keypoint_quality import (CHECKPOINT_KEY, KeypointQualityHead, auroc, keypoint_off,
                                      quality_from_checkpoint, quality_to_checkpoint)
+import models.predictor as mp
 from models.predictor import Predictor
 from tools.annotate.session import open_session
 
@@ -133,7 +134,7 @@ def test_a_box_added_person_comes_from_the_crop_and_lies_in_the_box(with_head):
         box = [0.2 * width, 0.25 * height, 0.6 * width, 0.9 * height]
         index = session.add_person(box)
         added = next(p for p in session.people(include_deleted=True) if p["index"] == index)
-        margin = 0.15 * max(box[2] - box[0], box[3] - box[1]) + 1
+        margin = mp.CROP_MARGIN * max(box[2] - box[0], box[3] - box[1]) + 1
         x0, y0, x1, y1 = added["box"]
         assert x0 >= box[0] - margin and y0 >= box[1] - margin and x1 <= box[2] + margin and y1 <= box[3] + margin
         assert added["visibility"] == session.poses.visibility[index].tolist()
