@@ -49,12 +49,15 @@ demo: $(STAMP)
 
 # The annotation tool on the demo's trained model and the synthetic val images (run `make demo` first). A model
 # trained for minutes scores its people low, so the initial score threshold is 0.2 (a slider in the page).
+# With demo_output/train/checkpoint_quality.pth (python -m tools.train_quality, see docs/annotate.md) the page shows
+# the quality head's confidence and predicted visibility.
 ANNOTATE_PORT ?= 8765
+ANNOTATE_CHECKPOINT ?= $(if $(wildcard demo_output/train/checkpoint_quality.pth),demo_output/train/checkpoint_quality.pth,demo_output/train/checkpoint.pth)
 annotate: $(STAMP)
 	@test -f demo_output/train/checkpoint.pth && test -d data_synthetic/images/val2017 || \
 		{ echo "make annotate needs the demo's trained model: run 'make demo' first (it writes demo_output/train/checkpoint.pth and data_synthetic/)"; exit 1; }
 	$(PY) -m tools.annotate data_synthetic/images/val2017 --config config/demo.cfg.py \
-		--checkpoint demo_output/train/checkpoint.pth --annotations demo_output/annotations_val2017.json --port $(ANNOTATE_PORT) \
+		--checkpoint $(ANNOTATE_CHECKPOINT) --annotations demo_output/annotations_val2017.json --port $(ANNOTATE_PORT) \
 		--threshold 0.2
 
 env: $(STAMP)

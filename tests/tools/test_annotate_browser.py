@@ -104,3 +104,232 @@ def test_markup_in_keypoint_names_shows_as_text_and_never_runs(annotate_assets, 
     assert evil in first_row and evil in status
     people = workspace.records["a.jpg"]["people"]
     assert not any(p["deleted"] for p in people)
+
+
+# ---- arming and zoom, with real pointer events ----------------------------------------------------------------
+HIT_RADIUS = 10  # screen pixels (static/app.js)
+LAYOUT_JS = """
+    const rect = document.getElementById('canvas').getBoundingClientRect();
+    const people = annotator.state.people.filter(p => p.touched || p.score >= annotator.threshold);
+    return {rect: {left: rect.left, top: rect.top, width: rect.width, height: rect.height},
+            view: annotator.view, fit: annotator.fit, width: annotator.state.width, height: annotator.state.height,
+            people: people.map(p => ({index: p.index, box: p.box,
+                                      screen: p.keypoints.map((kp, k) => annotator.keypointScreen(p.index, k))}))};"""
+
+
+def page_layout(driver) -> dict:
+    """The shown people's boxes and keypoints on screen, the view transform and the canvas rectangle."""
+    return driver.execute_script(LAYOUT_JS)
+
+
+def keypoint_clearance(layout: dict, at: tuple[float, float], skip: tuple[int, int] | None = None) -> float:
+    """Screen distance from ``at`` (viewport pixels) to the nearest shown keypoint other than ``skip``."""
+    return min((np.hypot(s["left"] - at[0], s["top"] - at[1]) for p in layout["people"]
+                for k, s in enumerate(p["screen"]) if (p["index"], k) != skip), default=np.inf)
+
+
+def isolated_keypoint(layout: dict, person: int) -> int:
+    """The keypoint of ``person`` farthest (on screen) from every other shown keypoint, inside the canvas: a click
+    at it hits that keypoint."""
+    rect = layout["rect"]
+    screens = next(p["screen"] for p in layout["people"] if p["index"] == person)
+    inside = [k for k, s in enumerate(screens) if 5 < s["x"] < rect["width"] - 5 and 5 < s["y"] < rect["height"] - 5]
+    return max(inside, key=lambda k: keypoint_clearance(layout, (screens[k]["left"], screens[k]["top"]),
+                                                        (person, k)))
+
+
+def inside_box(box, x: float, y: float) -> bool:
+    return box[0] <= x <= box[2] and box[1] <= y <= box[3]
+
+
+def empty_spot(layout: dict, inside: int, outside: int | None = None) -> tuple[int, int] | None:
+    """A whole viewport pixel whose image point lies in the image and in person ``inside``'s box (and not in
+    ``outside``'s), as far from every shown keypoint as possible but at least 2 hit radii: a click there hits no
+    keypoint. None when there is none."""
+    rect, view = layout["rect"], layout["view"]
+    boxes = {p["index"]: p["box"] for p in layout["people"]}
+    box = boxes[inside]
+    x0, y0 = max(box[0], 0), max(box[1], 0)
+    x1, y1 = min(box[2], layout["width"]), min(box[3], layout["height"])
+    left = lambda x: rect["left"] + view["x"] + x * view["scale"]  # noqa: E731
+    top = lambda y: rect["top"] + view["y"] + y * view["scale"]  # noqa: E731
+    best, best_clear = None, 2.0 * HIT_RADIUS
+    for sx in range(int(np.ceil(left(x0))), int(left(x1)) + 1, 2):
+        for sy in range(int(np.ceil(top(y0))), int(top(y1)) + 1, 2):
+            if not (rect["left"] + 2 < sx < rect["left"] + rect["width"] - 2
+                    and rect["top"] + 2 < sy < rect["top"] + rect["height"] - 2):
+                continue
+            ix, iy = (sx - rect["left"] - view["x"]) / view["scale"], (sy - rect["top"] - view["y"]) / view["scale"]
+            if not inside_box(box, ix, iy) or (outside is not None and inside_box(boxes[outside], ix, iy)):
+                continue
+            if not (0 <= ix <= layout["width"] and 0 <= iy <= layout["height"]):
+                continue
+            clear = keypoint_clearance(layout, (sx, sy))
+            if clear > best_clear:
+                best, best_clear = (sx, sy), clear
+    return best
+
+
+def open_first_image(driver, url: str) -> None:
+    from tools.annotate.browser_check import wait_for
+
+    driver.get(url)
+    wait_for(driver, "annotator.ready && annotator.state.image && annotator.selected.person !== null",
+             what="the first image with a selected person")
+
+
+def zoom_until_spot(driver, person: int, outside: int | None = None, steps: int = 6) -> tuple[dict, tuple[int, int]]:
+    """The page's layout and an empty spot in ``person``'s box (see ``empty_spot``), zooming in with the wheel at
+    the box centre while there is none."""
+    from tools.annotate.browser_check import wheel
+
+    for _ in range(steps):
+        layout = page_layout(driver)
+        spot = empty_spot(layout, person, outside)
+        if spot is not None:
+            return layout, spot
+        box = next(p["box"] for p in layout["people"] if p["index"] == person)
+        centre = driver.execute_script(f"return annotator.screenPoint({(box[0] + box[2]) / 2}, "
+                                       f"{min((box[1] + box[3]) / 2, layout['height'] - 1)});")
+        wheel(driver, (centre["left"], centre["top"]), -120)
+    raise AssertionError(f"no empty spot in the box of person {person} even zoomed in")
+
+
+@pytest.fixture
+def annotate_page(annotate_assets, annotate_predictor, tmp_path):
+    """(driver, workspace) on the page over the tiny model's images, every person shown (threshold 0)."""
+    from tools.annotate.browser_check import start_browser
+
+    found = find_chromium()
+    if found is None:
+        pytest.skip("no Chromium + chromedriver on this machine (`make browser` installs Debian's chromium and "
+                    "chromium-driver; it needs apt and root)")
+    workspace = Workspace(annotate_assets["images"], tmp_path / "ann.json", annotate_predictor, threshold=0.0)
+    with serve(create_app(workspace)) as url:
+        driver = start_browser(*found)
+        try:
+            open_first_image(driver, url)
+            yield driver, workspace
+        finally:
+            driver.quit()
+
+
+def largest_person(layout: dict) -> int:
+    return max(layout["people"], key=lambda p: (p["box"][2] - p["box"][0]) * (p["box"][3] - p["box"][1]))["index"]
+
+
+@pytest.mark.slow
+def test_a_visibility_key_disarms_and_an_armed_click_places_inside_another_box(annotate_page):
+    from tools.annotate.browser_check import click, page_person, press, settle, wait_for
+
+    driver, workspace = annotate_page
+    layout = page_layout(driver)
+    person = largest_person(layout)
+    layout, spot = zoom_until_spot(driver, person)
+    k = isolated_keypoint(layout, person)
+    kp = next(p["screen"][k] for p in layout["people"] if p["index"] == person)
+    click(driver, (kp["left"], kp["top"]))  # a click on a keypoint arms it
+    assert driver.execute_script("return annotator.armed;")
+    assert driver.execute_script("return annotator.selected;") == {"person": person, "keypoint": k}
+
+    old_visibility = page_person(driver, person)["visibility"][k]
+    new_visibility = 1 if old_visibility != 1 else 2
+    press(driver, str(new_visibility))
+    wait_for(driver, f"annotator.state.people.find(p => p.index === {person}).visibility[{k}] === {new_visibility}",
+             what="the visibility change")
+    assert not driver.execute_script("return annotator.armed;")
+    settle(driver)
+    before = driver.execute_script("return annotator.state.people;")
+    latencies = driver.execute_script("return annotator.latencies.length;")
+    click(driver, spot)  # disarmed: an empty spot in the person's own box places nothing
+    settle(driver)
+    after = driver.execute_script("return annotator.state.people;")
+    assert after == before, "a click after the visibility key moved a keypoint"
+    assert driver.execute_script("return annotator.latencies.length;") == latencies
+    assert not driver.execute_script("return annotator.armed;")
+    saved = workspace.records["a.jpg"]["people"][person]
+    assert saved["visibility"][k] == new_visibility and not saved["pinned"][k]
+
+    # armed again, a click in another person's box places the armed keypoint there; the selection stays
+    others = [p["index"] for p in layout["people"] if p["index"] != person]
+    layout = page_layout(driver)
+    target = next(((other, s) for other in others if (s := empty_spot(layout, other, person)) is not None), None)
+    assert target is not None, "no spot in another person's box outside the selected one's"
+    other, spot = target
+    k = isolated_keypoint(layout, person)
+    kp = next(p["screen"][k] for p in layout["people"] if p["index"] == person)
+    click(driver, (kp["left"], kp["top"]))
+    assert driver.execute_script("return annotator.armed;")
+    expected = driver.execute_script(f"return annotator.imagePoint({spot[0]}, {spot[1]});")
+    count = driver.execute_script("return annotator.latencies.length;")
+    click(driver, spot)
+    wait_for(driver, f"annotator.latencies.length > {count}", what="the refined poses")
+    placed = page_person(driver, person)
+    np.testing.assert_allclose(placed["keypoints"][k][:2], expected, atol=1.0)
+    assert placed["pinned"][k]
+    assert driver.execute_script("return annotator.selected;") == {"person": person, "keypoint": k}
+    assert not driver.execute_script("return annotator.armed;")
+    settle(driver)
+    # not armed, a click there selects the other person (the spot really is in that person's box)
+    spot = empty_spot(page_layout(driver), other, person)
+    if spot is not None:  # the refinement may have moved keypoints over every such spot
+        click(driver, spot)
+        assert driver.execute_script("return annotator.selected.person;") == other
+
+
+@pytest.mark.slow
+def test_zoom_and_pan_keep_a_drag_exact_and_f_fits_again(annotate_page):
+    from tools.annotate.browser_check import drag, page_person, press, wait_for, wheel
+
+    driver, workspace = annotate_page
+    layout = page_layout(driver)
+    fit = layout["fit"]
+    assert layout["view"] == fit
+    person = largest_person(layout)
+    k = isolated_keypoint(layout, person)
+    kp = next(p["screen"][k] for p in layout["people"] if p["index"] == person)
+    at = (round(kp["left"]), round(kp["top"]))
+    under = driver.execute_script(f"return annotator.imagePoint({at[0]}, {at[1]});")
+    for _ in range(3):
+        wheel(driver, at, -100)
+    zoomed = driver.execute_script("return annotator.view;")
+    assert zoomed["scale"] > fit["scale"] * 1.5
+    # the wheel zooms around the pointer: the image point under it stays under it
+    np.testing.assert_allclose(driver.execute_script(f"return annotator.imagePoint({at[0]}, {at[1]});"), under,
+                               atol=1e-6)
+    press(driver, "+")
+    plus = driver.execute_script("return annotator.view;")
+    assert plus["scale"] == pytest.approx(zoomed["scale"] * 1.25)
+    # pan with the middle button: bring the keypoint towards the canvas centre
+    rect = layout["rect"]
+    kp = driver.execute_script(f"return annotator.keypointScreen({person}, {k});")
+    centre = (rect["left"] + rect["width"] / 2, rect["top"] + rect["height"] / 2)
+    start = (round(rect["left"] + rect["width"] * 0.7), round(rect["top"] + rect["height"] * 0.6))
+    shift = (round((centre[0] - kp["left"]) * 0.8), round((centre[1] - kp["top"]) * 0.8))
+    drag(driver, start, (start[0] + shift[0], start[1] + shift[1]), button=1)
+    view = driver.execute_script("return annotator.view;")
+    assert view["scale"] == plus["scale"]
+    assert (view["x"] - plus["x"], view["y"] - plus["y"]) == pytest.approx(shift)
+
+    layout = page_layout(driver)
+    k = isolated_keypoint(layout, person)
+    kp = next(p["screen"][k] for p in layout["people"] if p["index"] == person)
+    release = (round(kp["left"]) + 37, round(kp["top"]) - 23)
+    expected_page = driver.execute_script(f"return annotator.imagePoint({release[0]}, {release[1]});")
+    expected = ((release[0] - rect["left"] - view["x"]) / view["scale"],
+                (release[1] - rect["top"] - view["y"]) / view["scale"])
+    assert 0 <= expected[0] <= layout["width"] and 0 <= expected[1] <= layout["height"]
+    count = driver.execute_script("return annotator.latencies.length;")
+    drag(driver, (kp["left"], kp["top"]), release)
+    wait_for(driver, f"annotator.latencies.length > {count}", what="the refined poses")
+    moved = page_person(driver, person)
+    assert moved["pinned"][k]
+    np.testing.assert_allclose(moved["keypoints"][k][:2], expected_page, atol=1e-3)
+    np.testing.assert_allclose(moved["keypoints"][k][:2], expected, atol=0.5 / view["scale"])
+    saved = workspace.records["a.jpg"]["people"][person]["keypoints"][k][:2]
+    np.testing.assert_allclose(saved, expected, atol=0.5 / view["scale"])
+    assert driver.execute_script("return annotator.view;") == view  # the redraw kept the zoom
+    press(driver, "f")
+    assert driver.execute_script("return annotator.view;") == driver.execute_script("return annotator.fit;")
+    assert driver.execute_script("return annotator.view;") == fit
+    assert not driver.execute_script("return annotator.zoomed;")

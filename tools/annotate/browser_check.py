@@ -119,6 +119,32 @@ def wheel(driver, at: tuple[float, float], delta_y: int) -> None:
                                             delta_y).perform()
 
 
+def press(driver, *keys: str) -> None:
+    """Type ``keys`` (characters or selenium ``Keys``) into the page, one after another."""
+    body = driver.find_element("tag name", "body")
+    for key in keys:
+        body.send_keys(key)
+
+
+def page_person(driver, index: int) -> Optional[dict[str, Any]]:
+    """The page's person ``index`` (as ``annotator.state.people`` holds it), or None when it is not there."""
+    return driver.execute_script(f"return annotator.state.people.find(p => p.index === {int(index)}) || null;")
+
+
+def settle(driver, timeout: float = 60.0, quiet: float = 0.3) -> None:
+    """Wait until the page has no request in flight and has stayed so for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    calm_since = None
+    while time.monotonic() < deadline:
+        busy = driver.execute_script("return annotator.busy;")
+        now = time.monotonic()
+        calm_since = None if busy else (calm_since or now)
+        if calm_since is not None and now - calm_since >= quiet:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"the page was still busy after {timeout:.0f} s")
+
+
 def drag_keypoint(driver, person: int, keypoint: int, dx: float, dy: float) -> dict[str, Any]:
     """Drag one keypoint by (dx, dy) screen pixels and wait for the refined poses to be drawn."""
     pos = driver.execute_script(f"return annotator.keypointScreen({person}, {keypoint});")
