@@ -2,8 +2,9 @@
 
 Writes into --out (default demo_output/): untrained/, train/ and trained/ run folders (the usual main.py outputs),
 report.md (model-only AP, NoC@85/90/95 and AP after k clicks, untrained vs trained), ap_vs_clicks.png and
-example.jpg (predicted poses, and the poses after two simulated clicks). Re-running reuses the data and, if the
-training run finished, the trained model.
+example.jpg (predicted poses, and the poses after two simulated clicks); then train/checkpoint_quality.pth, the
+trained model with a keypoint-quality head (``tools.train_quality``), which ``make annotate`` uses. Re-running reuses
+the data and, if the training run finished, the trained model (and the head, if it is newer than the model).
 """
 from __future__ import annotations
 
@@ -155,6 +156,25 @@ def example_image(out: Path, config: str, checkpoint: str, data: Path) -> None:
     save_rgb(out / "example.jpg", np.concatenate([left, np.full((image.shape[0], 8, 3), 255, np.uint8), right], 1))
 
 
+def quality_head(config: str, checkpoint: Path, data: Path, steps: int) -> Optional[Path]:
+    """The trained model with a keypoint-quality head beside it (kept if newer than the model); None if ``steps``
+    is 0 or the head could not be trained (a model that matches nobody yet: it says so, and the demo goes on)."""
+    from tools import train_quality
+
+    out = checkpoint.with_name("checkpoint_quality.pth")
+    if steps <= 0:
+        return None
+    if out.exists() and out.stat().st_mtime_ns > checkpoint.stat().st_mtime_ns:
+        return out
+    code = train_quality.main(["--config", config, "--checkpoint", str(checkpoint), "--data", str(data),
+                               "--out", str(out), "--steps", str(steps)])
+    if code != 0:
+        print("warning: no keypoint-quality head was trained (see the error above); make annotate uses the model "
+              "without one")
+        return None
+    return out
+
+
 def prepare_data(data: Path, num_images: Optional[int], num_val: Optional[int]) -> None:
     """Write the demo's synthetic dataset (``DEMO_SCENE``; default 424 images, 24 of them val) unless ``data``
     already holds it: a folder an older release wrote (another scene or render version) or with other counts than
@@ -188,6 +208,8 @@ def main(argv=None) -> int:
     # about 13 s longer (of 70 s on 2 cores; its first step 3-5 s), more than the loading itself costs; most likely
     # copy-on-write faults in the 2.6 GB training process after each fork (docs/demo.md).
     parser.add_argument("--workers", type=int, default=0, help="data-loading processes for training (default 0)")
+    parser.add_argument("--quality-steps", type=int, default=400,
+                        help="training steps of the keypoint-quality head (0: no head)")
     args = parser.parse_args(argv)
     out, data = Path(args.out), Path(args.data)
     out.mkdir(parents=True, exist_ok=True)
@@ -209,7 +231,10 @@ def main(argv=None) -> int:
     plot(out, results)
     example_image(out, args.config, checkpoint, data)
     report = write_report(out, results, train_minutes, args.epochs)
+    head = quality_head(args.config, Path(checkpoint), data, args.quality_steps)
     print("\n" + report.read_text())
+    if head is not None:
+        print(f"Model with a keypoint-quality head (make annotate uses it): {head}")
     print(f"Demo finished: report in {report.resolve()}")
     better = (results["trained"]["AP"] > results["untrained"]["AP"]
               and results["trained"]["summary"]["NoC@90"] <= results["untrained"]["summary"]["NoC@90"])

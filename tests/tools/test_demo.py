@@ -7,6 +7,8 @@ its report and in docs/benchmarks.md.
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -20,7 +22,7 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     out, data = root / "out", root / "data"
     assert main(["--out", str(out), "--data", str(data), "--num-images", "6", "--num-val", "2", "--epochs", "1",
-                 "--workers", "0"]) == 0
+                 "--workers", "0", "--quality-steps", "20"]) == 0
     return out, data
 
 
@@ -32,6 +34,32 @@ def test_demo_writes_the_report_and_its_files(demo_run):
         assert (out / name).is_file(), name
     assert (out / "ap_vs_clicks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "example.jpg").read_bytes()[:2] == b"\xff\xd8"
+
+
+def test_the_quality_head_is_trained_once_per_model(tmp_path, monkeypatch):
+    from tools import demo, train_quality
+
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_bytes(b"head")
+        return 0
+
+    monkeypatch.setattr(train_quality, "main", fake_main)
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.write_bytes(b"model")
+    head = demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20)
+    assert head == tmp_path / "checkpoint_quality.pth" and head.read_bytes() == b"head"
+    assert calls[0][calls[0].index("--checkpoint") + 1] == str(checkpoint) and "20" in calls[0]
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(calls) == 1
+    os.utime(checkpoint, ns=(head.stat().st_mtime_ns + 10**9,) * 2)  # a newer model: a new head
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(calls) == 2
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 0) is None and len(calls) == 2
+    monkeypatch.setattr(train_quality, "main", lambda argv: 2)
+    os.utime(checkpoint, ns=(head.stat().st_mtime_ns + 2 * 10**9,) * 2)
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) is None
 
 
 def test_report_numbers_are_the_runs_numbers(demo_run):
