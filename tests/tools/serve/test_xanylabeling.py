@@ -138,3 +138,45 @@ def test_occluded_keypoints_are_difficult_and_unlabelled_ones_left_out():
     found = shapes([person], ("a", "b", "c"))
     assert [(s["label"], s["difficult"], s["group_id"]) for s in found] == [("person", False, 3), ("a", False, 3),
                                                                            ("b", True, 3)]
+
+
+# What X-AnyLabeling's client (anylabeling/services/auto_labeling/remote_server.py, RemoteServer) sends, recorded
+# from its source: GET /v1/models and POST /v1/predict with headers {"Content-Type": "application/json", "Token":
+# api_key}; params always carry conf_threshold, iou_threshold and epsilon_factor, marks only when there are some (the
+# canvas's marks: whole-pixel ints), filter_classes when a class filter is set (an empty list: all classes).
+def client_request(image, model, marks, api_key):
+    params = {"conf_threshold": 0.0, "iou_threshold": 0.0, "epsilon_factor": 0.001}
+    if marks:
+        params["marks"] = marks
+    params["filter_classes"] = []
+    return {"model": model, "image": image, "params": params}, {"Content-Type": "application/json", "Token": api_key}
+
+
+def client_shapes(answer):
+    """The client's reading of an answer: data.shapes, each label, shape_type, points and the optional fields."""
+    return [{"label": s["label"], "shape_type": s["shape_type"], "points": [tuple(p) for p in s["points"]],
+             "group_id": s.get("group_id"), "difficult": s.get("difficult", False), "score": s.get("score")}
+            for s in answer.get("data", {}).get("shapes", [])]
+
+
+def test_the_x_anylabeling_clients_recorded_requests(make_client, annotate_predictor, image_paths, data_uri):
+    client = make_client(token="secret-key")
+    names = annotate_predictor.metadata.keypoint_names
+    models = client.get("/v1/models", headers={"Content-Type": "application/json", "Token": "secret-key"})
+    assert models.status_code == 200
+    model_id = next(iter(models.json()["data"]))  # the client lists data's keys and the user picks one
+    body, headers = client_request(data_uri(image_paths["a"]), model_id, [], "secret-key")
+    shown = client_shapes(client.post("/v1/predict", json=body, headers=headers).json())
+    people, size = model_people(annotate_predictor, image_paths["a"])
+    assert sum(s["shape_type"] == "rectangle" for s in shown) == len(people)
+    assert all(s["shape_type"] == "point" and s["label"] in names for s in shown if s["shape_type"] != "rectangle")
+    # a point the user adds on the canvas (ints), near person 0's keypoint 3
+    x, y = (int(round(min(max(v, 1), limit - 1))) for v, limit in zip(people[0]["keypoints"][3][:2], size))
+    body, headers = client_request(data_uri(image_paths["a"]), model_id, [{"type": "point", "data": [x, y],
+                                                                          "label": 1}], "secret-key")
+    after = client_shapes(client.post("/v1/predict", json=body, headers=headers).json())
+    assert any(s["points"] == [(x, y)] for s in after if s["shape_type"] == "point")
+    # the wrong key: refused in the client's error form
+    body, headers = client_request(data_uri(image_paths["a"]), model_id, [], "wrong")
+    refused = client.post("/v1/predict", json=body, headers=headers)
+    assert refused.status_code == 401 and refused.json()["success"] is False
