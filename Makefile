@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv ops test test-fast demo clean-venv env gpu-check browser annotate
+.PHONY: venv ops test test-fast demo clean-venv env gpu-check browser annotate label-studio
 
 venv: $(STAMP)
 
@@ -24,7 +24,7 @@ $(STAMP): requirements.txt
 ops: $(STAMP)
 	$(PY) -m models.clickpose.ops.build
 
-test: ops browser
+test: ops browser label-studio
 	$(PY) -m pytest -q
 
 # The suite without the tests marked slow (end-to-end training, distributed and benchmark runs), and without
@@ -40,6 +40,12 @@ browser:
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
 		|| echo "[browser] apt-get could not install chromium: the browser test will skip"; \
 	else echo "[browser] chromium/chromedriver missing and apt-get unavailable (needs root): the browser test will skip"; fi
+
+# Label Studio for the live ML-backend test (tests/tools/serve/test_label_studio_live.py), in its own environment:
+# its pins (Django, pydantic, numpy, ...) would clash with the project's.
+label-studio:
+	test -x .venv-ls/bin/label-studio || { rm -rf .venv-ls && $(PYTHON) -m venv .venv-ls && \
+		.venv-ls/bin/pip install -q --no-cache-dir 'label-studio>=1.20,<2'; }
 
 # Extra demo flags: make demo DEMO_ARGS="--epochs 40" (continues a finished run from its checkpoint).
 # The demo runs without the compiled kernel too (pure-PyTorch path, slower): a failed build only warns here.
