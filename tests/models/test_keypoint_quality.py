@@ -145,3 +145,33 @@ def test_a_box_added_person_comes_from_the_crop_and_lies_in_the_box(with_head):
         assert queries.keypoints.shape == (1, predictor.num_keypoints, 2)
     finally:
         predictor.close()
+
+
+def test_the_page_shows_confidence_only_with_a_head_and_starts_from_predicted_visibility(with_head, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tools.annotate.server import create_app
+    from tools.annotate.workspace import Workspace
+
+    image, plain_path, head_path, _ = with_head
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(open(image, "rb").read())
+    for path, shown in ((plain_path, False), (head_path, True)):
+        predictor = Predictor(CONFIG, path, options=OPTIONS)
+        workspace = Workspace(folder, tmp_path / f"{path.stem}.json", predictor, threshold=0.0)
+        try:
+            client = TestClient(create_app(workspace), base_url="http://127.0.0.1:8765")
+            state = client.post("/api/open", json={"image": "a.jpg"}).json()
+            assert state["confidence_shown"] is shown
+            flags = {flag for p in state["people"] for flag in p["visibility"]}
+            predicted = predictor.prediction(image).people.predicted_visibility
+            if shown:
+                assert [p["visibility"] for p in state["people"]] == [
+                    predicted[p["index"]].tolist() for p in state["people"]]
+                assert flags != {2}  # the head's flags, not all visible
+            else:
+                assert predicted is None and flags == {2}
+        finally:
+            workspace.close()
+            predictor.close()
