@@ -2,7 +2,8 @@
 sessions of Label Studio tasks and X-AnyLabeling images.
 
 Every model call and every change of a cache or a session happens while holding :attr:`ServeCore.lock`, so the model
-runs one request at a time; reading and decoding an image happens before, outside the lock. An image is known by the
+runs one request at a time; reading and decoding an image happens before, outside the lock (:meth:`ServeCore.prepare`;
+an image already predicted is not decoded again). An image is known by the
 SHA-256 of its bytes (``images.LoadedImage.digest``): its prediction is computed once and shared. A Label Studio
 task's session (its clicks, accumulating) belongs to that task id and that image content only; an X-AnyLabeling
 request carries all its marks every time, so its result depends on the image and the marks alone (see
@@ -83,6 +84,13 @@ class ServeCore:
         self.max_images, self.max_sessions = max(1, max_images), max(1, max_sessions)
         self._images: OrderedDict[str, CachedImage] = OrderedDict()
         self._sessions: OrderedDict[Hashable, TrackedSession] = OrderedDict()
+
+    def prepare(self, loaded: LoadedImage) -> LoadedImage:
+        """Call before taking the lock: decodes the image's pixels unless its prediction is cached (then they are
+        never needed), so decoding never holds up other requests. ``ImageError`` for pixels that do not decode."""
+        if loaded.digest not in self._images:
+            loaded.image
+        return loaded
 
     # ---- call these holding self.lock ---------------------------------------------------------------------------
     def cached(self, loaded: LoadedImage) -> CachedImage:

@@ -23,9 +23,8 @@ import io
 import urllib.error
 import urllib.request
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from PIL import Image
@@ -37,31 +36,50 @@ DEFAULT_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 FETCH_TIMEOUT_S = 30.0
 
 
-@dataclass(frozen=True)
 class LoadedImage:
-    """A decoded RGB image, the SHA-256 of its bytes (hex) and its (width, height)."""
+    """An image's bytes, their SHA-256 (hex) and its (width, height), read from the header. The pixels (RGB) are
+    decoded on first use of :attr:`image`, so an image the service has already predicted (known by its digest) is
+    never decoded again."""
 
-    image: Image.Image
-    digest: str
-    size: tuple[int, int]
+    def __init__(self, data: bytes, digest: str, size: tuple[int, int], name: str):
+        self.data, self.digest, self.size, self.name = data, digest, size, name
+        self._image: Optional[Image.Image] = None
+
+    @property
+    def image(self) -> Image.Image:
+        """The decoded RGB image (``ImageError`` for bytes whose header read but whose pixels do not)."""
+        if self._image is None:
+            self._image = _open(self.data, self.name, lambda image: image.convert("RGB"))
+            if self._image.size != self.size:
+                raise ImageError(f"image {self.name} decodes to another size than its header says")
+        return self._image
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
-    """Decode image bytes; ``ImageError`` (naming ``name``) for bytes that are no image or one over ``max_pixels``."""
+def _open(data: bytes, name: str, use: Callable[[Image.Image], Any]) -> Any:
+    """``use`` applied to the opened image; PIL's failures become an ``ImageError`` naming ``name``."""
     try:
-        with warnings.catch_warnings():  # the pixel check below refuses instead of PIL's warning
+        with warnings.catch_warnings():  # callers check the pixel count themselves, instead of PIL's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > max_pixels:
-                    raise ImageError(f"image {name} is {width}x{height} pixels, more than the limit of {max_pixels}; "
-                                     "send a smaller image (or start the service with a larger --max-pixels)")
-                rgb = image.convert("RGB")
+                return use(image)
     except ImageError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode image {name}: {exc}; send a JPEG, PNG, BMP, WebP or TIFF image") from exc
-    return LoadedImage(rgb, hashlib.sha256(data).hexdigest(), (width, height))
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImage:
+    """Image bytes, checked from their header; ``ImageError`` (naming ``name``) for bytes that are no image or one
+    over ``max_pixels``. The pixels are decoded when :attr:`LoadedImage.image` is first read."""
+    def checked_size(image: Image.Image) -> tuple[int, int]:
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(f"image {name} is {width}x{height} pixels, more than the limit of {max_pixels}; "
+                             "send a smaller image (or start the service with a larger --max-pixels)")
+        return width, height
+
+    size = _open(data, name, checked_size)
+    return LoadedImage(data, hashlib.sha256(data).hexdigest(), size, name)
 
 
 def decode_base64(text: str, max_bytes: int) -> bytes:

@@ -77,7 +77,7 @@ class LabelStudioBackend:
             raise RequestError("params.context.result must be a list of regions")
         if clicks and len(tasks) != 1:
             raise RequestError(f"an interactive request (params.context) needs exactly one task, got {len(tasks)}")
-        loaded = [self.source.load(task_image(task, config)) for task in tasks]  # outside the model lock
+        loaded = [self.core.prepare(self.source.load(task_image(task, config))) for task in tasks]  # unlocked
         results = []
         for task, image in zip(tasks, loaded):
             with self.core.lock:

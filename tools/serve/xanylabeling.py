@@ -107,7 +107,8 @@ class XAnyLabelingServer:
         image = body.get("image")
         if not isinstance(image, str) or not image:
             raise ImageError("the request has no image (a data URI 'data:image/png;base64,...')")
-        loaded = decode_image(decode_base64(image, self.max_bytes), "(request image)", self.max_pixels)
+        loaded = self.core.prepare(decode_image(decode_base64(image, self.max_bytes), "(request image)",
+                                                self.max_pixels))
         params = body.get("params") or {}
         if not isinstance(params, dict):
             raise RequestError("params must be a JSON object")

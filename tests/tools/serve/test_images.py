@@ -2,6 +2,7 @@
 local-files paths read under the allowed root, data URIs."""
 from __future__ import annotations
 
+import base64
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -79,3 +80,18 @@ def test_data_uris_decode_and_bad_ones_are_refused(image_paths):
         decode_base64("data:image/png;base64," + "A" * 400, 100)
     with pytest.raises(ImageError, match="cannot decode"):
         ImageSource().load("data:image/png;base64,aGVsbG8=")
+
+
+def test_pixels_are_decoded_once_and_a_truncated_image_is_refused(make_client, image_paths, data_uri):
+    from tools.serve.errors import ImageError
+    from tools.serve.images import decode_image
+
+    data = image_paths["a"].read_bytes()
+    loaded = decode_image(data, "a.jpg")  # the header only, so far
+    assert loaded._image is None and loaded.size == loaded.image.size and loaded.image is loaded.image
+    cut = decode_image(data[:len(data) // 2], "cut.jpg")  # its header reads; its pixels do not
+    with pytest.raises(ImageError, match="cut.jpg"):
+        cut.image
+    answer = make_client().post("/v1/predict", json={
+        "model": "clickpose", "image": "data:image/jpeg;base64," + base64.b64encode(data[:len(data) // 2]).decode()})
+    assert answer.status_code == 422 and answer.json()["error"]["code"] == "INVALID_IMAGE"

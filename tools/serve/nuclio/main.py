@@ -97,11 +97,12 @@ def handler(context: Any, event: Any) -> Any:
         image = body.get("image")
         if not isinstance(image, str) or not image:
             raise RequestError("the request has no image (base64 text in \"image\")")
-        loaded = decode_image(decode_base64(image, DEFAULT_MAX_IMAGE_BYTES), "(request image)", DEFAULT_MAX_PIXELS)
+        pixels = decode_image(decode_base64(image, DEFAULT_MAX_IMAGE_BYTES), "(request image)",
+                              DEFAULT_MAX_PIXELS).image
         threshold = request_threshold(body, context.user_data.threshold)
     except RequestError as exc:
         context.logger.warn(f"refused: {exc}")
         return _respond(context, {"error": str(exc)}, exc.status)
     predictor = context.user_data.model
-    people = predicted_people(predictor, loaded.image, threshold)
+    people = predicted_people(predictor, pixels, threshold)
     return _respond(context, detector_results(people, predictor.metadata.keypoint_names), 200)
