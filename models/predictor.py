@@ -41,6 +41,7 @@ ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
 CROP_MASK = True  # a box-added person: the margin around the user's box is painted in the crop's mean colour
+DUPLICATE_DISTANCE = 0.1  # a crop candidate this close to a present person (mean keypoint distance / box diagonal)
 CROP_MARGIN = 0.3  # a box-added person: the crop around the user's box, as a fraction of its longer side
 PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
@@ -427,8 +428,11 @@ class Predictor:
 
     @torch.no_grad()
     def propose_person(self, holder: HoldsState, box: Tensor, size: tuple[int, int],
-                       method: str = "crop") -> People:
+                       method: str = "crop", present: Optional[Tensor] = None) -> People:
         """A person from a user's box (1, 4) cxcywh in [0, 1].
+
+        ``present`` (M, K, 2), normalised keypoints of the people already annotated: the user adds someone missed,
+        so a candidate of the crop that is one of them (``DUPLICATE_DISTANCE``) is passed over for another.
 
         ``method`` 'crop' (default): the model predicts the box's region (the box grown by ``CROP_MARGIN`` of its
         longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and the person whose box best overlaps the user's is mapped back, so
@@ -438,7 +442,7 @@ class Predictor:
         if method not in ("crop", "queries"):
             raise ValueError(f"propose_person method must be 'crop' or 'queries', got {method!r}")
         if method == "crop" and holder.image is not None:
-            person = self._propose_from_crop(holder.image, box.cpu(), size)
+            person = self._propose_from_crop(holder.image, box.cpu(), size, present)
             if person is not None:
                 return person
         decoder = self.model.transformer.decoder
@@ -454,7 +458,8 @@ class Predictor:
                       pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
                       predicted_visibility=None if visibility is None else visibility[0])
 
-    def _propose_from_crop(self, image: ImageLike, box: Tensor, size: tuple[int, int]) -> Optional[People]:
+    def _propose_from_crop(self, image: ImageLike, box: Tensor, size: tuple[int, int],
+                           present: Optional[Tensor] = None) -> Optional[People]:
         """The crop method of :meth:`propose_person`; None when the model finds nobody in the crop."""
         from util.box_ops import box_iou, box_xyxy_to_cxcywh
 
@@ -489,9 +494,16 @@ class Predictor:
         boxes_xyxy = box_cxcywh_to_xyxy(found.boxes)
         boxes_xyxy = torch.cat((to_image(boxes_xyxy[:, :2]), to_image(boxes_xyxy[:, 2:])), 1)
         overlap = box_iou(boxes_xyxy * scale, user)[0][:, 0]
+        keypoints = to_image(found.keypoints)
+        if present is not None and len(present):
+            pixels = torch.tensor([width, height], dtype=torch.float32)
+            diagonal = float(torch.hypot(user[0, 2] - user[0, 0], user[0, 3] - user[0, 1])) + 1e-6
+            # mean keypoint distance of each candidate to each present person, in user-box diagonals
+            apart = ((keypoints[:, None] - present[None].float().cpu()) * pixels).norm(dim=-1).mean(-1) / diagonal
+            overlap = overlap - 2.0 * (apart.min(1).values < DUPLICATE_DISTANCE).float()  # last resort only
         best = int(torch.argmax(overlap + 1e-3 * found.scores))  # the best overlap; the score breaks ties
         pick = [best]
-        return People(boxes=box_xyxy_to_cxcywh(boxes_xyxy[pick]), keypoints=to_image(found.keypoints[pick]),
+        return People(boxes=box_xyxy_to_cxcywh(boxes_xyxy[pick]), keypoints=keypoints[pick],
                       scores=found.scores[pick], confidence=found.confidence[pick],
                       pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
                       predicted_visibility=None if found.predicted_visibility is None

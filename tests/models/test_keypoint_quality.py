@@ -175,3 +175,23 @@ def test_the_page_shows_confidence_only_with_a_head_and_starts_from_predicted_vi
         finally:
             workspace.close()
             predictor.close()
+
+
+def test_a_box_proposal_passes_over_a_person_already_present(with_head):
+    image, plain_path, _, _ = with_head
+    predictor = Predictor(CONFIG, plain_path, options=OPTIONS)
+    try:
+        session = open_session(predictor, image)
+        box = torch.tensor([[0.45, 0.55, 0.5, 0.7]])
+        first = predictor.propose_person(session, box, session.size)
+        again = predictor.propose_person(session, box, session.size, present=first.keypoints)
+        assert not torch.allclose(again.keypoints, first.keypoints)  # another candidate of the crop
+        far = predictor.propose_person(session, box, session.size, present=first.keypoints + 0.5)
+        torch.testing.assert_close(far.keypoints, first.keypoints)  # someone elsewhere changes nothing
+        # the page's session passes the people shown: a box over a shown person's own proposal gives another
+        index = session.add_person([v * s for v, s in zip((0.2, 0.2, 0.7, 0.9), session.size * 2)])
+        added = session.poses.keypoints[index]
+        second = session.add_person([v * s for v, s in zip((0.2, 0.2, 0.7, 0.9), session.size * 2)], 0.0)
+        assert not torch.allclose(session.poses.keypoints[second], added)
+    finally:
+        predictor.close()

@@ -69,3 +69,24 @@ def test_killed_server_loses_nothing_and_restart_resumes(annotate_assets, tmp_pa
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_listening_socket_and_its_connections_send_without_nagle_delay():
+    """uvicorn writes a response's head and body separately; with Nagle's algorithm on, the body waits for the
+    client's delayed ACK (about 40 ms on Linux) on every request."""
+    import socket
+
+    from tools.annotate.cli import bind
+
+    server = bind(0)
+    try:
+        client = socket.create_connection(server.getsockname())
+        accepted, _ = server.accept()
+        try:
+            assert server.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            accepted.close()
+            client.close()
+    finally:
+        server.close()

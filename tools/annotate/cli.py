@@ -158,6 +158,9 @@ def bind(port: int) -> socket.socket:
     """A listening socket on 127.0.0.1 only (never on other interfaces)."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted connections inherit this: without it, uvicorn's separate writes of a response's head and body meet
+    # Nagle's algorithm and the client's delayed ACK, about 40 ms added to every request on Linux.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind(("127.0.0.1", port))
     except OSError as exc:

@@ -36,7 +36,8 @@ class PosePredictor(Protocol):
                       clicks: Sequence[tuple[int, int, float, float]], rows: Optional[Sequence[int]] = None
                       ) -> "Poses": ...
 
-    def propose_person(self, holder: Any, box: Tensor, size: tuple[int, int]) -> People: ...
+    def propose_person(self, holder: Any, box: Tensor, size: tuple[int, int],
+                       present: Optional[Tensor] = None) -> People: ...
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -177,9 +178,10 @@ class PoseSession:
         return self.people()
 
     @torch.no_grad()
-    def add_person(self, box: Sequence[float]) -> int:
-        """Add a missed person from a box (x0, y0, x1, y1) in pixels: the model proposes its keypoints by refining
-        from the box. Returns the new person's index."""
+    def add_person(self, box: Sequence[float], shown_threshold: Optional[float] = None) -> int:
+        """Add a missed person from a box (x0, y0, x1, y1) in pixels: the model proposes its keypoints from the box
+        (``Predictor.propose_person``), not one of the people already shown (not deleted, and touched or scored at
+        least ``shown_threshold``; None: every person not deleted). Returns the new person's index."""
         if len(box) != 4:
             raise ValueError(f"a box is [x0, y0, x1, y1] in pixels, got {list(box)!r}")
         x0, y0 = self._point(box[0], box[1])
@@ -189,7 +191,12 @@ class PoseSession:
             raise ValueError(f"the box {list(box)} is too small: draw it around the whole person (>= 2 pixels)")
         width, height = self.size
         norm = torch.tensor([[x0 / width, y0 / height, x1 / width, y1 / height]], device=self.poses.boxes.device)
-        added = new_poses(self.predictor.propose_person(self, box_xyxy_to_cxcywh(norm), self.size), "user")
+        poses = self.poses
+        shown = ~poses.deleted
+        if shown_threshold is not None:
+            shown &= poses.touched | (poses.scores >= shown_threshold)
+        added = new_poses(self.predictor.propose_person(self, box_xyxy_to_cxcywh(norm), self.size,
+                                                        present=poses.keypoints[shown]), "user")
         self._commit(self.poses.append(added))
         return self.poses.num_people - 1
 

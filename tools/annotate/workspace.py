@@ -332,7 +332,7 @@ class Workspace:
         return self._act(name, lambda s: s.set_visibility(person, keypoint, visibility), "visibility", person)
 
     def add_person(self, name: str, box: Sequence[float]) -> dict[str, Any]:
-        return self._act(name, lambda s: s.add_person(box), "add_person")
+        return self._act(name, lambda s: s.add_person(box, self.records[name]["threshold"]), "add_person")
 
     def delete_person(self, name: str, person: int) -> dict[str, Any]:
         return self._act(name, lambda s: s.delete_person(person), "delete_person", person)

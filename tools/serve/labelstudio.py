@@ -107,7 +107,7 @@ class LabelStudioBackend:
             if kind == "rectanglelabels":
                 x, y, w, h = place
                 person = session.add_person([x * width / 100, y * height / 100, (x + w) * width / 100,
-                                             (y + h) * height / 100])
+                                             (y + h) * height / 100], self.threshold)
             else:
                 labels = value.get("keypointlabels") or []
                 if not labels or not isinstance(labels[0], str):

@@ -148,7 +148,7 @@ class XAnyLabelingServer:
                     person, keypoint = nearest(session.people(threshold), values[0], values[1])
                     session.refine([(person, keypoint, values[0], values[1])])
                 elif label == 1:
-                    session.add_person(values)
+                    session.add_person(values, threshold)
             except Exception:
                 session.restore((before, (), ()))
                 raise
