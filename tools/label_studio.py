@@ -14,7 +14,7 @@ from typing import Any, Optional, Sequence
 from xml.sax.saxutils import quoteattr
 
 BOX_CONTROL, KEYPOINT_CONTROL, IMAGE_OBJECT = "box", "kp", "image"
-KEYPOINT_WIDTH = 0.4  # the drawn keypoint's radius, percent of the image width (Label Studio's 'width')
+KEYPOINT_WIDTH = 0.8  # the drawn keypoint's radius, percent of the image width (Label Studio's 'width')
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,10 @@ task's labelling page in headless Chromium, waits until the editor shows the sto
 Everything is removed when it ends (about 2 minutes, most of it Label Studio's first start). The live test
 (tests/tools/serve/test_label_studio_live.py) uses the same pieces.
 
-docs/label_studio.png is `make demo`'s model (an early checkpoint_best_regular.pth) on one synthetic image:
+docs/label_studio.png is `make demo`'s model with its quality head on one synthetic image:
 
     python -m tools.serve.screenshot_label_studio data_synthetic/images/val2017/000000000418.jpg \\
-        --config config/demo.cfg.py --checkpoint demo_output/train/checkpoint_best_regular.pth --threshold 0.2
+        --config config/demo.cfg.py --checkpoint demo_output/train/checkpoint_quality.pth --threshold 0.2
 """
 from __future__ import annotations
 
