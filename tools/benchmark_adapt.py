@@ -9,7 +9,7 @@ The target domain is a synthetic scene (``datasets.synthetic.SCENES``: ``full`` 
 already there): ``--held-out`` images form its val split, on which NoC@85/90/95 is measured; the others form the pool,
 cut into batches of ``--batch`` images in file-name order.
 
-The annotator is the oracle of ``tools/benchmark_annotate.py``, driving the page's own session code
+The annotator is the oracle of ``tools/oracle_annotator.py``, driving the page's own session code
 (``tools.annotate.workspace.Workspace``: the same ``PoseSession`` objects and annotation file as the page's API)
 instead of a browser. Per image it matches the people shown (score at or above ``--threshold``, or touched) to the
 truth (Hungarian on OKS, at least ``--min-oks``), deletes the unmatched ones, adds each missed person with its true
@@ -39,11 +39,13 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from tools.oracle_annotator import OraclePolicy, Tally, truth_of
 
 DEFAULT_TARGET_SEED = 1000  # the target dataset's own seed (the demo's data uses 0)
 NOC_KEYS = ("NoC@85", "NoC@90", "NoC@95")
@@ -102,110 +104,55 @@ def prepare_target(root: Path, scene: Any, total: int, held_out: int, seed: int)
 
 # ---- the oracle over the Workspace API ----------------------------------------------------------------------------
 
-@dataclass
-class ImageTally:
-    """What the oracle did on one image."""
+class WorkspaceHands:
+    """The oracle's edits (:class:`tools.oracle_annotator.Hands`) as the calls the page's API makes on a
+    :class:`Workspace`, on image ``name`` (set by :func:`annotate_batch`)."""
 
-    image: str
-    people: int = 0
-    shown: int = 0
-    matched: int = 0
-    placements: int = 0
-    visibility_edits: int = 0
-    deletions: int = 0
-    boxes: int = 0
-    unresolved: int = 0  # people still off after --max-placements
+    def __init__(self, workspace: Any):
+        self.ws, self.name, self.state = workspace, "", {}
 
-    @property
-    def clicks(self) -> int:
-        return self.placements + self.visibility_edits + self.deletions + self.boxes
+    def open(self, name: str) -> None:
+        self.name, self.state = name, self.ws.open(name)
 
-
-class WorkspaceOracle:
-    """benchmark_annotate's policy, through the calls the page's API makes on a :class:`Workspace`."""
-
-    def __init__(self, workspace: Any, sigmas: np.ndarray, tolerance: float, min_oks: float, max_placements: int):
-        self.ws, self.sigmas = workspace, sigmas
-        self.tolerance, self.min_oks, self.max_placements = tolerance, min_oks, max_placements
-
-    @staticmethod
-    def shown(state: dict[str, Any]) -> list[dict[str, Any]]:
+    def shown(self) -> list[dict[str, Any]]:
         """The people the page draws: not deleted, and touched or scored at or above the image's threshold."""
-        return [p for p in state["people"]
-                if not p.get("deleted") and (p.get("touched") or p["score"] >= state["threshold"])]
+        return [p for p in self.state["people"]
+                if not p.get("deleted") and (p.get("touched") or p["score"] >= self.state["threshold"])]
 
-    @staticmethod
-    def person(state: dict[str, Any], index: int) -> dict[str, Any]:
-        return next(p for p in state["people"] if p["index"] == index)
+    def delete(self, index: int) -> None:
+        self.state = self.ws.delete_person(self.name, index)
 
-    def correct(self, name: str, state: dict, index: int, truth: np.ndarray, box: np.ndarray,
-                tally: ImageTally) -> dict:
-        labelled = truth[:, 2] > 0
-        tolerance = self.tolerance * float(np.hypot(box[2] - box[0], box[3] - box[1]))
-        done = 0
-        while True:
-            keypoints = np.asarray(self.person(state, index)["keypoints"], dtype=np.float64)[:, :2]
-            error = np.hypot(*(keypoints - truth[:, :2]).T) * labelled
-            worst = int(error.argmax())
-            if error[worst] <= tolerance:
-                return state
-            if done >= self.max_placements:
-                tally.unresolved += 1
-                return state
-            state = self.ws.refine(name, [(index, worst, float(truth[worst, 0]), float(truth[worst, 1]))])
-            tally.placements += 1
-            done += 1
+    def add(self, box: np.ndarray) -> int:
+        before = {p["index"] for p in self.state["people"]}
+        self.state = self.ws.add_person(self.name, [float(v) for v in box])
+        return next(p["index"] for p in self.state["people"] if p["index"] not in before)
 
-    def fix_visibility(self, name: str, state: dict, index: int, truth: np.ndarray, tally: ImageTally) -> dict:
-        for k, flag in enumerate(truth[:, 2].astype(int)):
-            if int(self.person(state, index)["visibility"][k]) != flag:
-                state = self.ws.set_visibility(name, index, k, int(flag))
-                tally.visibility_edits += 1
-        return state
+    def place(self, index: int, keypoint: int, target: tuple[float, float]) -> None:
+        self.state = self.ws.refine(self.name, [(index, keypoint, target[0], target[1])])
 
-    def annotate(self, name: str, truth: np.ndarray, boxes: np.ndarray, areas: np.ndarray) -> ImageTally:
-        """Open ``name``, bring every true person to the truth, accept it."""
-        from tools.train_quality import match_people
+    def set_visibility(self, index: int, keypoint: int, flag: int) -> None:
+        self.state = self.ws.set_visibility(self.name, index, keypoint, flag)
 
-        tally = ImageTally(image=name, people=len(truth))
-        state = self.ws.open(name)
-        shown = self.shown(state)
-        tally.shown = len(shown)
-        predicted = np.asarray([p["keypoints"] for p in shown], dtype=np.float64).reshape(
-            len(shown), len(self.sigmas), 3)
-        pairs = match_people(predicted[..., :2], truth[..., :2], truth[..., 2], areas, self.sigmas, self.min_oks)
-        tally.matched = len(pairs)
-        matched = {shown[r]["index"]: g for r, g in pairs}
-        for p in shown:
-            if p["index"] not in matched:
-                state = self.ws.delete_person(name, p["index"])
-                tally.deletions += 1
-        targets = dict(matched)
-        for g in sorted(set(range(len(truth))) - set(matched.values())):
-            before = {p["index"] for p in state["people"]}
-            state = self.ws.add_person(name, [float(v) for v in boxes[g]])
-            tally.boxes += 1
-            targets[next(p["index"] for p in state["people"] if p["index"] not in before)] = g
-        for index, g in targets.items():
-            state = self.correct(name, state, index, truth[g], boxes[g], tally)
-            state = self.fix_visibility(name, state, index, truth[g], tally)
-        self.ws.accept(name)
-        return tally
+    def accept(self) -> None:
+        self.ws.accept(self.name)
 
 
-def annotate_batch(oracle: WorkspaceOracle, coco: Any, infos: Sequence[dict], num_keypoints: int
-                   ) -> list[ImageTally]:
-    from tools.benchmark_annotate import truth_of
+def annotate_batch(hands: WorkspaceHands, policy: OraclePolicy, coco: Any, infos: Sequence[dict]) -> list[Tally]:
+    """One tally per image of ``infos``, annotated in order."""
+    tallies = []
+    for info in infos:
+        hands.open(info["file_name"])
+        tallies.append(Tally(image=info["file_name"]))
+        policy.annotate(hands, *truth_of(coco, info["id"], len(policy.sigmas)), tallies[-1])
+    return tallies
 
-    return [oracle.annotate(info["file_name"], *truth_of(coco, info["id"], num_keypoints)) for info in infos]
 
-
-def batch_summary(tallies: Sequence[ImageTally]) -> dict[str, Any]:
+def batch_summary(tallies: Sequence[Tally]) -> dict[str, Any]:
     images, people = max(len(tallies), 1), max(sum(t.people for t in tallies), 1)
     total = {key: sum(getattr(t, key) for t in tallies)
              for key in ("people", "shown", "matched", "placements", "visibility_edits", "deletions", "boxes",
                          "unresolved")}
-    clicks = sum(t.clicks for t in tallies)
+    clicks = sum(t.actions for t in tallies)
     return {"images": len(tallies), **total, "clicks": clicks, "clicks_per_image": clicks / images,
             "clicks_per_person": clicks / people, "placements_per_image": total["placements"] / images}
 
@@ -305,21 +252,20 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         inside = report["in_domain_noc"]["NoC@90"]
         report["noc90_ratio_target_to_in_domain"] = report["source_noc"]["NoC@90"] / inside if inside else None
 
-    num_keypoints = None
     per_image: dict[str, list] = {"without_adaptation": [], "with_adaptation": []}
-    without: list[list[ImageTally]] = []
+    without: list[list[Tally]] = []
     annotations_source = out / "annotations_source.json"
     annotations_source.unlink(missing_ok=True)  # a previous run's file would resume its finished images
     predictor = load(opts.config, str(source))
-    sigmas = np.asarray(predictor.metadata.sigmas, dtype=np.float64)
-    num_keypoints = len(sigmas)
+    policy = OraclePolicy(np.asarray(predictor.metadata.sigmas, dtype=np.float64), opts.tolerance, opts.min_oks,
+                          opts.max_placements)
     workspace = Workspace(pool, annotations_source, predictor, threshold=opts.threshold,
                           source=ModelSource(opts.config, source, load))
     try:
-        oracle = WorkspaceOracle(workspace, sigmas, opts.tolerance, opts.min_oks, opts.max_placements)
+        hands = WorkspaceHands(workspace)
         for b, infos in enumerate(batches, start=1):
             print(f"without adaptation: batch {b} ({len(infos)} images)")
-            without.append(annotate_batch(oracle, coco, infos, num_keypoints))
+            without.append(annotate_batch(hands, policy, coco, infos))
     finally:
         workspace.close()
 
@@ -329,18 +275,18 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                           source=ModelSource(opts.config, source, load))
     rounds, batch_rows, model, current = [], [], "source", source
     try:
-        oracle = WorkspaceOracle(workspace, sigmas, opts.tolerance, opts.min_oks, opts.max_placements)
+        hands = WorkspaceHands(workspace)
         for b, infos in enumerate(batches, start=1):
             print(f"with adaptation: batch {b} ({len(infos)} images) with the {model} model")
             in_use = workspace.model_info()["checkpoint"]  # what the workspace predicts the batch with
-            tallies = annotate_batch(oracle, coco, infos, num_keypoints)
+            tallies = annotate_batch(hands, policy, coco, infos)
             batch_rows.append({"batch": b, "images": [i["file_name"] for i in infos],
                                "annotated_before": sum(len(x) for x in batches[:b - 1]), "model": model,
                                "model_checkpoint": in_use,
                                "with_adaptation": batch_summary(tallies),
                                "without_adaptation": batch_summary(without[b - 1])})
-            per_image["with_adaptation"] += [asdict(t) | {"batch": b, "clicks": t.clicks} for t in tallies]
-            per_image["without_adaptation"] += [asdict(t) | {"batch": b, "clicks": t.clicks} for t in without[b - 1]]
+            per_image["with_adaptation"] += [asdict(t) | {"batch": b, "clicks": t.actions} for t in tallies]
+            per_image["without_adaptation"] += [asdict(t) | {"batch": b, "clicks": t.actions} for t in without[b - 1]]
             if b > opts.rounds:  # the batch after the last round: annotated with the last model, no fine-tuning
                 continue
             new = out / f"round{b}" / "checkpoint.pth"
@@ -411,7 +357,7 @@ def write_markdown(path: Path, report: dict[str, Any]) -> None:
              f"{report['epochs']} epochs per fine-tuning from the {report['start']} checkpoint, "
              f"{report['threads']} threads on {report['device']}.", "",
              "## Clicks per image", "",
-             "Clicks: the oracle's keypoint placements + visibility edits + deletions + boxes (tools/benchmark_annotate"
+             "Clicks: the oracle's keypoint placements + visibility edits + deletions + boxes (tools/oracle_annotator"
              ".py's policy through the annotation tool's Workspace).", "",
              "| batch | images annotated before | model | clicks/image with adaptation | clicks/image without | "
              "placements/image with | placements/image without | unresolved with / without |",

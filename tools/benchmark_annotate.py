@@ -4,7 +4,7 @@
         --checkpoint demo_output/train/checkpoint_quality.pth --data data_synthetic --split val2017 --images 12
 
 Serves the page over a copy of the first ``--images`` images of the split (by file name) and drives it in headless
-Chromium with real pointer and key events. Per image, an oracle that knows the ground truth
+Chromium with real pointer and key events. Per image, the oracle of ``tools/oracle_annotator.py``
 
 1. matches the people shown (score at or above ``--threshold``) to the true people (Hungarian on OKS, at least
    ``--min-oks``), selects each unmatched one from the side panel and deletes it (``x``);
@@ -18,7 +18,8 @@ Chromium with real pointer and key events. Per image, an oracle that knows the g
 
 It reports placements (drags and select-and-clicks), visibility edits, deletions and boxes, actions per true person
 (their sum over the true people), placements per box-added person, the page's release-to-redraw times of the
-placements (p50 / p95, taken by the page) and the keypoint AP of the exported file (its COCO ``annotations``) against the truth.
+placements (p50 / p95, taken by the page) and the keypoint AP of the exported file (its COCO ``annotations``)
+against the truth.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ import shutil
 import statistics
 import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+
+from tools.oracle_annotator import OraclePolicy, Tally, truth_of
 
 HIT_RADIUS = 10.0  # screen pixels: the page's keypoint hit radius (tools/annotate/static/app.js)
 SELECTED_BONUS = 0.5  # the page prefers the selected person's keypoint by this many pixels (app.js hitKeypoint)
@@ -40,37 +42,6 @@ SELECTED_BONUS = 0.5  # the page prefers the selected person's keypoint by this 
 SHOWN_JS = """return annotator.state.people.filter(p => !p.deleted && (p.touched || p.score >= annotator.threshold))
     .map(p => ({index: p.index, box: p.box, keypoints: p.keypoints, visibility: p.visibility, pinned: p.pinned,
                 screen: p.keypoints.map((kp, k) => annotator.keypointScreen(p.index, k))}));"""
-
-
-@dataclass
-class Tally:
-    """What the oracle did, over all images."""
-
-    placements: int = 0
-    visibility_edits: int = 0
-    deletions: int = 0
-    boxes: int = 0
-    people: int = 0
-    shown: int = 0
-    matched: int = 0
-    unresolved: int = 0  # people still off after --max-placements
-    added_placements: list[int] = field(default_factory=list)  # per box-added person
-    latencies_ms: list[float] = field(default_factory=list)  # release -> redraw of each placement
-
-    @property
-    def actions(self) -> int:
-        return self.placements + self.visibility_edits + self.deletions + self.boxes
-
-
-def truth_of(coco: Any, image_id: int, num_keypoints: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(G, K, 3) true keypoints, (G, 4) xyxy boxes and (G,) areas of an image (crowd and unlabelled skipped)."""
-    anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=[image_id]))
-            if not a.get("iscrowd", 0) and a.get("num_keypoints", 1) > 0]
-    keypoints = np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), num_keypoints, 3)
-    boxes = np.asarray([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
-                        for a in anns], dtype=np.float64).reshape(-1, 4)
-    areas = np.asarray([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=np.float64)
-    return keypoints, boxes, areas
 
 
 def grabs(shown: list[dict[str, Any]], person: int, keypoint: int, selected: Optional[int]) -> bool:
@@ -86,11 +57,13 @@ def grabs(shown: list[dict[str, Any]], person: int, keypoint: int, selected: Opt
     return best is not None and best[1:] == (person, keypoint)
 
 
-class Oracle:
-    """Drives one page (a selenium driver) with the truth of the current image."""
+class BrowserHands:
+    """The oracle's edits (:class:`tools.oracle_annotator.Hands`) as pointer and key events in the page of a
+    selenium ``driver``; ``latencies_ms`` collects the page's release -> redraw time of each placement."""
 
-    def __init__(self, driver: Any, sigmas: np.ndarray, opts: argparse.Namespace, tally: Tally):
-        self.driver, self.sigmas, self.opts, self.tally = driver, sigmas, opts, tally
+    def __init__(self, driver: Any):
+        self.driver = driver
+        self.latencies_ms: list[float] = []
 
     def js(self, script: str) -> Any:
         return self.driver.execute_script(script)
@@ -115,33 +88,24 @@ class Oracle:
             self.select_person(index)
         self.driver.find_elements("css selector", "#keypoints tr")[keypoint].click()
 
-    def redrawn_after(self, count: int) -> None:
-        from tools.annotate.browser_check import wait_for
+    def place(self, index: int, keypoint: int, target: tuple[float, float]) -> None:
+        """A drag from the keypoint if a press there grabs it, else the side panel's selection and a click."""
+        from tools.annotate.browser_check import click, drag, wait_for
 
-        wait_for(self.driver, f"annotator.latencies.length > {count}", what="the refined poses")
-        self.settle()
-
-    def place(self, shown: list[dict[str, Any]], index: int, keypoint: int, target: tuple[float, float]) -> None:
-        """Put (index, keypoint) at ``target`` (image pixels): a drag from the keypoint if a press there grabs
-        it, else the side panel's selection and a click."""
-        from tools.annotate.browser_check import click, drag
-
+        shown = self.shown()
         end = self.js(f"return annotator.screenPoint({target[0]}, {target[1]});")
         count = self.js("return annotator.latencies.length;")
         selected = self.js("return annotator.selected.person;")
-        if grabs(shown, index, keypoint, selected) and not self.js("return annotator.armed;"):
-            start = next(p for p in shown if p["index"] == index)["screen"][keypoint]
-            if np.hypot(end["left"] - start["left"], end["top"] - start["top"]) > 3:
-                drag(self.driver, (start["left"], start["top"]), (end["left"], end["top"]))
-            else:  # too short for a drag: select it, then click the target
-                self.select_keypoint(index, keypoint)
-                click(self.driver, (end["left"], end["top"]))
+        start = next(p for p in shown if p["index"] == index)["screen"][keypoint]
+        long_enough = np.hypot(end["left"] - start["left"], end["top"] - start["top"]) > 3  # shorter: a click
+        if long_enough and grabs(shown, index, keypoint, selected) and not self.js("return annotator.armed;"):
+            drag(self.driver, (start["left"], start["top"]), (end["left"], end["top"]))
         else:
             self.select_keypoint(index, keypoint)
             click(self.driver, (end["left"], end["top"]))
-        self.redrawn_after(count)
-        self.tally.placements += 1
-        self.tally.latencies_ms.append(float(self.js("return annotator.lastLatencyMs;")))
+        wait_for(self.driver, f"annotator.latencies.length > {count}", what="the refined poses")
+        self.settle()
+        self.latencies_ms.append(float(self.js("return annotator.lastLatencyMs;")))
 
     def delete(self, index: int) -> None:
         from tools.annotate.browser_check import press
@@ -149,10 +113,9 @@ class Oracle:
         self.select_person(index)
         press(self.driver, "x")
         self.settle()
-        self.tally.deletions += 1
 
     def add(self, box: np.ndarray) -> int:
-        """A person from a box dragged over ``box`` (xyxy image pixels); returns its index."""
+        """``b`` and a box dragged over ``box`` (xyxy image pixels); returns the new person's index."""
         from tools.annotate.browser_check import drag, press, wait_for
 
         before = {p["index"] for p in self.js("return annotator.state.people;")}
@@ -161,67 +124,23 @@ class Oracle:
         drag(self.driver, (corners[0]["left"], corners[0]["top"]), (corners[1]["left"], corners[1]["top"]))
         wait_for(self.driver, f"annotator.state.people.length > {len(before)}", what="the added person")
         self.settle()
-        self.tally.boxes += 1
         return next(p["index"] for p in self.js("return annotator.state.people;") if p["index"] not in before)
 
-    def correct(self, index: int, truth: np.ndarray, box: np.ndarray) -> int:
-        """Placements until every labelled keypoint of ``index`` is within tolerance of ``truth`` (K, 3)."""
-        labelled = truth[:, 2] > 0
-        tolerance = self.opts.tolerance * float(np.hypot(box[2] - box[0], box[3] - box[1]))
-        done = 0
-        while True:
-            shown = self.shown()
-            person = next(p for p in shown if p["index"] == index)
-            error = np.hypot(*(np.asarray(person["keypoints"])[:, :2] - truth[:, :2]).T) * labelled
-            worst = int(error.argmax())
-            if error[worst] <= tolerance:
-                return done
-            if done >= self.opts.max_placements:
-                self.tally.unresolved += 1
-                return done
-            self.place(shown, index, worst, (float(truth[worst, 0]), float(truth[worst, 1])))
-            done += 1
-
-    def fix_visibility(self, index: int, truth: np.ndarray) -> None:
+    def set_visibility(self, index: int, keypoint: int, flag: int) -> None:
+        """A keypoint row click plus the key."""
         from tools.annotate.browser_check import press, wait_for
 
-        for k, flag in enumerate(truth[:, 2].astype(int)):
-            person = next(p for p in self.shown() if p["index"] == index)
-            if person["visibility"][k] == flag:
-                continue
-            self.select_keypoint(index, k)
-            press(self.driver, str(flag))
-            wait_for(self.driver, f"annotator.state.people.find(p => p.index === {index}).visibility[{k}] === {flag}",
-                     what="the visibility change")
-            self.settle()
-            self.tally.visibility_edits += 1
+        self.select_keypoint(index, keypoint)
+        press(self.driver, str(flag))
+        wait_for(self.driver, f"annotator.state.people.find(p => p.index === {index}).visibility[{keypoint}] === "
+                              f"{flag}", what="the visibility change")
+        self.settle()
 
-    def annotate(self, truth: np.ndarray, boxes: np.ndarray, areas: np.ndarray) -> None:
-        """Everything the oracle does on the open image, then Enter."""
+    def accept(self) -> None:
         from selenium.webdriver.common.keys import Keys
 
         from tools.annotate.browser_check import press
-        from tools.train_quality import match_people
 
-        self.tally.people += len(truth)
-        shown = self.shown()
-        self.tally.shown += len(shown)
-        predicted = np.asarray([p["keypoints"] for p in shown], dtype=np.float64).reshape(len(shown), len(self.sigmas), 3)
-        pairs = match_people(predicted[..., :2], truth[..., :2], truth[..., 2], areas, self.sigmas,
-                             self.opts.min_oks)
-        self.tally.matched += len(pairs)
-        matched = {shown[r]["index"]: g for r, g in pairs}
-        for p in shown:
-            if p["index"] not in matched:
-                self.delete(p["index"])
-        added = {}
-        for g in sorted(set(range(len(truth))) - set(matched.values())):
-            added[self.add(boxes[g])] = g
-        for index, g in {**matched, **added}.items():
-            placements = self.correct(index, truth[g], boxes[g])
-            if index in added:
-                self.tally.added_placements.append(placements)
-            self.fix_visibility(index, truth[g])
         press(self.driver, Keys.ENTER)
         self.settle()
 
@@ -272,23 +191,24 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                 driver = start_browser(*found)
                 try:
                     driver.get(url)
-                    oracle = Oracle(driver, sigmas, opts, tally)
+                    hands = BrowserHands(driver)
+                    policy = OraclePolicy(sigmas, opts.tolerance, opts.min_oks, opts.max_placements)
                     for info in infos:
                         wait_for(driver, f"annotator.ready && annotator.state.image === {json.dumps(info['file_name'])}"
                                  , what=f"image {info['file_name']}")
-                        oracle.settle()
-                        oracle.annotate(*truth_of(coco, info["id"], len(sigmas)))
+                        hands.settle()
+                        policy.annotate(hands, *truth_of(coco, info["id"], len(sigmas)), tally)
                 finally:
                     driver.quit()
         finally:
             predictor.close()
         exported = json.loads(annotations.read_text())
     ap = result_ap(exported, coco, {info["file_name"]: info["id"] for info in infos})
-    return summary(tally, ap, len(infos))
+    return summary(tally, hands.latencies_ms, ap, len(infos))
 
 
-def summary(tally: Tally, ap: float, images: int) -> dict[str, Any]:
-    latencies = sorted(tally.latencies_ms)
+def summary(tally: Tally, latencies_ms: Sequence[float], ap: float, images: int) -> dict[str, Any]:
+    latencies = sorted(latencies_ms)
     people = max(tally.people, 1)
     return {"images": images, "people": tally.people, "shown": tally.shown,
             "matched": tally.matched, "placements": tally.placements,
