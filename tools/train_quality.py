@@ -266,9 +266,11 @@ def train_quality(opts: argparse.Namespace, log: Callable[[str], None] = print) 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     opts = parse_args(argv)
+    from util.errors import CheckpointError
+
     try:
         report = train_quality(opts)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, CheckpointError) as exc:  # a missing or unloadable file, a dataset matching nobody
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for split in ("train", "val"):

@@ -80,3 +80,9 @@ def test_bad_input_is_one_error_line(annotate_assets, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "person_keypoints_train2017.json" in err and err.count("\n") == 1
     assert not (tmp_path / "o.pth").exists()
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(b"not a checkpoint")
+    assert main(["--config", str(config), "--checkpoint", str(damaged), "--data", str(tmp_path),
+                 "--out", str(tmp_path / "o.pth"), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(damaged) in err and err.count("\n") == 1
