@@ -128,8 +128,8 @@ class OraclePolicy:
 
     @staticmethod
     def fix_visibility(hands: Hands, index: int, truth: np.ndarray, tally: Tally) -> None:
+        person = next(p for p in hands.shown() if p["index"] == index)  # a flag's edit changes no other flag
         for k, flag in enumerate(truth[:, 2].astype(int)):
-            person = next(p for p in hands.shown() if p["index"] == index)
             if int(person["visibility"][k]) != flag:
                 hands.set_visibility(index, k, int(flag))
                 tally.visibility_edits += 1
