@@ -115,7 +115,8 @@ def _project_files():
     skip = {"tests", ".venv", "build", "demo_output", "data_synthetic"}
     for path in sorted(REPO.rglob("*.py")):
         rel = path.relative_to(REPO)
-        if not skip & set(rel.parts):
+        # hidden folders hold environments (.venv, .venv-ls) and tooling, not project code
+        if not skip & set(rel.parts) and not any(part.startswith(".") for part in rel.parts):
             yield rel, ast.parse(path.read_text())
 
 
