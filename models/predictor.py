@@ -24,7 +24,6 @@ from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 import math
 import numbers
-import weakref
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar, Union
@@ -36,14 +35,14 @@ from torch import Tensor
 
 from util import keypoint_codec as kp
 from util.box_ops import box_cxcywh_to_xyxy
-from models.crop_view import CROP_MARGIN, CROP_MASK, CropView, CropWindow  # noqa: F401 (the constants: re-exported)
 from models.keypoint_quality import CHECKPOINT_KEY as QUALITY_KEY, KeypointQualityHead, quality_from_checkpoint
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MAX_PENDING = 2  # background predictions kept waiting for their image to be opened
+CROP_MASK = True  # a box-added person: the margin around the user's box is painted in the crop's mean colour
 DUPLICATE_DISTANCE = 0.1  # a crop candidate this close to a present person (mean keypoint distance / box diagonal)
-MAX_CROP_VIEWS = 8  # per image, the crops of box-added people whose encoder state is kept (models/crop_view.py)
+CROP_MARGIN = 0.3  # a box-added person: the crop around the user's box, as a fraction of its longer side
 PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
 
@@ -117,9 +116,6 @@ class People:
     confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (the quality head's, else keypoint_confidence)
     pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
     predicted_visibility: Optional[Tensor] = None  # (R, K) long COCO flags from the quality head (None: no head)
-    # (R, 4) x0, y0, x1, y1: the user's box of a person proposed from a box, whose refinements run on that box's
-    # crop (models/crop_view.py); NaN rows, or None: the whole image
-    windows: Optional[Tensor] = None
 
     @property
     def num_people(self) -> int:
@@ -263,8 +259,6 @@ class Predictor:
         self._sigmas = torch.tensor(self.metadata.sigmas, dtype=torch.float32)
         self._current: Optional[PredictedImage] = None
         self._held: OrderedDict[int, HoldsState] = OrderedDict()  # holders of an encoder state, LRU order
-        # per holder (an image's session), the crops of its box-added people: user box -> CropView, LRU order
-        self._views: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._pending: OrderedDict[str, Future] = OrderedDict()
         self._worker: Optional[ThreadPoolExecutor] = None
 
@@ -421,74 +415,16 @@ class Predictor:
     def refine_people(self, holder: HoldsState, people: P, size: tuple[int, int],
                       clicks: Sequence[tuple[int, int, float, float]], rows: Optional[Sequence[int]] = None) -> P:
         """``people`` after checked ``clicks`` ``(row, keypoint, x, y)`` (pixels): rows ``rows`` re-predicted
-        (default: the clicked ones), the clicked keypoints pinned where clicked. A person with a window (added from
-        a box) is refined on its crop, the others on the whole image."""
+        (default: the clicked ones), the clicked keypoints pinned where clicked."""
         if not clicks:
             raise ValueError("a refinement needs at least one click (person, keypoint, x, y)")
         rows = sorted({p for p, _, _, _ in clicks}) if rows is None else list(rows)
+        local = {row: n for n, row in enumerate(rows)}
         width, height = size
-        updated = people
-        for window, members in self._window_groups(people, rows, size):
-            local = {row: n for n, row in enumerate(members)}
-            mine = [[local[p], k, x / width, y / height] for p, k, x, y in clicks if p in local]
-            result = None if window is None else self._refine_in_crop(holder, window, people, members, mine)
-            if result is None:
-                result = self.run_refinement(holder, people, members, mine, size)
-            updated = updated.rows(members, boxes=result["boxes"], keypoints=result["keypoints"],
-                                   confidence=result["confidence"], pinned=result["pinned"])
-        return updated
-
-    @staticmethod
-    def _window_groups(people: People, rows: Sequence[int], size: tuple[int, int]
-                       ) -> list[tuple[Optional[CropWindow], list[int]]]:
-        """``rows`` grouped by the window they are refined in (None: the whole image)."""
-        groups: dict[Any, list[int]] = {}
-        windows: dict[Any, Optional[CropWindow]] = {None: None}
-        for row in rows:
-            user = None if people.windows is None else people.windows[row]
-            key = None if user is None or bool(torch.isnan(user).any()) else tuple(user.tolist())
-            if key not in windows:
-                windows[key] = CropWindow.from_normalised(user, size)
-            groups.setdefault(key if windows[key] is not None else None, []).append(row)
-        return [(windows[key], members) for key, members in groups.items()]
-
-    def _crop_view(self, holder: HoldsState, window: CropWindow, made: Optional[CropView] = None) -> CropView:
-        """The cached crop of ``window`` on ``holder``'s image: ``made`` when given, else the cached one, else a
-        new one (encoded when first refined)."""
-        try:
-            views = self._views.setdefault(holder, OrderedDict())
-        except TypeError:  # a holder that cannot be weakly referenced keeps no crops
-            views = OrderedDict()
-        view = views.pop(window.user, None) if made is None else made
-        if view is None:
-            view = CropView(window.image(self._load(holder.image)))
-        views[window.user] = view
-        if view.state is not None:
-            self.hold(view)  # its state counts against max_cached_states like an image's
-        while len(views) > MAX_CROP_VIEWS:
-            views.popitem(last=False)
-        return view
-
-    def _refine_in_crop(self, holder: HoldsState, window: CropWindow, people: People, members: Sequence[int],
-                        clicks: Sequence[Sequence[float]]) -> Optional[dict[str, Tensor]]:
-        """:meth:`run_refinement` of ``members`` on ``window``'s crop, mapped back to the image; None when a
-        click or a pinned keypoint lies outside the crop (the whole image refines those)."""
-        if holder.image is None:
-            return None
-        index = torch.tensor(list(members), dtype=torch.long)
-        keypoints = window.points_to_crop(people.keypoints[index])
-        pinned = people.pinned[index]
-        points = torch.tensor([c[2:] for c in clicks], dtype=torch.float32).reshape(-1, 2)
-        crop_clicks = window.points_to_crop(points)
-        if not window.holds(keypoints[pinned]) or not window.holds(crop_clicks):
-            return None
-        crop_people = People(boxes=window.boxes_to_crop(people.boxes[index]), keypoints=keypoints,
-                             scores=people.scores[index], confidence=people.confidence[index], pinned=pinned)
-        view = self._crop_view(holder, window)
-        result = self.run_refinement(view, crop_people, range(len(members)),
-                                     [[c[0], c[1], *xy] for c, xy in zip(clicks, crop_clicks.tolist())], window.size)
-        return {**result, "boxes": window.boxes_to_image(result["boxes"]),
-                "keypoints": window.points_to_image(result["keypoints"])}
+        result = self.run_refinement(holder, people, rows, [[local[p], k, x / width, y / height]
+                                                            for p, k, x, y in clicks], size)
+        return people.rows(rows, boxes=result["boxes"], keypoints=result["keypoints"],
+                           confidence=result["confidence"], pinned=result["pinned"])
 
     @torch.no_grad()
     def propose_person(self, holder: HoldsState, box: Tensor, size: tuple[int, int],
@@ -499,16 +435,14 @@ class Predictor:
         so a candidate of the crop that is one of them (``DUPLICATE_DISTANCE``) is passed over for another.
 
         ``method`` 'crop' (default): the model predicts the box's region (the box grown by ``CROP_MARGIN`` of its
-        longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and
-        the person whose box best overlaps the user's is mapped back, so the proposal cannot drift to a neighbour
-        outside the box; the person keeps its window (``People.windows``), so that its refinements run on the
-        same crop (:meth:`refine_people`). With nobody found there it falls back to
+        longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and the person whose box best overlaps the user's is mapped back, so
+        the proposal cannot drift to a neighbour outside the box; with nobody found there it falls back to
         'queries': the keypoints start where the decoder starts the learned keypoint queries of slot 0 in a box
         (:meth:`Decoder.initial_keypoints`), then one refinement over the whole image."""
         if method not in ("crop", "queries"):
             raise ValueError(f"propose_person method must be 'crop' or 'queries', got {method!r}")
         if method == "crop" and holder.image is not None:
-            person = self._propose_from_crop(holder, box.cpu(), size, present)
+            person = self._propose_from_crop(holder.image, box.cpu(), size, present)
             if person is not None:
                 return person
         decoder = self.model.transformer.decoder
@@ -524,30 +458,43 @@ class Predictor:
                       pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
                       predicted_visibility=None if visibility is None else visibility[0])
 
-    def _propose_from_crop(self, holder: HoldsState, box: Tensor, size: tuple[int, int],
+    def _propose_from_crop(self, image: ImageLike, box: Tensor, size: tuple[int, int],
                            present: Optional[Tensor] = None) -> Optional[People]:
-        """The crop method of :meth:`propose_person`; None when the model finds nobody in the crop. The person
-        keeps the window, and the crop's encoder state is kept for its refinements."""
+        """The crop method of :meth:`propose_person`; None when the model finds nobody in the crop."""
         from util.box_ops import box_iou, box_xyxy_to_cxcywh
 
         width, height = size
         scale = torch.tensor([width, height, width, height], dtype=torch.float32)
         user = box_cxcywh_to_xyxy(box.float()) * scale  # (1, 4) pixels
-        window = CropWindow.around(user[0].tolist(), size)
-        pil = self._load(holder.image)
-        if window is None or pil.size != (width, height):
+        x0, y0, x1, y1 = user[0].tolist()
+        margin = CROP_MARGIN * max(x1 - x0, y1 - y0)
+        left, top = max(0, math.floor(x0 - margin)), max(0, math.floor(y0 - margin))
+        right, bottom = min(width, math.ceil(x1 + margin)), min(height, math.ceil(y1 + margin))
+        if right - left < 2 or bottom - top < 2:
             return None
-        # a neighbour's parts outside the box are hidden (CROP_MASK), so the queries cannot lock onto it
-        crop = window.image(pil)
-        prediction = self.predict_images([crop])[0]
-        found = prediction.people
+        pil = self._load(image)
+        if pil.size != (width, height):
+            return None
+        crop = pil.crop((left, top, right, bottom))
+        if CROP_MASK:  # a neighbour's parts outside the box are hidden, so the queries cannot lock onto it
+            inside = crop.crop((round(x0) - left, round(y0) - top, round(x1) - left, round(y1) - top))
+            mean = tuple(int(v) for v in np.asarray(crop).reshape(-1, 3).mean(0))
+            crop = Image.new("RGB", crop.size, mean)
+            crop.paste(inside, (round(x0) - left, round(y0) - top))
+        found = self.predict_images([crop])[0].people
         if found.num_people == 0:
             return None
-        self._crop_view(holder, window, CropView(crop, prediction.state))
-        corners = box_cxcywh_to_xyxy(found.boxes)
-        boxes_xyxy = torch.cat((window.points_to_image(corners[:, :2]), window.points_to_image(corners[:, 2:])), 1)
+        crop_w, crop_h = right - left, bottom - top
+        # crop-normalised -> image pixels -> image-normalised
+        offset, crop_scale = torch.tensor([left, top]), torch.tensor([crop_w, crop_h])
+
+        def to_image(xy: Tensor) -> Tensor:
+            return (xy * crop_scale + offset) / torch.tensor([width, height], dtype=torch.float32)
+
+        boxes_xyxy = box_cxcywh_to_xyxy(found.boxes)
+        boxes_xyxy = torch.cat((to_image(boxes_xyxy[:, :2]), to_image(boxes_xyxy[:, 2:])), 1)
         overlap = box_iou(boxes_xyxy * scale, user)[0][:, 0]
-        keypoints = window.points_to_image(found.keypoints)
+        keypoints = to_image(found.keypoints)
         if present is not None and len(present):
             pixels = torch.tensor([width, height], dtype=torch.float32)
             diagonal = float(torch.hypot(user[0, 2] - user[0, 0], user[0, 3] - user[0, 1])) + 1e-6
@@ -560,7 +507,7 @@ class Predictor:
                       scores=found.scores[pick], confidence=found.confidence[pick],
                       pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
                       predicted_visibility=None if found.predicted_visibility is None
-                      else found.predicted_visibility[pick], windows=window.normalised_user[None])
+                      else found.predicted_visibility[pick])
 
     # ---- one image at a time (the original API) ----------------------------------------------------------------
     @property

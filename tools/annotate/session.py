@@ -8,7 +8,6 @@ Coordinates in and out are pixels of the original image.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
@@ -55,15 +54,7 @@ class Poses(People):
         return Poses(**tensors, sources=self.sources + other.sources)
 
 
-TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched",
-                 "windows")
-
-
-def _windows(people: People) -> Tensor:
-    """(R, 4) the people's crop windows (``People.windows``), NaN for people of the whole image."""
-    if people.windows is not None:
-        return people.windows.float()
-    return torch.full((people.num_people, 4), float("nan"), device=people.boxes.device)
+TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched")
 
 
 def _initial_visibility(people: People, visibility: Optional[Tensor]) -> Tensor:
@@ -82,7 +73,7 @@ def new_poses(people: People, source: str, visibility: Optional[Tensor] = None) 
     flags = torch.zeros(rows, dtype=torch.bool, device=people.boxes.device)
     return Poses(boxes=people.boxes, keypoints=people.keypoints, scores=people.scores, confidence=people.confidence,
                  pinned=people.pinned,
-                 visibility=_initial_visibility(people, visibility), windows=_windows(people),
+                 visibility=_initial_visibility(people, visibility),
                  deleted=flags, touched=flags if source == "model" else ~flags, sources=(source,) * rows)
 
 
@@ -132,15 +123,12 @@ class PoseSession:
 
     def people(self, score_threshold: float = 0.0, include_deleted: bool = False) -> list[dict[str, Any]]:
         """People in pixels, best score first: 'index', 'score', 'box' (x0, y0, x1, y1), 'keypoints' (K, 3) as
-        (x, y, confidence), 'confidence', 'pinned', 'visibility' (COCO 0/1/2), 'source', 'touched', 'deleted',
-        'window' (x0, y0, x1, y1: the box a box-added person is refined in; None: the whole image).
+        (x, y, confidence), 'confidence', 'pinned', 'visibility' (COCO 0/1/2), 'source', 'touched', 'deleted'.
         People below ``score_threshold`` are left out unless the user touched them."""
         poses = self.poses
         touched, deleted = poses.touched.tolist(), poses.deleted.tolist()
-        scale = torch.tensor(self.size, dtype=torch.float32).repeat(2)
-        windows = [None if any(math.isnan(v) for v in w) else w for w in (_windows(poses) * scale).tolist()]
         fields = {"visibility": poses.visibility.tolist(), "source": list(poses.sources), "touched": touched,
-                  "deleted": deleted, "window": windows}
+                  "deleted": deleted}
         shown = None if include_deleted else [not d for d in deleted]
         return people_dicts(poses, self.size, score_threshold, fields, shown=shown, kept=touched)
 
@@ -275,8 +263,7 @@ class PoseSession:
         bad = [s for s in sources if s not in SOURCES]
         if bad:
             raise ValueError(f"unknown person source {bad[0]!r}: expected one of {SOURCES}")
-        windows = torch.tensor([p.get("window") or [float("nan")] * 4 for p in people], dtype=torch.float32)
-        return Poses(boxes=boxes, keypoints=keypoints / scale, windows=windows / scale.repeat(2),
+        return Poses(boxes=boxes, keypoints=keypoints / scale,
                      scores=column("score", torch.ones(count), torch.float32),
                      confidence=column("confidence", ones, torch.float32),
                      pinned=column("pinned", ones * 0, torch.bool),
