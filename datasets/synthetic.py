@@ -3,7 +3,7 @@
 Each image has a textured background and front-facing stick figures with the 17 COCO keypoints (the person's left
 is on the image's right); a :class:`Scene` says how many, how large, and whether occluding boxes are drawn. Limb
 types have fixed, distinct colours (left and right share them, so a horizontal flip stays consistent) and every joint
-carries a small bright dot. Figures vary in scale, lean and limb angles, overlap each other, may be cut by the image
+carries a small bright dot (a scene's ``palette`` may paint them otherwise). Figures vary in scale, lean and limb angles, overlap each other, may be cut by the image
 border, and occluding shapes may cover them. Visibility follows COCO: 2 = visible, 1 = labelled but hidden by another
 figure or an occluder, 0 = outside the image (stored as 0, 0, 0).
 
@@ -33,6 +33,20 @@ PART_COLOURS = {
     "torso": (205, 55, 50), "head": (240, 195, 145), "upper_arm": (50, 170, 60), "forearm": (40, 200, 215),
     "thigh": (55, 70, 210), "shin": (190, 60, 200), "joint": (255, 235, 40), "face": (30, 30, 30),
 }
+
+
+def _hue_turned(colours: dict, degrees: int) -> dict:
+    """The colours with their hue turned by ``degrees`` (saturation and value kept)."""
+    rgb = np.asarray(list(colours.values()), dtype=np.uint8)[None]
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # OpenCV hue: 0..179 for 0..358 degrees
+    hsv[..., 0] = (hsv[..., 0].astype(int) + degrees // 2) % 180
+    turned = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0]
+    return {part: tuple(int(c) for c in value) for part, value in zip(colours, turned)}
+
+
+# Part colours by palette name. 'default' is what the demo model learns; 'hue120' (every part's hue turned by 120
+# degrees: red torso -> green, green arms -> blue, ...) is another domain for tools/benchmark_adapt.py.
+PALETTES = {"default": PART_COLOURS, "hue120": _hue_turned(PART_COLOURS, 120)}
 # (part, from keypoint, to keypoint, thickness as a fraction of body height). Limbs and head are as thick as a
 # person's: a figure's silhouette area is about 0.22 of its box height squared, as for the people of the COCO sample
 # (0.23-0.25); OKS scales its tolerance with that area (thinner figures, 0.18, made the metric stricter than COCO's).
@@ -52,10 +66,16 @@ MIN_SIDE, MAX_SIDE = 320, 640
 @dataclass(frozen=True)
 class Scene:
     """What one image may contain: 1..max_people figures, each body_height (a fraction of the image height, drawn
-    uniformly from the range) tall, and with occluders, up to two boxes in half of the images."""
+    uniformly from the range) tall, painted in the part colours of ``palette`` (a name of ``PALETTES``), and with
+    occluders, up to two boxes in half of the images."""
     max_people: int = 4
     body_height: tuple[float, float] = (0.3, 1.0)
     occluders: bool = True
+    palette: str = "default"
+
+    def __post_init__(self):
+        if self.palette not in PALETTES:
+            raise ValueError(f"unknown palette {self.palette!r}: one of {', '.join(PALETTES)}")
 
 
 # The default scene (tests, `tools/make_synthetic_dataset.py`), and the demo's: fewer, larger people, no occluding
@@ -78,8 +98,9 @@ def _rotate_down(up: np.ndarray, side_axis: np.ndarray, angle: float) -> np.ndar
     return np.cos(angle) * -up + np.sin(angle) * side_axis
 
 
-def sample_figure(rng: np.random.Generator, centre: tuple[float, float], height: float) -> Figure:
-    """Joint positions of one front-facing figure with its hip centre at ``centre``."""
+def sample_figure(rng: np.random.Generator, centre: tuple[float, float], height: float,
+                  palette: str = "default") -> Figure:
+    """Joint positions of one front-facing figure with its hip centre at ``centre``, coloured by ``palette``."""
     lean = rng.normal(0.0, 0.15)
     up = np.array([np.sin(lean), -np.cos(lean)])
     to_left = np.array([np.cos(lean), np.sin(lean)])  # the person's left = image right when facing the camera
@@ -105,7 +126,7 @@ def sample_figure(rng: np.random.Generator, centre: tuple[float, float], height:
         kp[kne] = kp[hip_k] + _rotate_down(up, axis, leg) * 0.23 * height
         kp[ank] = kp[kne] + _rotate_down(up, axis, leg + rng.uniform(-0.6, 0.3)) * 0.22 * height
     colours = {part: tuple(int(np.clip(c + rng.integers(-18, 19), 0, 255)) for c in rgb)
-               for part, rgb in PART_COLOURS.items()}
+               for part, rgb in PALETTES[palette].items()}
     return Figure(kp, head, height, colours)
 
 
@@ -164,7 +185,7 @@ def render_image(rng: np.random.Generator, width: int, height: int,
     for _ in range(num_people):
         body = rng.uniform(*scene.body_height) * height
         centre = (rng.uniform(0.05, 0.95) * width, rng.uniform(0.35, 0.75) * height + rng.normal(0, 0.1) * height)
-        figures.append(sample_figure(rng, centre, body))
+        figures.append(sample_figure(rng, centre, body, scene.palette))
     figures.sort(key=lambda f: f.height)  # smaller (farther) figures first, so nearer ones cover them
     owner = np.zeros((height, width), dtype=np.int16)
     silhouettes = []
@@ -210,8 +231,12 @@ def _category() -> dict:
 
 def provenance(scene: Scene) -> dict:
     """What decides the pixels of a dataset besides seed and image index, as its annotation info stores it (JSON
-    types: tuples become lists). A folder whose info differs was written by another scene or an older release."""
-    return json.loads(json.dumps({"scene": asdict(scene), "render_version": RENDER_VERSION}))
+    types: tuples become lists). A folder whose info differs was written by another scene or an older release.
+    The default palette is left out: it is what every render version drew, so folders that record no palette match."""
+    fields = asdict(scene)
+    if fields["palette"] == "default":
+        del fields["palette"]
+    return json.loads(json.dumps({"scene": fields, "render_version": RENDER_VERSION}))
 
 
 def write_synthetic_dataset(out_dir, num_images: int, seed: int = 0, num_val: Optional[int] = None,

@@ -76,9 +76,14 @@ def parse_scene(text: str):
         elif key == "body_height":
             low, _, high = value.partition(":")
             values[key] = (float(low), float(high))
+        elif key == "palette":
+            values[key] = value.strip()
         else:
             values[key] = value.strip().lower() in ("1", "true", "yes", "on")
-    return Scene(**values)
+    try:
+        return Scene(**values)
+    except ValueError as exc:
+        raise ConfigError(f"scene spec {text!r}: {exc}") from None
 
 
 def prepare_target(root: Path, scene: Any, total: int, held_out: int, seed: int) -> dict[str, Path]:

@@ -121,3 +121,22 @@ def test_tool_writes_a_dataset_that_loads_and_scores_ap_one(tmp_path, make_args)
     stats = evaluator.evaluate()
     assert round(stats["coco_eval_keypoints_detr"][0], 4) == 1.0
     assert round(stats["coco_eval_bbox"][0], 4) == 1.0
+
+
+def test_a_palette_repaints_the_same_people():
+    """Another palette (a domain shift for tools/benchmark_adapt.py) changes the figures' colours, not their poses,
+    and is recorded in the dataset's info; the default palette is not, so existing folders still match."""
+    from datasets.synthetic import PALETTES, provenance
+
+    rng = lambda: np.random.default_rng([0, 5])  # noqa: E731
+    plain, people = render_image(rng(), 480, 400, DEMO_SCENE)
+    turned, turned_people = render_image(rng(), 480, 400, Scene(max_people=3, body_height=(0.55, 0.95),
+                                                                occluders=False, palette="hue120"))
+    assert turned_people == people
+    assert np.abs(plain.astype(int) - turned.astype(int)).mean() > 1.0
+    assert PALETTES["hue120"]["face"] == PALETTES["default"]["face"]  # grey has no hue
+    assert PALETTES["hue120"]["torso"] != PALETTES["default"]["torso"]
+    assert "palette" not in provenance(DEMO_SCENE)["scene"]
+    assert provenance(Scene(palette="hue120"))["scene"]["palette"] == "hue120"
+    with pytest.raises(ValueError, match="unknown palette 'pink'"):
+        Scene(palette="pink")

@@ -127,6 +127,11 @@ def test_bad_scene_and_too_few_images(tmp_path, capsys):
     scene = benchmark_adapt.parse_scene("max_people=6,body_height=0.25:0.7,occluders=1")
     assert scene.max_people == 6 and scene.body_height == (0.25, 0.7) and scene.occluders
     assert benchmark_adapt.parse_scene("full") == benchmark_adapt.parse_scene("max_people=4")
+    assert benchmark_adapt.parse_scene("max_people=3,palette=hue120").palette == "hue120"
+    from util.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown palette 'pink'"):
+        benchmark_adapt.parse_scene("palette=pink")
     capsys.readouterr()
     checkpoint = tmp_path / "source.pth"
     checkpoint.write_bytes(b"not read before the counts are checked")
