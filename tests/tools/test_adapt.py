@@ -275,3 +275,28 @@ def test_bad_config_value_exits_2(assets, tmp_path, capsys, change, message):
         args[args.index(flag) + 1] = value
     assert adapt.main(args) == 2
     assert message in error_line(capsys)
+
+
+def test_adapt_on_real_human_art_images(shared_data, tmp_path, capsys):
+    """A smoke test on real images: the Human-Art sample (3 images; its file names carry the `HumanArt/images/`
+    prefix, relative to the dataset root) fine-tunes for one epoch into a checkpoint that predicts on them."""
+    from models.predictor import Predictor
+    from util.checkpoint import read_checkpoint
+
+    root = shared_data / "humanart"
+    annotations = root / "HumanArt" / "annotations" / "training_humanart.json"
+    source = make_checkpoint(tmp_path / "source.pth")
+    out = tmp_path / "humanart.pth"
+    assert adapt.main([str(annotations), str(root), "--config", TINY, "--checkpoint", str(source), "--out", str(out),
+                       "--epochs", "1", "--device", "cpu", "--options", *FAST_OPTIONS]) == 0
+    assert "wrote" in capsys.readouterr().out
+    start, new = read_checkpoint(source), read_checkpoint(out)
+    assert any(not torch.equal(v, new["model"][k]) for k, v in start["model"].items())
+    report = json.loads(adapt.report_path(out).read_text())
+    coco = json.loads(annotations.read_text())
+    assert report["train_images"] == len({a["image_id"] for a in coco["annotations"] if a["num_keypoints"] > 0})
+    predictor = Predictor(TINY, out, options=FAST)
+    try:
+        assert isinstance(predictor.predict(root / coco["images"][0]["file_name"]), list)
+    finally:
+        predictor.close()
