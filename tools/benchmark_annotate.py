@@ -145,22 +145,27 @@ class BrowserHands:
         self.settle()
 
 
-def result_ap(exported: dict[str, Any], coco: Any, names: dict[str, int]) -> float:
-    """Keypoint AP of the exported file's annotations against the truth, on the images it holds as done."""
+def result_ap(exported: dict[str, Any], coco: Any, names: dict[str, int]) -> tuple[float, list[float]]:
+    """Keypoint AP of the exported file's annotations against the truth, on the images it holds as done, and each
+    true person's best OKS among them (the AP at threshold t counts the people at or above t)."""
     from pycocotools.cocoeval import COCOeval
 
     ids = {image["id"]: names[image["file_name"]] for image in exported["images"] if image["file_name"] in names}
     results = [{"image_id": ids[a["image_id"]], "category_id": 1, "keypoints": a["keypoints"],
                 "score": float(a.get("score") or 1.0)} for a in exported["annotations"] if a["image_id"] in ids]
     if not results:
-        return 0.0
+        return 0.0, []
     done = sorted({r["image_id"] for r in results})
     evaluator = COCOeval(coco, coco.loadRes(results), "keypoints")
     evaluator.params.imgIds = done
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return float(evaluator.stats[0])
+    best = []
+    for image_id in done:
+        ious = np.asarray(evaluator.ious.get((image_id, 1), []), dtype=np.float64)  # (detections, true people)
+        best += ious.max(0).tolist() if ious.size else []
+    return float(evaluator.stats[0]), sorted(best)
 
 
 def run(opts: argparse.Namespace) -> dict[str, Any]:
@@ -203,8 +208,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         finally:
             predictor.close()
         exported = json.loads(annotations.read_text())
-    ap = result_ap(exported, coco, {info["file_name"]: info["id"] for info in infos})
-    return summary(tally, hands.latencies_ms, ap, len(infos))
+    ap, oks = result_ap(exported, coco, {info["file_name"]: info["id"] for info in infos})
+    return {**summary(tally, hands.latencies_ms, ap, len(infos)), "oks": oks,
+            "oks_at_least": {str(t): float(np.mean([o >= t for o in oks])) if oks else None for t in (0.9, 0.95)}}
 
 
 def summary(tally: Tally, latencies_ms: Sequence[float], ap: float, images: int) -> dict[str, Any]:
@@ -258,7 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{r['visibility_edits_per_person']:.2f} visibility edits + {r['deletions']} deletions and "
           f"{r['boxes']} boxes in all; placements per box-added person {added}; unresolved {r['unresolved']}; "
           f"release -> redraw p50 {r['release_to_redraw_ms']['p50']:.0f} ms, p95 "
-          f"{r['release_to_redraw_ms']['p95']:.0f} ms; AP of the result {r['ap']:.3f}")
+          f"{r['release_to_redraw_ms']['p95']:.0f} ms; AP of the result {r['ap']:.3f} (people at OKS >= 0.9: "
+          f"{r['oks_at_least']['0.9']:.0%}, >= 0.95: {r['oks_at_least']['0.95']:.0%})")
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,3 +49,7 @@ def test_the_oracle_annotates_every_person_and_the_counts_add_up(annotate_assets
     actions = result["placements"] + result["visibility_edits"] + result["deletions"] + result["boxes"]
     assert result["actions_per_person"] == pytest.approx(actions / result["people"])
     assert result["ap"] > 0.5  # every labelled keypoint within 5% of its box diagonal, visibility as the truth's
+    assert len(result["oks"]) == result["people"] and all(0.0 < o <= 1.0 for o in result["oks"])
+    # the AP at threshold t is at most the share of people at or above t (its recall), up to the 101-point grid
+    shares = [sum(o >= t for o in result["oks"]) / result["people"] for t in np.linspace(0.5, 0.95, 10)]
+    assert result["ap"] <= float(np.mean(shares)) + 0.011
