@@ -89,7 +89,8 @@ class BrowserHands:
         self.driver.find_elements("css selector", "#keypoints tr")[keypoint].click()
 
     def place(self, index: int, keypoint: int, target: tuple[float, float]) -> None:
-        """A drag from the keypoint if a press there grabs it, else the side panel's selection and a click."""
+        """A drag from the keypoint if a press there (on the canvas) grabs it, else the side panel's selection and a
+        click."""
         from tools.annotate.browser_check import click, drag, wait_for
 
         shown = self.shown()
@@ -98,12 +99,20 @@ class BrowserHands:
         selected = self.js("return annotator.selected.person;")
         start = next(p for p in shown if p["index"] == index)["screen"][keypoint]
         long_enough = np.hypot(end["left"] - start["left"], end["top"] - start["top"]) > 3  # shorter: a click
-        if long_enough and grabs(shown, index, keypoint, selected) and not self.js("return annotator.armed;"):
+        # a keypoint predicted outside the image can lie off the canvas, where no press reaches it
+        size = self.js("const r = document.getElementById('canvas').getBoundingClientRect(); "
+                       "return [r.width, r.height];")
+        on_canvas = 0 <= start["x"] < size[0] and 0 <= start["y"] < size[1]
+        dragged = (long_enough and on_canvas and grabs(shown, index, keypoint, selected)
+                   and not self.js("return annotator.armed;"))
+        if dragged:
             drag(self.driver, (start["left"], start["top"]), (end["left"], end["top"]))
         else:
             self.select_keypoint(index, keypoint)
             click(self.driver, (end["left"], end["top"]))
-        wait_for(self.driver, f"annotator.latencies.length > {count}", what="the refined poses")
+        how = (f"a drag of person {index}'s keypoint {keypoint} from {start} to {end}" if dragged else
+               f"person {index}'s keypoint {keypoint} armed, a click at {end}")
+        wait_for(self.driver, f"annotator.latencies.length > {count}", what=f"the refined poses after {how}")
         self.settle()
         self.latencies_ms.append(float(self.js("return annotator.lastLatencyMs;")))
 

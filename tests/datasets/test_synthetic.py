@@ -130,8 +130,8 @@ def test_a_palette_repaints_the_same_people():
 
     rng = lambda: np.random.default_rng([0, 5])  # noqa: E731
     plain, people = render_image(rng(), 480, 400, DEMO_SCENE)
-    turned, turned_people = render_image(rng(), 480, 400, Scene(max_people=3, body_height=(0.55, 0.95),
-                                                                occluders=False, palette="hue120"))
+    scene = Scene(max_people=3, body_height=(0.55, 0.95), occluders=False, palette="hue120")
+    turned, turned_people = render_image(rng(), 480, 400, scene)
     assert turned_people == people
     assert np.abs(plain.astype(int) - turned.astype(int)).mean() > 1.0
     assert PALETTES["hue120"]["face"] == PALETTES["default"]["face"]  # grey has no hue

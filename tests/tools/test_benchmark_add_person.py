@@ -16,7 +16,8 @@ def test_every_person_is_proposed_and_its_placements_counted(annotate_assets, tm
     from tools import benchmark_add_person
 
     config = tmp_path / "small.cfg.py"
-    config.write_text(f"_base_ = ['{ANNOTATE_CONFIG}']\n" + "".join(f"{k} = {v}\n" for k, v in ANNOTATE_OPTIONS.items()))
+    config.write_text(f"_base_ = ['{ANNOTATE_CONFIG}']\n"
+                      + "".join(f"{k} = {v}\n" for k, v in ANNOTATE_OPTIONS.items()))
     data, out = annotate_assets["root"] / "data", tmp_path / "result.json"
     threads = torch.get_num_threads()
     try:
