@@ -99,10 +99,11 @@ class BrowserHands:
         selected = self.js("return annotator.selected.person;")
         start = next(p for p in shown if p["index"] == index)["screen"][keypoint]
         long_enough = np.hypot(end["left"] - start["left"], end["top"] - start["top"]) > 3  # shorter: a click
-        # a keypoint predicted outside the image can lie off the canvas, where no press reaches it
-        size = self.js("const r = document.getElementById('canvas').getBoundingClientRect(); "
-                       "return [r.width, r.height];")
-        on_canvas = 0 <= start["x"] < size[0] and 0 <= start["y"] < size[1]
+        # a keypoint predicted outside the image can lie off the canvas (or on its last row, which a press rounded
+        # to whole pixels misses), where no press reaches it
+        left, top, width, height = self.js("const r = document.getElementById('canvas').getBoundingClientRect(); "
+                                           "return [r.left, r.top, r.width, r.height];")
+        on_canvas = (0 <= round(start["left"]) - left < width - 1) and (0 <= round(start["top"]) - top < height - 1)
         dragged = (long_enough and on_canvas and grabs(shown, index, keypoint, selected)
                    and not self.js("return annotator.armed;"))
         if dragged:
