@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tools import preannotate
 
@@ -106,9 +107,11 @@ def test_file_loads_in_pycocotools_and_opens_in_the_annotation_tool(setup, refer
 def test_killed_run_resumes_and_writes_every_image_once(setup, reference, tmp_path):
     out = tmp_path / "out.json"
     parts = tmp_path / ".out.json.parts"
+    # the killed run's images must be computed with this process's arithmetic (its reference and resumed runs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen([sys.executable, "-m", "tools.preannotate",
                              *command(setup, out, "--batch-size", "1", "--save-every", "1")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and proc.poll() is None:

@@ -18,9 +18,10 @@ from tools.serve.app import ServeSettings, create_app  # noqa: E402
 LOCAL = "http://127.0.0.1:9090"  # a Host the guard accepts (TestClient's default, testserver, is refused)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """The machine is shared: torch on one thread."""
+    """The machine is shared: torch on one thread, for these modules only (a session-wide setting outlived them and
+    changed the arithmetic of later tests that compare against another process's)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
