@@ -44,17 +44,19 @@ class SessionHands:
         self.session.refine([(index, keypoint, *target)])
 
 
-def placements_left(predictor: Any, image: Path, box: Sequence[float], truth: np.ndarray, policy: Any) -> int:
-    """Placements until the person added from ``box`` (x0, y0, x1, y1 pixels) is within the policy's tolerance of
-    ``truth`` (K, 3)."""
-    from tools.annotate.session import open_session
+def placements_left(session: Any, box: Sequence[float], truth: np.ndarray, policy: Any) -> int:
+    """Placements until the person added from ``box`` (x0, y0, x1, y1 pixels) to ``session`` is within the policy's
+    tolerance of ``truth`` (K, 3). The session is left as it was (its encoder state is reused, not recomputed)."""
     from tools.oracle_annotator import Tally
 
-    session = open_session(predictor, image)
-    # nobody counts as already annotated (the OKS column's proposals likewise): the model's own prediction of
-    # this person, shown or not, is no duplicate to pass over
-    index = session.add_person(list(box), shown_threshold=math.inf)
-    return policy.correct(SessionHands(session), index, truth, np.asarray(box, dtype=np.float64), Tally())
+    before = session.snapshot()
+    try:
+        # nobody counts as already annotated (the OKS column's proposals likewise): the model's own prediction of
+        # this person, shown or not, is no duplicate to pass over
+        index = session.add_person(list(box), shown_threshold=math.inf)
+        return policy.correct(SessionHands(session), index, truth, np.asarray(box, dtype=np.float64), Tally())
+    finally:
+        session.restore(before)
 
 
 def box_overlaps(boxes: np.ndarray) -> np.ndarray:
@@ -92,8 +94,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                     if not a.get("iscrowd", 0) and a.get("num_keypoints", 1) > 0]
             if not anns:
                 continue
-            path = opts.data / "images" / opts.split / info["file_name"]
-            session = open_session(predictor, path)
+            session = open_session(predictor, opts.data / "images" / opts.split / info["file_name"])
             width, height = session.size
             gt = np.asarray([a["keypoints"] for a in anns], dtype=np.float64).reshape(len(anns), -1, 3)
             boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float64)
@@ -116,7 +117,7 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
                            "closer_to_another": bool(len(others) and others.max() > oks[g]),
                            "ms": 1000 * statistics.median(times)}
                     if method == "crop" and opts.max_placements > 0:
-                        row["placements"] = placements_left(predictor, path, [x, y, x + w, y + h], gt[g], policy)
+                        row["placements"] = placements_left(session, [x, y, x + w, y + h], gt[g], policy)
                     rows.append(row)
     finally:
         predictor.close()
