@@ -36,6 +36,7 @@ from torch import Tensor
 from util import keypoint_codec as kp
 from util.box_ops import box_cxcywh_to_xyxy
 from models.keypoint_quality import CHECKPOINT_KEY as QUALITY_KEY, KeypointQualityHead, quality_from_checkpoint
+from models.pose_prior import CHECKPOINT_KEY as PRIOR_KEY, PosePrior
 
 ImageLike = Union[str, Path, np.ndarray, Image.Image]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -45,6 +46,7 @@ CROP_MASK = True  # a box-added person: the margin around the user's box is pain
 # again. Two people who overlap closely can stand at 0.09 of each other (docs/benchmarks.md, adding a person).
 DUPLICATE_DISTANCE = 0.05
 CROP_MARGIN = 0.3  # a box-added person: the crop around the user's box, as a fraction of its longer side
+BORDER = 0.005  # a drawn box's edge this close to the image's (a fraction of its size) is at the border
 PERSON_LABEL = 1  # the person class of the two-class head (COCO's category id 1; label 0 is never a person)
 
 
@@ -118,6 +120,7 @@ class People:
     confidence: Tensor  # (R, K) keypoint confidence in [0, 1] (the quality head's, else keypoint_confidence)
     pinned: Tensor  # (R, K) bool: placed by the user; later refinements keep them where they are
     predicted_visibility: Optional[Tensor] = None  # (R, K) long COCO flags from the quality head (None: no head)
+    drawn_boxes: Optional[Tensor] = None  # (R, 4) cx, cy, w, h of the box the user drew around the person (NaN: none)
 
     @property
     def num_people(self) -> int:
@@ -245,6 +248,7 @@ class Predictor:
         self.model, _, postprocessors = build_model(args, self.metadata)
         self.postprocess = postprocessors["pose"]  # the decoding that AP is measured on
         self.quality: Optional[KeypointQualityHead] = None  # the optional keypoint-quality head
+        self.pose_prior: Optional[PosePrior] = None  # the optional prior that places keypoints from a drawn box
         if ckpt is not None:
             weights = ckpt["ema_model"] if use_ema and "ema_model" in ckpt else ckpt["model"]
             load_model_weights(self.model, weights, strict=True, source=str(checkpoint))
@@ -252,6 +256,9 @@ class Predictor:
                 self.quality = quality_from_checkpoint(ckpt[QUALITY_KEY], args.hidden_dim,
                                                        self.metadata.num_keypoints, str(checkpoint))
                 self.quality.to(self.device)
+            if ckpt.get(PRIOR_KEY) is not None:
+                self.pose_prior = PosePrior.from_checkpoint(ckpt[PRIOR_KEY], self.metadata.num_keypoints,
+                                                            str(checkpoint))
         self.model.to(self.device).eval()
         self.transform = build_transforms_from_args("val", args, self.metadata.flip_permutation())
         self.num_keypoints = args.num_body_points
@@ -400,9 +407,12 @@ class Predictor:
                        clicks: Sequence[Sequence[float]], size: tuple[int, int]) -> dict[str, Tensor]:
         """Refine ``people`` rows ``rows`` with ``clicks`` ``[row position in rows, keypoint, x, y]`` (x, y in
         [0, 1]). The rows are refined as independent groups, whatever their count (not the model's query slots).
-        Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors)."""
+        Returns their new 'boxes', 'keypoints', 'pinned' and 'confidence' (CPU tensors).
+
+        Rows with a drawn box start, when the checkpoint has a pose prior, from the prior's estimate given that box
+        and the keypoints placed (:meth:`start_from_prior`)."""
         index = torch.tensor(list(rows), dtype=torch.long)
-        keypoints = people.keypoints[index][None].to(self.device)
+        keypoints = self.start_from_prior(people, rows, clicks)[None].to(self.device)
         click_rows = torch.tensor(clicks, dtype=torch.float32, device=self.device).reshape(-1, 4)
         result = self.model.refine(self.state_of(holder), people.boxes[index][None].to(self.device), keypoints,
                                    [click_rows], click_freeze="all", pinned=people.pinned[index][None].to(self.device))
@@ -410,9 +420,33 @@ class Predictor:
         pinned = result.pinned[0].cpu()
         corrected = kp.coordinates(result.corrected["pred_keypoints"], self.num_keypoints)
         confidence = self._assess(result, corrected, [size])[0][0]
-        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": kp.coordinates(last["pred_keypoints"],
-                                                                               self.num_keypoints)[0].cpu(),
+        refined = kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu()
+        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": refined,
                 "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
+
+    def start_from_prior(self, people: People, rows: Sequence[int], clicks: Sequence[Sequence[float]]) -> Tensor:
+        """(len(rows), K, 2) the keypoints a refinement of ``rows`` starts from: as they are, except for people
+        with a drawn box when the checkpoint has a pose prior. Their keypoints not placed (pinned or in ``clicks``,
+        ``[row position in rows, keypoint, x, y]`` normalised) move to the prior's estimate given the box, the
+        placed keypoints and the current ones (``models/pose_prior.py``): the model's refinement searches near where
+        a keypoint starts, so a far-off proposal would otherwise move little as keypoints are placed."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        keypoints = people.keypoints[index].clone()
+        if self.pose_prior is None or people.drawn_boxes is None:
+            return keypoints
+        placed = people.pinned[index].clone()
+        for row, keypoint, x, y in clicks:
+            placed[int(row), int(keypoint)] = True
+            keypoints[int(row), int(keypoint)] = torch.tensor([x, y], dtype=keypoints.dtype)
+        drawn = people.drawn_boxes[index]
+        for n in range(len(index)):
+            if bool(torch.isfinite(drawn[n]).all()) and bool(placed[n].any()):
+                box = box_cxcywh_to_xyxy(drawn[n].double())
+                at_border = [float(box[0]) <= BORDER, float(box[1]) <= BORDER, float(box[2]) >= 1 - BORDER,
+                             float(box[3]) >= 1 - BORDER]
+                keypoints[n] = self.pose_prior.condition(box, keypoints[n], placed[n],
+                                                         open_edges=at_border).clamp(0.0, 1.0)
+        return keypoints
 
     def refine_people(self, holder: HoldsState, people: P, size: tuple[int, int],
                       clicks: Sequence[tuple[int, int, float, float]], rows: Optional[Sequence[int]] = None) -> P:
@@ -437,16 +471,18 @@ class Predictor:
         so a candidate of the crop that is one of them (``DUPLICATE_DISTANCE``) is passed over for another.
 
         ``method`` 'crop' (default): the model predicts the box's region (the box grown by ``CROP_MARGIN`` of its
-        longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and the person whose box best overlaps the user's is mapped back, so
-        the proposal cannot drift to a neighbour outside the box; with nobody found there it falls back to
-        'queries': the keypoints start where the decoder starts the learned keypoint queries of slot 0 in a box
-        (:meth:`Decoder.initial_keypoints`), then one refinement over the whole image."""
+        longer side, that margin painted in the crop's mean colour when ``CROP_MASK``, resized as any input), and
+        the person whose box best overlaps the user's is mapped back, so the proposal cannot drift to a neighbour
+        outside the box; with nobody found there it falls back to 'queries': the keypoints start where the decoder
+        starts the learned keypoint queries of slot 0 in a box (:meth:`Decoder.initial_keypoints`), then one
+        refinement over the whole image. The person's ``drawn_boxes`` is ``box``: its later refinements start
+        from the pose prior given that box (:meth:`start_from_prior`)."""
         if method not in ("crop", "queries"):
             raise ValueError(f"propose_person method must be 'crop' or 'queries', got {method!r}")
         if method == "crop" and holder.image is not None:
             person = self._propose_from_crop(holder.image, box.cpu(), size, present)
             if person is not None:
-                return person
+                return replace(person, drawn_boxes=box.cpu().float())
         decoder = self.model.transformer.decoder
         box = box.to(self.device)
         start = decoder.initial_keypoints(box[None], torch.zeros(1, dtype=torch.long, device=self.device))
@@ -458,7 +494,7 @@ class Predictor:
                       keypoints=kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu(),
                       scores=last["pred_logits"][0][..., PERSON_LABEL].sigmoid().cpu(), confidence=confidence[0],
                       pinned=torch.zeros(1, self.num_keypoints, dtype=torch.bool),
-                      predicted_visibility=None if visibility is None else visibility[0])
+                      predicted_visibility=None if visibility is None else visibility[0], drawn_boxes=box.cpu().float())
 
     def _propose_from_crop(self, image: ImageLike, box: Tensor, size: tuple[int, int],
                            present: Optional[Tensor] = None) -> Optional[People]:
@@ -521,8 +557,9 @@ class Predictor:
         count = current.people.num_people
         touched = current.touched.tolist()
         predicted = current.people.predicted_visibility
-        fields = {"visibility": predicted.tolist() if predicted is not None else [[2] * self.num_keypoints] * count, "source": ["model"] * count,
-                  "touched": touched, "deleted": [False] * count}
+        visibility = predicted.tolist() if predicted is not None else [[2] * self.num_keypoints] * count
+        fields = {"visibility": visibility, "source": ["model"] * count, "touched": touched,
+                  "deleted": [False] * count}
         return people_dicts(current.people, current.size, self.score_threshold, fields, kept=touched)
 
     def predict(self, image: ImageLike) -> list[dict[str, Any]]:

@@ -8,6 +8,7 @@ Coordinates in and out are pixels of the original image.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 from models.predictor import People, Prediction, check_keypoint, check_person, check_point, people_dicts
-from util.box_ops import box_xyxy_to_cxcywh
+from util.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh
 
 COCO_VISIBILITY = (0, 1, 2)  # not labelled, labelled but occluded, labelled and visible
 SOURCES = ("model", "user", "file")  # who proposed the person: the model, a box drawn by the user, a loaded file
@@ -54,7 +55,8 @@ class Poses(People):
         return Poses(**tensors, sources=self.sources + other.sources)
 
 
-TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched")
+TENSOR_FIELDS = ("boxes", "keypoints", "scores", "confidence", "pinned", "visibility", "deleted", "touched",
+                 "drawn_boxes")
 
 
 def _initial_visibility(people: People, visibility: Optional[Tensor]) -> Tensor:
@@ -71,8 +73,9 @@ def new_poses(people: People, source: str, visibility: Optional[Tensor] = None) 
     visible (2); touched unless the model's."""
     rows = people.keypoints.shape[0]
     flags = torch.zeros(rows, dtype=torch.bool, device=people.boxes.device)
+    drawn = people.drawn_boxes if people.drawn_boxes is not None else torch.full_like(people.boxes, math.nan)
     return Poses(boxes=people.boxes, keypoints=people.keypoints, scores=people.scores, confidence=people.confidence,
-                 pinned=people.pinned,
+                 pinned=people.pinned, drawn_boxes=drawn,
                  visibility=_initial_visibility(people, visibility),
                  deleted=flags, touched=flags if source == "model" else ~flags, sources=(source,) * rows)
 
@@ -123,14 +126,21 @@ class PoseSession:
 
     def people(self, score_threshold: float = 0.0, include_deleted: bool = False) -> list[dict[str, Any]]:
         """People in pixels, best score first: 'index', 'score', 'box' (x0, y0, x1, y1), 'keypoints' (K, 3) as
-        (x, y, confidence), 'confidence', 'pinned', 'visibility' (COCO 0/1/2), 'source', 'touched', 'deleted'.
+        (x, y, confidence), 'confidence', 'pinned', 'visibility' (COCO 0/1/2), 'source', 'touched', 'deleted',
+        'drawn_box' (x0, y0, x1, y1 of the box the user added the person with, or None).
         People below ``score_threshold`` are left out unless the user touched them."""
         poses = self.poses
         touched, deleted = poses.touched.tolist(), poses.deleted.tolist()
         fields = {"visibility": poses.visibility.tolist(), "source": list(poses.sources), "touched": touched,
-                  "deleted": deleted}
+                  "deleted": deleted, "drawn_box": self._drawn_boxes()}
         shown = None if include_deleted else [not d for d in deleted]
         return people_dicts(poses, self.size, score_threshold, fields, shown=shown, kept=touched)
+
+    def _drawn_boxes(self) -> list[Optional[list[float]]]:
+        width, height = self.size
+        scale = torch.tensor([width, height, width, height], dtype=torch.float32)
+        boxes = (box_cxcywh_to_xyxy(self.poses.drawn_boxes.float().cpu()) * scale).tolist()
+        return [box if all(math.isfinite(v) for v in box) else None for box in boxes]
 
     # ---- checks ----------------------------------------------------------------------------------------------
     def _person(self, person: Any) -> int:
@@ -259,6 +269,10 @@ class PoseSession:
             return torch.tensor([p[name] for p in people], dtype=dtype) if all(name in p for p in people) \
                 else default.to(dtype)
 
+        drawn = [p.get("drawn_box") or [math.nan] * 4 for p in people]
+        if any(len(box) != 4 for box in drawn):
+            raise ValueError("a saved person's 'drawn_box' is [x0, y0, x1, y1] in pixels, or null")
+        drawn_boxes = box_xyxy_to_cxcywh(torch.tensor(drawn, dtype=torch.float32) / scale.repeat(2))
         sources = tuple(p.get("source", "file") for p in people)
         bad = [s for s in sources if s not in SOURCES]
         if bad:
@@ -269,4 +283,5 @@ class PoseSession:
                      pinned=column("pinned", ones * 0, torch.bool),
                      visibility=column("visibility", ones * 2, torch.long),
                      deleted=column("deleted", torch.zeros(count), torch.bool),
-                     touched=column("touched", torch.ones(count), torch.bool), sources=sources)
+                     touched=column("touched", torch.ones(count), torch.bool), drawn_boxes=drawn_boxes,
+                     sources=sources)
