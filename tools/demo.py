@@ -165,6 +165,8 @@ def quality_head(config: str, checkpoint: Path, data: Path, steps: int) -> Optio
     if steps <= 0:
         return None
     if out.exists() and out.stat().st_mtime_ns > checkpoint.stat().st_mtime_ns:
+        if not has_pose_prior(out):  # a head written before the prior existed
+            add_prior(config, out, data)
         return out
     code = train_quality.main(["--config", config, "--checkpoint", str(checkpoint), "--data", str(data),
                                "--out", str(out), "--steps", str(steps)])
@@ -173,6 +175,21 @@ def quality_head(config: str, checkpoint: Path, data: Path, steps: int) -> Optio
               "without one")
         return None
     return out
+
+
+def has_pose_prior(checkpoint: Path) -> bool:
+    from models.pose_prior import CHECKPOINT_KEY
+    from util.checkpoint import read_checkpoint
+
+    return read_checkpoint(checkpoint).get(CHECKPOINT_KEY) is not None
+
+
+def add_prior(config: str, checkpoint: Path, data: Path) -> bool:
+    """Add the pose prior to ``checkpoint`` in place (``tools.fit_pose_prior``); False if that failed (it says why)."""
+    from tools import fit_pose_prior
+
+    return fit_pose_prior.main(["--checkpoint", str(checkpoint), "--config", config, "--annotations",
+                                str(data / "annotations" / "person_keypoints_train2017.json")]) == 0
 
 
 def prepare_data(data: Path, num_images: Optional[int], num_val: Optional[int]) -> None:

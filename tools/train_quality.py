@@ -13,7 +13,8 @@ the small head is trained (full batch, AdamW); the detector is unchanged.
 The validation split is measured the same way: the AUROC of (1 - confidence) for "off" over labelled keypoints the
 user has not placed, with the head and with the layers' agreement it replaces, and the accuracy of the predicted
 visibility against always "visible". The output is the input checkpoint with the head under its own key (the
-detector's weights and keys unchanged), written atomically, and a report ``OUT.json``.
+detector's weights and keys unchanged) and the pose prior fitted on the training split (``tools/fit_pose_prior.py``),
+written atomically, and a report ``OUT.json``.
 """
 from __future__ import annotations
 
@@ -235,6 +236,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def train_quality(opts: argparse.Namespace, log: Callable[[str], None] = print) -> dict[str, Any]:
     from models.keypoint_quality import CHECKPOINT_KEY, quality_to_checkpoint
     from models.predictor import Predictor
+    from tools.fit_pose_prior import add_pose_prior
     from util.checkpoint import read_checkpoint
     from util.files import atomic_write
 
@@ -258,6 +260,12 @@ def train_quality(opts: argparse.Namespace, log: Callable[[str], None] = print) 
               "total_s": round(time.perf_counter() - started, 1), "checkpoint": str(opts.checkpoint)}
     checkpoint = read_checkpoint(opts.checkpoint)
     checkpoint[CHECKPOINT_KEY] = quality_to_checkpoint(head, report)
+    train_file = opts.data / "annotations" / f"person_keypoints_{opts.train_split}.json"
+    try:  # the pose prior the annotation tools place box-added people with (tools/fit_pose_prior.py)
+        report["pose_prior"] = add_pose_prior(checkpoint, train_file, predictor.metadata)
+    except ValueError as exc:
+        log(f"warning: no pose prior is stored ({exc}); people added from a box are refined without one")
+        report["pose_prior"] = None
     opts.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(opts.out, lambda f: torch.save(checkpoint, f))
     opts.out.with_suffix(opts.out.suffix + ".json").write_text(json.dumps(report, indent=1) + "\n")

@@ -37,23 +37,41 @@ def test_demo_writes_the_report_and_its_files(demo_run):
 
 
 def test_the_quality_head_is_trained_once_per_model(tmp_path, monkeypatch):
-    from tools import demo, train_quality
+    import torch
 
-    calls = []
+    from models.pose_prior import CHECKPOINT_KEY
+    from tools import demo, fit_pose_prior, train_quality
+
+    calls, prior_calls = [], []
 
     def fake_main(argv):
         calls.append(argv)
         out = Path(argv[argv.index("--out") + 1])
-        out.write_bytes(b"head")
+        torch.save({"model": {}, "note": "head", CHECKPOINT_KEY: {"format": 1}}, out)
+        return 0
+
+    def fake_prior(argv):
+        prior_calls.append(argv)
+        path = Path(argv[argv.index("--checkpoint") + 1])
+        torch.save({**torch.load(path, weights_only=True), CHECKPOINT_KEY: {"format": 1}}, path)
         return 0
 
     monkeypatch.setattr(train_quality, "main", fake_main)
+    monkeypatch.setattr(fit_pose_prior, "main", fake_prior)
     checkpoint = tmp_path / "checkpoint.pth"
     checkpoint.write_bytes(b"model")
+    os.utime(checkpoint, ns=(checkpoint.stat().st_mtime_ns - 10**9,) * 2)  # older than any head written below
     head = demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20)
-    assert head == tmp_path / "checkpoint_quality.pth" and head.read_bytes() == b"head"
+    assert head == tmp_path / "checkpoint_quality.pth" and torch.load(head, weights_only=True)["note"] == "head"
     assert calls[0][calls[0].index("--checkpoint") + 1] == str(checkpoint) and "20" in calls[0]
     assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(calls) == 1
+    # a head written before the pose prior existed gets the prior, not a new head
+    torch.save({"model": {}, "note": "old head"}, head)
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(calls) == 1
+    assert len(prior_calls) == 1 and prior_calls[0][prior_calls[0].index("--annotations") + 1] == str(
+        tmp_path / "data" / "annotations" / "person_keypoints_train2017.json")
+    assert torch.load(head, weights_only=True)["note"] == "old head"
+    assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(prior_calls) == 1
     os.utime(checkpoint, ns=(head.stat().st_mtime_ns + 10**9,) * 2)  # a newer model: a new head
     assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 20) == head and len(calls) == 2
     assert demo.quality_head("config/demo.cfg.py", checkpoint, tmp_path / "data", 0) is None and len(calls) == 2
