@@ -4,8 +4,8 @@ Each image has a textured background and front-facing stick figures with the 17 
 is on the image's right); a :class:`Scene` says how many, how large, in which palette, and whether occluding boxes
 are drawn. Limb types have fixed, distinct colours (left and right share them, so a horizontal flip stays consistent)
 and every joint carries a small bright dot. Figures vary in scale, lean and limb angles, overlap each other, may be
-cut by the image border, and occluding shapes may cover them. Visibility follows COCO: 2 = visible, 1 = labelled but hidden by another
-figure or an occluder, 0 = outside the image (stored as 0, 0, 0).
+cut by the image border, and occluding shapes may cover them. Visibility follows COCO: 2 = visible, 1 = labelled but
+hidden by another figure or an occluder, 0 = outside the image (stored as 0, 0, 0).
 
 Layout written by ``write_synthetic_dataset`` (loads with ``--dataset_file coco --coco_path OUT``)::
 

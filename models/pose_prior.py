@@ -122,27 +122,27 @@ class PosePrior:
             raise ValueError(f"a pose prior needs a box of positive size, got {box.tolist()}")
         deviation = torch.where(placed.repeat_interleave(2), torch.tensor(PLACED_NOISE, dtype=torch.float64),
                                 torch.tensor(float(noise), dtype=torch.float64))
-        spread = self.covariance.double() + torch.diag(deviation ** 2)  # of the observations, in box units
+        mean, covariance = self.mean.double(), self.covariance.double()
+        # the observations' spread C + R in box units: one factorisation serves every candidate box
+        chol = torch.linalg.cholesky(covariance + torch.diag(deviation ** 2))
         candidates = grown_boxes(box, open_edges)
         if len(candidates) > 1:
-            box = max(candidates, key=lambda b: self._log_likelihood(b, keypoints, spread))
+            box = max(candidates, key=lambda b: self._log_likelihood(b, keypoints, chol))
         origin, size = box[:2], box[2:] - box[:2]
         observed = ((keypoints.double() - origin) / size).reshape(-1)
-        mean, covariance = self.mean.double(), self.covariance.double()
         # Gaussian prior N(mean, C), observations x = pose + N(0, R): posterior mean = mean + C (C + R)^-1 (x - mean)
-        shift = torch.linalg.solve(spread, observed - mean)
+        shift = torch.cholesky_solve((observed - mean)[:, None], chol)[:, 0]
         posterior = (mean + covariance @ shift).reshape(-1, 2) * size + origin
         return torch.where(placed[:, None], keypoints.double(), posterior).to(keypoints.dtype)
 
-    def _log_likelihood(self, box: Tensor, keypoints: Tensor, spread: Tensor) -> float:
-        """log p(keypoints | box) up to a constant: the Gaussian of the observations in box units, and the
-        Jacobian of the change to the keypoints' own units (so that boxes of different sizes compare)."""
+    def _log_likelihood(self, box: Tensor, keypoints: Tensor, chol: Tensor) -> float:
+        """log p(keypoints | box) up to a constant (the spread's log-determinant, the same for every box): the
+        Gaussian of the observations in box units, whose spread has the Cholesky factor ``chol``, and the Jacobian
+        of the change to the keypoints' own units (so that boxes of different sizes compare)."""
         origin, size = box[:2], box[2:] - box[:2]
         residual = ((keypoints.double() - origin) / size).reshape(-1) - self.mean.double()
-        chol = torch.linalg.cholesky(spread)
         whitened = torch.linalg.solve_triangular(chol, residual[:, None], upper=False)[:, 0]
-        return float(-0.5 * whitened.square().sum() - chol.diagonal().log().sum()
-                     - self.num_keypoints * size.log().sum())
+        return float(-0.5 * whitened.square().sum() - self.num_keypoints * size.log().sum())
 
     def to_checkpoint(self) -> dict[str, Any]:
         """The checkpoint entry (tensors and plain values only)."""

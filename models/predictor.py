@@ -420,8 +420,8 @@ class Predictor:
         pinned = result.pinned[0].cpu()
         corrected = kp.coordinates(result.corrected["pred_keypoints"], self.num_keypoints)
         confidence = self._assess(result, corrected, [size])[0][0]
-        refined = kp.coordinates(last["pred_keypoints"], self.num_keypoints)[0].cpu()
-        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": refined,
+        return {"boxes": last["pred_boxes"][0].cpu(), "keypoints": kp.coordinates(last["pred_keypoints"],
+                                                                               self.num_keypoints)[0].cpu(),
                 "pinned": pinned, "confidence": torch.where(pinned, torch.ones_like(confidence), confidence)}
 
     def start_from_prior(self, people: People, rows: Sequence[int], clicks: Sequence[Sequence[float]]) -> Tensor:
