@@ -77,7 +77,10 @@ def resize(image: Image.Image, target: Optional[dict], size, max_size: Optional[
     sx, sy = new_w / image.width, new_h / image.height
     target = dict(target)
     if "boxes" in target:
-        target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy])
+        # boxes lie within the image (clamped on load and by the crop); float32 scaling can put an edge on the
+        # border one ulp beyond the new size, so it is clamped back
+        limit = torch.tensor([new_w, new_h, new_w, new_h], dtype=target["boxes"].dtype)
+        target["boxes"] = torch.minimum(target["boxes"] * torch.tensor([sx, sy, sx, sy]), limit)
     if "area" in target:
         target["area"] = target["area"] * (sx * sy)
     if "keypoints" in target:
